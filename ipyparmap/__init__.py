@@ -1,0 +1,61 @@
+"""ipyparmap: safe, fast parallel map for Jupyter, IPython and scripts.
+
+``import ipyparmap`` is light: the engine (and cloudpickle, psutil, IPython) is
+imported on first use of one of the names below.
+"""
+
+from __future__ import annotations
+
+from .errors import (
+    Interrupted,
+    ParmapError,
+    SerializationError,
+    TaskError,
+    TaskTimeout,
+    WorkerCrashed,
+)
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "parmap": "api",
+    "imap": "api",
+    "shutdown": "api",
+    "cpu_count": "api",
+    "Results": "results",
+    "Failure": "results",
+    "RunStats": "results",
+    "ItemOutput": "results",
+}
+
+__all__ = [
+    "Failure",
+    "Interrupted",
+    "ItemOutput",
+    "ParmapError",
+    "Results",
+    "RunStats",
+    "SerializationError",
+    "TaskError",
+    "TaskTimeout",
+    "WorkerCrashed",
+    "cpu_count",
+    "imap",
+    "parmap",
+    "shutdown",
+]
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ipyparmap' has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,212 @@
+"""The Python API: ``parmap``, ``imap``, ``shutdown``, ``cpu_count`` (layer L5).
+
+This module wires the pieces: it validates the call (before any worker starts),
+chooses the progress view and the output forwarding, and hands the run to a Runner on
+the warm default pool.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from . import protocol as P
+from .config import Options, check_options, short_repr
+from .results import Results
+
+
+def parmap(
+    func: Callable[..., Any],
+    iterable: Iterable[Any],
+    *,
+    workers: int | None = None,
+    chunksize: int | None = None,
+    errors: str = "raise",
+    timeout: float | None = None,
+    retries: int = 0,
+    progress: str | bool = "auto",
+    star: bool = False,
+    backend: Any = None,
+) -> Results:
+    """Run ``func(item)`` for every item of ``iterable`` in worker processes.
+
+    Returns a :class:`~ipyparmap.Results` (a list, in input order). Functions, lambdas,
+    closures and classes defined in a notebook or in ``__main__`` work: they are pickled
+    with cloudpickle and run in spawned workers.
+
+    Args:
+        func: the function to map; called as ``func(item)`` (``func(*item)`` if ``star``).
+        iterable: any iterable, also a lazy or infinite one (items are taken as needed).
+        workers: worker processes; None uses every usable CPU (affinity and cgroup
+            quota aware).
+        chunksize: items per message; None adapts it to the measured task duration.
+        errors: ``"raise"`` stops at the first failed item and raises (TaskError,
+            WorkerCrashed, TaskTimeout or SerializationError, with the partial results
+            in ``.results``); ``"collect"`` runs everything and puts a
+            :class:`~ipyparmap.Failure` in each failed slot.
+        timeout: seconds one item may run; its worker is killed after that (the other
+            workers carry on). None or ``float("inf")``: no limit.
+        retries: how many more times to run an item that raised, crashed its worker or
+            timed out.
+        progress: ``"auto"`` (a widget in Jupyter, a text bar on a terminal, nothing
+            when output is not a terminal), ``"widget"``, ``"text"`` or False.
+        star: call ``func(*item)``, like ``itertools.starmap``.
+        backend: None or ``"local"`` (the local process pool).
+
+    Raises:
+        Interrupted: on Ctrl-C / "interrupt kernel", with ``.results``.
+    """
+    options = check_options(workers, chunksize, errors, timeout, retries, progress, star, backend)
+    _check_call(func, iterable, options)
+    if os.environ.get(P.WORKER_ENV):
+        from .serial import serial_results
+
+        return serial_results(func, iterable, options)
+    runner = _runner(func, iterable, options, keep_details=True)
+    return runner.results()
+
+
+def imap(
+    func: Callable[..., Any],
+    iterable: Iterable[Any],
+    *,
+    ordered: bool = True,
+    workers: int | None = None,
+    chunksize: int | None = None,
+    errors: str = "raise",
+    timeout: float | None = None,
+    retries: int = 0,
+    progress: str | bool = "auto",
+    star: bool = False,
+    backend: Any = None,
+) -> Iterator[Any]:
+    """Like :func:`parmap`, but yield results as they come.
+
+    ``ordered=True`` yields in input order, ``ordered=False`` in completion order. The
+    input is consumed with a bounded look-ahead, so infinite generators work and memory
+    stays flat. With ``errors="collect"`` a failed item yields its Failure. Leaving the
+    loop early stops the workers' remaining work.
+
+    Validation errors are raised here, at the call, not at the first ``next()``.
+    """
+    options = check_options(
+        workers, chunksize, errors, timeout, retries, progress, star, backend, ordered
+    )
+    _check_call(func, iterable, options)
+    if os.environ.get(P.WORKER_ENV):
+        from .serial import serial_values
+
+        return serial_values(func, iterable, options)
+    runner = _runner(func, iterable, options, keep_details=False)
+    return runner.values(ordered)
+
+
+def shutdown() -> None:
+    """Stop the warm worker pool. The next call starts a fresh one."""
+    from .pool import shutdown_default_pool
+
+    shutdown_default_pool()
+
+
+def cpu_count() -> int:
+    """Usable CPUs (affinity mask and cgroup quota aware): the default worker count."""
+    from .resources import cpu_count as _cpu_count
+
+    return _cpu_count()
+
+
+# ---------------------------------------------------------------------------- helpers
+def _runner(func, iterable, options: Options, keep_details: bool):
+    from .pool import default_pool
+    from .resources import cpu_count as _cpu_count
+    from .resources import resolve_workers, thread_limits
+    from .runner import Runner
+
+    if options.backend not in (None, "local"):
+        raise NotImplementedError(
+            f"backend={short_repr(options.backend)} is not available yet; use the "
+            "local backend (backend=None)"
+        )
+    cpus = _cpu_count()
+    workers = resolve_workers(options.workers, cpus)
+    return Runner(
+        func,
+        iterable,
+        options,
+        pool=default_pool(),
+        workers=workers,
+        env=thread_limits(workers, cpus),
+        progress=_progress_model(options.progress),
+        on_output=_output_forwarder(),
+        keep_details=keep_details,
+    )
+
+
+def _progress_model(mode):
+    """A model with a view for ``mode``, or None when nothing would be shown."""
+    if mode is False:
+        return None
+    import sys
+
+    from .textui import TextProgress, _isatty
+
+    if mode == "auto" and not _isatty(sys.stderr):
+        return None
+    from .progress import ProgressModel
+
+    model = ProgressModel()
+    model.listeners.append(TextProgress(summary=mode in ("text", "widget")))
+    return model
+
+
+def _output_forwarder():
+    from .textui import OutputPrinter
+
+    return OutputPrinter()
+
+
+def _check_call(func: Any, iterable: Any, options: Options) -> None:
+    """Reject a function or input that cannot work, before any worker starts."""
+    if not callable(func):
+        hint = " (did you swap func and iterable?)" if callable(iterable) else ""
+        raise TypeError(f"func must be callable, got {type(func).__name__}{hint}")
+    try:
+        iter(iterable)
+    except TypeError:
+        raise TypeError(
+            f"iterable must be iterable, got {type(iterable).__name__} ({short_repr(iterable)})"
+        ) from None
+    import inspect
+
+    target = func
+    while hasattr(target, "func") and not inspect.isroutine(target):  # functools.partial
+        target = target.func
+    if inspect.iscoroutinefunction(target) or inspect.isasyncgenfunction(target):
+        raise TypeError(
+            "async functions are not supported: wrap the call, e.g. lambda x: asyncio.run(f(x))"
+        )
+    if inspect.isgeneratorfunction(target):
+        raise TypeError(
+            "func is a generator function: its results would be generators, which "
+            "cannot be sent back from a worker; return list(...) instead"
+        )
+    if not options.star:
+        _check_arity(func)
+
+
+def _check_arity(func: Any) -> None:
+    import inspect
+
+    try:
+        signature = inspect.signature(func)
+    except (TypeError, ValueError):  # builtins without a signature: nothing to check
+        return
+    try:
+        signature.bind(None)
+    except TypeError as exc:
+        name = getattr(func, "__qualname__", None) or type(func).__name__
+        raise TypeError(
+            f"func {name}{signature} cannot take one positional argument, but each item "
+            f"is passed as one ({exc}); use star=True to unpack tuples into arguments"
+        ) from None

@@ -1,0 +1,124 @@
+"""Exception classes of the public API (layer L0: imports nothing from the package).
+
+Every exception ipyparmap raises on purpose is a :class:`ParmapError`. The ones raised
+because an item failed carry the :class:`~ipyparmap.results.Failure` (``.failure``) and
+the partial :class:`~ipyparmap.results.Results` (``.results``), so nothing computed is
+lost when a run stops early.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ParmapError(Exception):
+    """Base class of every error raised by ipyparmap."""
+
+    #: The partial Results of the run that raised this (None when no run had started).
+    results: Any = None
+    #: The Failure that caused this error, where one item is to blame.
+    failure: Any = None
+
+
+class TaskError(ParmapError):
+    """An item failed with ``errors="raise"``.
+
+    The task's own exception is this error's ``__cause__`` (its remote traceback, in
+    turn, is the cause's ``__cause__``), ``.failure`` says which item, and ``.results``
+    holds every result finished before the run was cancelled.
+    """
+
+    def __init__(self, message: str, failure: Any = None, results: Any = None):
+        super().__init__(message)
+        self.failure = failure
+        self.results = results
+
+    def __reduce__(self):  # keep the attributes when pickled (e.g. nested runs)
+        return (type(self), (self.args[0] if self.args else "", self.failure, self.results))
+
+
+class WorkerCrashed(TaskError):
+    """The worker process running an item died (segfault, ``os._exit``, SIGKILL...)."""
+
+    def __init__(
+        self,
+        message: str,
+        exitcode: int | None = None,
+        signal_name: str | None = None,
+        failure: Any = None,
+        results: Any = None,
+    ):
+        super().__init__(message, failure, results)
+        self.exitcode = exitcode
+        self.signal_name = signal_name
+
+    def __reduce__(self):
+        return (
+            type(self),
+            (self.args[0], self.exitcode, self.signal_name, self.failure, self.results),
+        )
+
+
+class TaskTimeout(TaskError):
+    """An item ran longer than ``timeout`` seconds; its worker was killed."""
+
+    def __init__(
+        self, message: str, timeout: float | None = None, failure: Any = None, results: Any = None
+    ):
+        super().__init__(message, failure, results)
+        self.timeout = timeout
+
+    def __reduce__(self):
+        return (type(self), (self.args[0], self.timeout, self.failure, self.results))
+
+
+class SerializationError(ParmapError):
+    """Something could not be pickled or unpickled; the message names what and where."""
+
+    def __init__(self, message: str, failure: Any = None, results: Any = None):
+        super().__init__(message)
+        self.failure = failure
+        self.results = results
+
+    def __reduce__(self):
+        return (type(self), (self.args[0], self.failure, self.results))
+
+
+class Interrupted(ParmapError, KeyboardInterrupt):
+    """The user interrupted a run (Ctrl-C, "interrupt kernel").
+
+    Also a ``KeyboardInterrupt``, so code that handles interrupts keeps working;
+    ``.results`` holds the partial Results (unfinished slots are ``cancelled`` failures).
+    """
+
+    def __init__(self, message: str = "interrupted", results: Any = None):
+        super().__init__(message)
+        self.results = results
+
+
+class RemoteTraceback(Exception):
+    """Carries the formatted traceback of an exception raised in a worker.
+
+    It is set as the ``__cause__`` of the task's exception, the way
+    ``concurrent.futures`` does, so a printed traceback shows where in the worker the
+    exception was raised.
+    """
+
+    def __init__(self, tb: str):
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.tb}"""'
+
+
+class RemoteException(Exception):
+    """Stands in for a task exception that could not be pickled back from the worker."""
+
+    def __init__(self, type_name: str, message: str):
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.message = message
+
+    def __reduce__(self):
+        return (type(self), (self.type_name, self.message))

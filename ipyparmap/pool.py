@@ -1,0 +1,288 @@
+"""The local worker pool: spawned processes, each with its own pipe (layer L2).
+
+A worker is a fresh interpreter started with ``subprocess`` (never a fork of the
+kernel) in its own session, so a terminal Ctrl-C or a Jupyter interrupt aimed at the
+kernel's process group never reaches it. Each worker has:
+
+- a duplex pipe (a socketpair wrapped in ``multiprocessing.connection.Connection``),
+  so the parent always knows which worker holds which items, and one death never
+  corrupts a queue shared with other workers;
+- a death sentinel (a pidfd on Linux; elsewhere the lifeline below), readable once
+  the process has exited, waited on together with all pipes;
+- a lifeline socketpair: the worker exits when the parent's end closes (the parent
+  died);
+- a status board in anonymous shared memory (``memfd``): never has a name in any
+  filesystem, so it can't leak or be opened by another user.
+
+The pool only manages processes; which chunk goes where is the runner's business. A
+run leases workers with :meth:`Pool.acquire` and gives them back with
+:meth:`Pool.release`; idle workers stay warm for the next call.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from multiprocessing.connection import Connection
+
+from . import protocol as P
+from .serialize import dumps
+
+#: Seconds a stopping worker gets to exit before it is killed.
+STOP_GRACE = 1.0
+
+_WORKER_CODE = "import sys; from ipyparmap.worker import main; main(sys.argv[1:])"
+
+
+def _package_root() -> str:
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class WorkerHandle:
+    """The parent's side of one worker process."""
+
+    def __init__(self, proc: subprocess.Popen, conn: Connection, lifeline: socket.socket,
+                 board: P.Board, sentinel: int, owns_sentinel: bool):  # fmt: skip
+        self.proc = proc
+        self.pid = proc.pid
+        self.conn = conn
+        self.lifeline = lifeline
+        self.board = board
+        self.sentinel = sentinel
+        self._owns_sentinel = owns_sentinel
+        self.functions: OrderedDict = OrderedDict()  # keys loaded, mirrors the worker's LRU
+        self.spawned = time.monotonic()
+        self.ready = False  # it said READY: it booted fine
+        self.closed = False
+
+    def __repr__(self) -> str:
+        return f"<WorkerHandle pid={self.pid}{' closed' if self.closed else ''}>"
+
+    def send(self, message: tuple) -> None:
+        self.conn.send_bytes(dumps(message))
+
+    def send_function(self, key: bytes, blob: bytes, sources: dict) -> None:
+        """Send the function unless this worker already has it loaded."""
+        if key in self.functions:
+            self.functions.move_to_end(key)
+            return
+        self.send((P.FUNC, key, blob, sources))
+        self.functions[key] = True
+        while len(self.functions) > P.FUNCTION_CACHE:
+            self.functions.popitem(last=False)
+
+    def alive(self) -> bool:
+        return not self.closed and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL the worker and anything it started."""
+        if self.proc.returncode is None:
+            from .resources import kill_group
+
+            kill_group(self.pid)
+
+    def reap(self, timeout: float = 5.0) -> int | None:
+        """Wait for the process to end; return its exit status (negative: signal)."""
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            try:
+                return self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                return None
+
+    def close(self) -> None:
+        """Release the descriptors (the process must be dead or told to stop)."""
+        if self.closed:
+            return
+        self.closed = True
+        for release in (self.conn.close, self.lifeline.close, self.board.close):
+            try:
+                release()
+            except OSError:
+                pass
+        if self._owns_sentinel:
+            try:
+                os.close(self.sentinel)
+            except OSError:
+                pass
+
+
+def _board_fd() -> int:
+    """An anonymous shared-memory file of BOARD_SIZE bytes."""
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("ipyparmap-board", os.MFD_CLOEXEC)
+    else:  # macOS: an unlinked temporary file, private to us
+        with tempfile.TemporaryFile() as backing:
+            fd = os.dup(backing.fileno())
+    os.ftruncate(fd, P.BOARD_SIZE)
+    return fd
+
+
+def spawn_worker(env: dict[str, str]) -> WorkerHandle:
+    """Start one worker process; returns at once (the worker boots in the background)."""
+    parent_sock, child_sock = socket.socketpair()
+    parent_life, child_life = socket.socketpair()
+    board_fd = _board_fd()
+    child_fds = (child_sock.fileno(), child_life.fileno(), board_fd)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _WORKER_CODE, *map(str, child_fds)],
+            pass_fds=child_fds,
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=os.getcwd(),
+        )
+    except BaseException:
+        for closer in (parent_sock.close, parent_life.close):
+            closer()
+        raise
+    finally:
+        child_sock.close()
+        child_life.close()
+    board = P.Board.from_fd(board_fd)
+    os.close(board_fd)
+    conn = Connection(parent_sock.detach())
+    try:
+        sentinel, owns = os.pidfd_open(proc.pid), True
+    except (AttributeError, OSError):  # no pidfd: the lifeline reads EOF when it dies
+        sentinel, owns = parent_life.fileno(), False
+    worker = WorkerHandle(proc, conn, parent_life, board, sentinel, owns)
+    worker.send((P.INIT, {"sys_path": list(sys.path)}))
+    return worker
+
+
+def worker_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a new worker: ours, plus the worker flag and thread limits."""
+    env = dict(os.environ)
+    env[P.WORKER_ENV] = "1"
+    # The worker must import this very ipyparmap, also when it was put on sys.path by
+    # hand (a source checkout, a notebook's sys.path.insert) rather than installed.
+    root = _package_root()
+    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if root not in paths:
+        env["PYTHONPATH"] = os.pathsep.join([root, *paths])
+    env.update(extra or {})
+    return env
+
+
+class Pool:
+    """Warm worker processes shared by runs; a run leases workers for its duration."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle: list[WorkerHandle] = []
+        self._leased: set[WorkerHandle] = set()
+        self.restarts = 0
+
+    def acquire(self, count: int, env_extra: dict[str, str] | None = None) -> list[WorkerHandle]:
+        """Lease ``count`` workers: warm idle ones first, newly spawned for the rest."""
+        with self._lock:
+            warm = [w for w in self._idle if w.alive()]
+            for dead in (w for w in self._idle if not w.alive()):
+                dead.reap(0.1)
+                dead.close()
+            taken, self._idle = warm[:count], warm[count:]
+            self._leased.update(taken)
+        env = worker_env(env_extra)
+        try:
+            while len(taken) < count:
+                worker = spawn_worker(env)
+                taken.append(worker)
+                with self._lock:
+                    self._leased.add(worker)
+        except BaseException:
+            self.release(taken)
+            raise
+        return taken
+
+    def spawn(self, env_extra: dict[str, str] | None = None) -> WorkerHandle:
+        """A new leased worker (a replacement after a crash or a timeout)."""
+        worker = spawn_worker(worker_env(env_extra))
+        with self._lock:
+            self._leased.add(worker)
+            self.restarts += 1
+        return worker
+
+    def release(self, workers, keep: int | None = None) -> None:
+        """Give leased workers back. Dead ones are reaped; idle ones stay warm.
+
+        ``keep`` caps how many idle workers the pool keeps (the rest are stopped).
+        """
+        surplus = []
+        with self._lock:
+            for worker in workers:
+                self._leased.discard(worker)
+                if worker.alive():
+                    self._idle.append(worker)
+                else:
+                    surplus.append(worker)
+            if keep is not None and len(self._idle) > keep:
+                surplus += self._idle[keep:]
+                self._idle = self._idle[:keep]
+        _stop_all(surplus)
+
+    def discard(self, worker: WorkerHandle) -> None:
+        """Forget a leased worker that died or was killed (already reaped)."""
+        with self._lock:
+            self._leased.discard(worker)
+        worker.close()
+
+    def workers(self) -> list[tuple[WorkerHandle, str]]:
+        """Every worker and its state ("idle" or "busy"), for display."""
+        with self._lock:
+            return [(w, "idle") for w in self._idle] + [(w, "busy") for w in self._leased]
+
+    def shutdown(self, kill_busy: bool = True) -> None:
+        """Stop idle workers (and, by default, kill leased ones)."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+            busy = list(self._leased) if kill_busy else []
+        for worker in busy:
+            worker.kill()
+        _stop_all(idle + busy)
+
+
+def _stop_all(workers: list[WorkerHandle]) -> None:
+    """Ask workers to stop, all at once, then wait; kill those that linger."""
+    for worker in workers:
+        if worker.alive():
+            try:
+                worker.send((P.STOP,))
+            except OSError:
+                worker.kill()
+    deadline = time.monotonic() + STOP_GRACE
+    for worker in workers:
+        worker.reap(max(0.05, deadline - time.monotonic()))
+        worker.close()
+
+
+_default_pool: Pool | None = None
+_default_lock = threading.Lock()
+
+
+def default_pool() -> Pool:
+    """The process-wide warm pool (created on first use, stopped at exit)."""
+    global _default_pool
+    with _default_lock:
+        if _default_pool is None:
+            _default_pool = Pool()
+            atexit.register(shutdown_default_pool)
+        return _default_pool
+
+
+def shutdown_default_pool() -> None:
+    global _default_pool
+    with _default_lock:
+        pool, _default_pool = _default_pool, None
+    if pool is not None:
+        pool.shutdown()

@@ -1,0 +1,114 @@
+"""Messages between the parent and a worker, and the worker's status board (layer L0).
+
+Every message is one pickled tuple sent with ``Connection.send_bytes`` over the worker's
+own duplex pipe; its first element is one of the tags below. Items and the function
+travel as separately pickled blobs so a blob that cannot be unpickled in the worker is
+reported as such (``LOAD_ERROR``) rather than killing the message stream.
+
+Parent -> worker::
+
+    (INIT, settings)                          once, first message: sys.path etc.
+    (FUNC, key, payload, sources)             the pickled function, cached by key
+    (CHUNK, chunk_id, key, items_blob, star)  run func(item) for every item in the blob
+    (STOP,)                                   exit cleanly
+
+Worker -> parent::
+
+    (READY, pid)
+    (RESULTS, chunk_id, start, values_blob, errors, durations, outputs, maxrss_kb, done)
+        results for positions start .. start+len(durations)-1 of the chunk, the values
+        pickled on their own (a value that fails to unpickle in the parent can't make
+        the rest of the message unreadable); ``errors``
+        maps a position to an ErrorInfo tuple, ``durations`` are seconds per item,
+        ``done`` is True on the chunk's last batch
+    (OUTPUT, chunk_id, lines)                 captured print output while items run:
+        lines is a list of (position, stream, text)
+    (LOAD_ERROR, what, ident, error_info)     the function ("func", key) or a chunk's
+        items ("chunk", chunk_id) could not be unpickled
+
+The **status board** is a small shared-memory block per worker, written by the worker
+with plain stores (no syscall, so cheap enough for every item) and read by the parent:
+which chunk the worker holds, which position it is running, and since when. The parent
+reads it to enforce per-item timeouts, to show the current item, and, after a crash, to
+know which item was running when the worker died.
+"""
+
+from __future__ import annotations
+
+import mmap
+
+INIT = "init"
+FUNC = "func"
+CHUNK = "chunk"
+STOP = "stop"
+
+READY = "ready"
+RESULTS = "results"
+OUTPUT = "output"
+LOAD_ERROR = "load_error"
+
+#: How many distinct functions a worker keeps loaded (the parent mirrors this LRU).
+FUNCTION_CACHE = 8
+
+#: Environment variable set in every worker: nested parmap calls run serially there.
+WORKER_ENV = "IPYPARMAP_WORKER"
+
+# An ErrorInfo is the tuple (exception_blob, type_name, message, traceback_text):
+# the blob is the pickled exception, or None when the exception could not be pickled.
+
+BOARD_SIZE = 64
+# Layout: int64 chunk_id, int64 position, float64 item start (time.monotonic()).
+
+#: Board position while the worker unpickles a chunk (no item has started yet).
+LOADING = -1
+#: Board chunk id when the worker holds no chunk.
+IDLE = -1
+
+
+class Board:
+    """One worker's status board: a view over a shared ``mmap``.
+
+    The worker calls :meth:`begin_chunk`, then :meth:`begin_item` before each item
+    (position ``len(items)`` marks "pickling the results"). The parent calls
+    :meth:`read`. Writes are aligned 8-byte stores, so a read never sees half a number.
+    """
+
+    __slots__ = ("_ints", "_mm", "_time")
+
+    def __init__(self, mm: mmap.mmap):
+        self._mm = mm
+        view = memoryview(mm)
+        self._ints = view[:16].cast("q")
+        self._time = view[16:24].cast("d")
+
+    @classmethod
+    def from_fd(cls, fd: int) -> Board:
+        return cls(mmap.mmap(fd, BOARD_SIZE))
+
+    def begin_chunk(self, chunk_id: int) -> None:
+        self._ints[1] = LOADING
+        self._ints[0] = chunk_id
+
+    def begin_item(self, position: int, now: float) -> None:
+        self._time[0] = now
+        self._ints[1] = position
+
+    def end_chunk(self) -> None:
+        self._ints[0] = IDLE
+
+    def read(self) -> tuple[int, int, float]:
+        """Return ``(chunk_id, position, started)``, retrying a read torn by a write."""
+        for _ in range(3):
+            chunk_id, position = self._ints[0], self._ints[1]
+            started = self._time[0]
+            if self._ints[1] == position and self._ints[0] == chunk_id:
+                break
+        return chunk_id, position, started
+
+    def close(self) -> None:
+        self._ints.release()
+        self._time.release()
+        try:
+            self._mm.close()
+        except BufferError:  # a view is still exported somewhere; the GC will do it
+            pass

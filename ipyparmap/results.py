@@ -1,0 +1,163 @@
+"""Results, failures and run statistics (layer L1).
+
+``Results`` is a plain ``list`` subclass (one slot per input, in input order) so it
+works everywhere a list does; a failed slot holds a :class:`Failure` instead of a value.
+"""
+
+from __future__ import annotations
+
+import html
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import short_repr
+
+FAILURE_KINDS = ("error", "crashed", "timeout", "cancelled")
+
+
+@dataclass(eq=False)
+class Failure:
+    """What went wrong with one item. Sits in the item's slot of :class:`Results`."""
+
+    index: int
+    item: Any
+    kind: str  # one of FAILURE_KINDS
+    exception: BaseException | None = None
+    traceback: str = ""
+    worker: int | None = None  # the worker's PID
+    attempts: int = 1
+
+    def __repr__(self) -> str:
+        exc = "" if self.exception is None else f": {_exc_text(self.exception)}"
+        return f"<Failure item {self.index} {self.kind}{exc}>"
+
+    def describe(self) -> str:
+        """One line: which item, what kind of failure, why."""
+        exc = "" if self.exception is None else f": {_exc_text(self.exception)}"
+        return f"item {self.index} ({short_repr(self.item)}) {self.kind}{exc}"
+
+
+def _exc_text(exc: BaseException) -> str:
+    text = str(exc)
+    name = type(exc).__name__
+    if len(text) > 200:
+        text = text[:197] + "..."
+    return f"{name}({text!r})" if text else name
+
+
+@dataclass(frozen=True)
+class ItemOutput:
+    """What an item printed in its worker."""
+
+    stdout: str = ""
+    stderr: str = ""
+
+    def __str__(self) -> str:
+        return self.stdout + self.stderr
+
+
+@dataclass
+class RunStats:
+    """Where the time of a run went."""
+
+    items: int = 0
+    workers: int = 0
+    wall: float = 0.0  # seconds from the call to the last result
+    task_time: float = 0.0  # sum of the items' run times in the workers
+    busy: dict = field(default_factory=dict)  # worker PID -> seconds spent running items
+    peak_rss: int | None = None  # bytes, largest worker RSS seen
+    failures: dict = field(default_factory=dict)  # kind -> count
+    retries: int = 0  # extra attempts made
+    restarts: int = 0  # workers replaced after a crash or timeout
+
+    @property
+    def speedup(self) -> float:
+        """Achieved speedup: task time / wall time (ideal: the number of workers)."""
+        return self.task_time / self.wall if self.wall > 0 else 0.0
+
+    @property
+    def items_per_second(self) -> float:
+        return self.items / self.wall if self.wall > 0 else 0.0
+
+    def summary(self) -> str:
+        failed = sum(self.failures.values())
+        return (
+            f"{self.items} items, {failed} failed, {self.wall:.2f} s wall, "
+            f"{self.workers} workers, speedup {self.speedup:.2f}x"
+        )
+
+
+class Results(list):
+    """The results of a run, in input order; failed slots hold a :class:`Failure`.
+
+    Extra attributes: ``ok``, ``failures``, ``stats`` (:class:`RunStats`), ``outputs``
+    (``{index: ItemOutput}`` for items that printed), ``durations`` (seconds per item,
+    None where it did not run).
+    """
+
+    def __init__(
+        self,
+        values=(),
+        stats: RunStats | None = None,
+        outputs: dict | None = None,
+        durations: list | None = None,
+        workers: list | None = None,
+    ):
+        super().__init__(values)
+        self.stats = stats if stats is not None else RunStats(items=len(self))
+        self.outputs: dict[int, ItemOutput] = outputs if outputs is not None else {}
+        self.durations: list = durations if durations is not None else []
+        self.worker_of: list = workers if workers is not None else []
+
+    @property
+    def failures(self) -> list[Failure]:
+        return [value for value in self if isinstance(value, Failure)]
+
+    @property
+    def ok(self) -> bool:
+        """True when no item failed."""
+        return not any(isinstance(value, Failure) for value in self)
+
+    def values(self, default: Any = None) -> list:
+        """The results as a plain list, with ``default`` in place of each failure."""
+        return [default if isinstance(v, Failure) else v for v in self]
+
+    def summary(self) -> str:
+        kinds = Counter(f.kind for f in self.failures)
+        done = len(self) - sum(kinds.values())
+        parts = [f"{done}/{len(self)} done"]
+        parts += [f"{n} {kind}" for kind, n in sorted(kinds.items())]
+        if not kinds:
+            parts.append("0 failed")
+        parts.append(f"{self.stats.wall:.2f} s")
+        if self.stats.wall > 0 and self.stats.task_time > 0:
+            parts.append(f"speedup {self.stats.speedup:.2f}x on {self.stats.workers} workers")
+        return ", ".join(parts)
+
+    def __reduce__(self):
+        return (
+            _rebuild_results,
+            (list(self), self.stats, self.outputs, self.durations, self.worker_of),
+        )
+
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            f"<tr><td>{f.index}</td><td>{html.escape(f.kind)}</td>"
+            f"<td><code>{html.escape(f.describe())}</code></td></tr>"
+            for f in self.failures[:5]
+        )
+        preview = html.escape(repr(list(self[:10]))[:500]) + (" ..." if len(self) > 10 else "")
+        table = (
+            f"<table><tr><th>item</th><th>kind</th><th>failure</th></tr>{rows}</table>"
+            if rows
+            else ""
+        )
+        return (
+            f"<div class='ipyparmap-results'><b>Results</b>: {html.escape(self.summary())}"
+            f"<br><code>{preview}</code>{table}</div>"
+        )
+
+
+def _rebuild_results(values, stats, outputs, durations, workers) -> Results:
+    return Results(values, stats, outputs, durations, workers)

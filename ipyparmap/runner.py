@@ -1,0 +1,761 @@
+"""One map over the local pool: the dispatch loop, and all of a run's state (layer L3).
+
+Data flow::
+
+    iterable ──(pulled lazily, bounded look-ahead)──┐
+    requeue (crash splits, retries) ────────────────┤
+                                                    ▼
+        Runner._dispatch ── CHUNK ──> worker pipe ──> Worker: func(item) per item
+                                                          │   status board (shm):
+        Runner._wait: multiprocessing.connection.wait     │   chunk, position, since
+          on every pipe and every death sentinel  <───────┘
+            │ RESULTS / OUTPUT / LOAD_ERROR   │ sentinel fired: worker died
+            ▼                                 ▼
+        _on_results: values, errors      _on_death: read the board, blame the
+        _on_output: print forwarding       running item (crashed/timeout), requeue
+            │                              the others, spawn a replacement
+            ▼
+        outcomes (index, value or Failure) ──> parmap: Results   imap: values
+
+Who owns what: the Runner owns every piece of run state (which worker holds which
+chunk, attempts, the requeue, partial results) and is driven by one thread only, the
+caller's (or the thread of a background Run). The Pool owns processes, never run state.
+Workers hold nothing but their current chunk, so a dead worker costs only its chunk.
+
+Interrupts: KeyboardInterrupt may arrive anywhere in the caller's thread. Whoever
+catches it calls :meth:`Runner.abort`, which is idempotent: it stops dispatching, kills
+busy workers (they may be deep in a C extension), and turns unfinished items into
+``cancelled`` failures. Finished results are never dropped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from itertools import islice
+from multiprocessing.connection import wait
+from typing import Any
+
+from . import protocol as P
+from .config import Options, describe
+from .errors import (
+    Interrupted,
+    ParmapError,
+    SerializationError,
+    TaskError,
+    TaskTimeout,
+    WorkerCrashed,
+)
+from .plan import ChunkPlanner
+from .pool import Pool, WorkerHandle
+from .progress import BUSY, DEAD, IDLE, ProgressModel
+from .resources import describe_exit, signal_name
+from .results import Failure, ItemOutput, Results, RunStats
+from .serialize import (
+    PICKLING_ERRORS,
+    ItemPicklingError,
+    loads,
+    pickle_function,
+    pickle_items,
+    rebuild_exception,
+)
+
+#: Seconds between loop wake-ups when nothing arrives (progress refresh, timeouts).
+TICK = 0.1
+#: Workers that die before they ever start, in a row, before the run gives up.
+MAX_BOOT_FAILURES = 3
+#: Seconds busy workers get to finish their chunk after errors="raise" stops a run.
+RAISE_GRACE = 0.2
+
+OutputCallback = Callable[[int, str, str], None]
+
+
+@dataclass
+class _Chunk:
+    id: int
+    indices: list
+    items: list
+    attempts: list  # attempts made before this dispatch, per position
+    solo: bool  # sent alone to pin down which item kills its worker
+    worker: WorkerHandle
+    reported: int = 0  # positions below this have come back
+    blob: bytes | None = None  # the pickled items, until sent
+
+
+@dataclass
+class _Pending:
+    """An item waiting to be (re)dispatched."""
+
+    index: int
+    item: Any
+    attempts: int = 0
+    solo: bool = False
+
+
+@dataclass
+class _Tally:
+    """Per-index bookkeeping for Results: durations, workers, outputs."""
+
+    keep: bool
+    durations: dict = field(default_factory=dict)
+    workers: dict = field(default_factory=dict)
+    stdout: dict = field(default_factory=dict)
+    stderr: dict = field(default_factory=dict)
+
+
+class _StopRun(Exception):
+    """Internal: errors="raise" saw its first failure."""
+
+    def __init__(self, failure: Failure):
+        super().__init__(failure)
+        self.failure = failure
+
+
+class InputError(Exception):
+    """Internal: the input iterable raised ``error`` when asked for item ``index``."""
+
+    def __init__(self, index: int, error: BaseException):
+        super().__init__(index, error)
+        self.index = index
+        self.error = error
+
+
+def input_length(iterable: Any) -> int | None:
+    try:
+        return len(iterable)
+    except Exception:
+        return None
+
+
+class Runner:
+    """Runs ``func`` over ``iterable`` on leased workers of ``pool``."""
+
+    def __init__(
+        self,
+        func: Callable,
+        iterable: Iterable,
+        options: Options,
+        *,
+        pool: Pool,
+        workers: int,
+        env: dict[str, str] | None = None,
+        progress: ProgressModel | None = None,
+        on_output: OutputCallback | None = None,
+        keep_details: bool = True,
+    ):
+        self.func = func
+        self.options = options
+        self.pool = pool
+        self.env = env
+        self.total = input_length(iterable)
+        self.sequence = iterable if isinstance(iterable, Sequence) else None
+        self.source = enumerate(iter(iterable))
+        self.n_workers = workers if self.total is None else max(1, min(workers, self.total))
+        self.progress = progress
+        self.on_output = on_output
+        self.tally = _Tally(keep_details)
+        self.planner = ChunkPlanner(self.n_workers, options.chunksize, self.total)
+        self.stats = RunStats(workers=self.n_workers)
+        self.started = time.monotonic()
+
+        self.workers: list[WorkerHandle] = []
+        self.in_flight: dict[WorkerHandle, _Chunk] = {}
+        self.requeue: deque[_Pending] = deque()
+        self.outcomes: deque = deque()  # (index, value or Failure), ready to hand out
+        self.cancelled: list[tuple[int, Any]] = []
+        self.timed_out: dict[WorkerHandle, int] = {}  # worker -> position killed for
+        self.pulled = 0  # items taken from the input so far
+        self.finished = 0  # items with a final outcome
+        self.floor = 0  # ordered imap: lowest index not handed out yet
+        self.window: int | None = None  # ordered imap: look-ahead bound
+        self.exhausted = False
+        self.input_error: InputError | None = None
+        self.stopping = False
+        self.closed = False
+        self.boot_failures = 0
+        self.first_failure: Failure | None = None  # errors="raise": stop at this one
+        self.payload = None
+        self.next_chunk_id = 0
+
+    # ------------------------------------------------------------------ public driving
+    def results(self) -> Results:
+        """Run to the end; return Results, or raise with the partial Results attached."""
+        slots: dict[int, Any] = {}
+        try:
+            for index, value in self.events():
+                slots[index] = value
+        except KeyboardInterrupt:
+            self.abort()
+            raise Interrupted(
+                "interrupted; the finished results are in .results", self._build(slots)
+            ) from None
+        except _StopRun as stop:
+            raise self._failure_error(stop.failure, self._build(slots)) from _cause(stop.failure)
+        except InputError as bad:
+            self._attach_input_error(bad, self._build(slots))
+            raise bad.error from None
+        return self._build(slots)
+
+    def values(self, ordered: bool = True) -> Iterator[Any]:
+        """Yield values (Failure objects with errors="collect") in input or completion order."""
+        self.tally.keep = False
+        if ordered:
+            self.window = max(64, 16 * self.n_workers)
+        buffer: dict[int, Any] = {}
+        try:
+            for index, value in self.events():
+                if not ordered:
+                    yield value
+                    continue
+                buffer[index] = value
+                while self.floor in buffer:
+                    value = buffer.pop(self.floor)
+                    self.floor += 1
+                    yield value
+            while ordered and self.floor in buffer:
+                yield buffer.pop(self.floor)
+                self.floor += 1
+        except KeyboardInterrupt:
+            self.abort()
+            raise Interrupted("interrupted") from None
+        except _StopRun as stop:
+            raise self._failure_error(stop.failure, None) from _cause(stop.failure)
+        except InputError as bad:
+            raise bad.error from None
+        finally:
+            self.abort()  # the consumer stopped early (break, close): stop the workers
+
+    def events(self) -> Iterator[tuple[int, Any]]:
+        """The core loop: yield ``(index, value or Failure)`` as items finish."""
+        self._start()
+        try:
+            while True:
+                self._dispatch()
+                while self.outcomes:
+                    yield self.outcomes.popleft()
+                if not self.in_flight and self._drained():
+                    break
+                self._wait(TICK)
+                if self.first_failure is not None:
+                    self._raise_first_failure()
+                while self.outcomes:
+                    yield self.outcomes.popleft()
+            if self.input_error is not None:
+                raise self.input_error
+        finally:
+            self.abort()
+
+    def abort(self) -> None:
+        """Stop: no more dispatching, busy workers killed, unfinished items cancelled.
+
+        Safe to call more than once, and from ``except KeyboardInterrupt`` (a second
+        Ctrl-C while aborting does not leave workers behind).
+        """
+        if self.closed:
+            return
+        self.stopping = True
+        while True:
+            try:
+                self._kill_busy()
+                self._close()
+                return
+            except KeyboardInterrupt:
+                continue
+
+    # ------------------------------------------------------------------ start and stop
+    def _start(self) -> None:
+        # Lease (and spawn) workers first: they boot while we pickle the function.
+        self.workers = self.pool.acquire(self.n_workers, self.env)
+        for worker in self.workers:
+            self._progress_worker(worker, IDLE)
+        try:
+            self.payload = pickle_function(self.func)
+        except BaseException:
+            self.abort()
+            raise
+        if self.progress is not None:
+            self.progress.total = self.total
+
+    def _drained(self) -> bool:
+        return not self.requeue and (self.exhausted or self.stopping)
+
+    def _kill_busy(self) -> None:
+        busy = [w for w in self.in_flight if not w.closed]
+        for worker in busy:
+            worker.kill()
+        for worker in busy:
+            worker.reap(5.0)
+            chunk = self.in_flight.pop(worker)
+            for pos in range(chunk.reported, len(chunk.items)):
+                self._cancel(chunk.indices[pos], chunk.items[pos])
+            self._forget(worker)
+        while self.requeue:
+            pending = self.requeue.popleft()
+            self._cancel(pending.index, pending.item)
+
+    def _cancel(self, index: int, item: Any) -> None:
+        self.cancelled.append((index, item))
+
+    def _close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        keep = max(self.n_workers, len(self.workers))
+        self.pool.release([w for w in self.workers if w not in self.in_flight], keep=keep)
+        self.stats.wall = time.monotonic() - self.started
+        self.stats.items = self.pulled
+        if self.progress is not None:
+            for worker in self.workers:
+                self._progress_worker(worker, IDLE)
+            self.progress.finish()
+
+    def _forget(self, worker: WorkerHandle) -> None:
+        if worker in self.workers:
+            self.workers.remove(worker)
+        self.timed_out.pop(worker, None)
+        self.pool.discard(worker)
+        self._progress_worker(worker, DEAD)
+
+    # ------------------------------------------------------------------ dispatching
+    def _dispatch(self) -> None:
+        if self.stopping:
+            return
+        for worker in list(self.workers):
+            if worker in self.in_flight or worker.closed:
+                continue
+            chunk = self._next_chunk(worker)
+            if chunk is None:
+                return
+            self._send(chunk)
+
+    def _next_chunk(self, worker: WorkerHandle) -> _Chunk | None:
+        while True:
+            pending = self._take_pending()
+            if not pending:
+                return None
+            items = [p.item for p in pending]
+            try:
+                blob = pickle_items(items)
+            except ItemPicklingError as bad:
+                culprit = pending.pop(bad.position)
+                error = SerializationError(
+                    f"cannot pickle item {culprit.index} ({describe(culprit.item)}) to send "
+                    f"it to a worker: {type(bad.error).__name__}: {bad.error}"
+                )
+                self._final_failure(culprit.index, culprit.item, "error", error, None, 1)
+                self.requeue.extendleft(reversed(pending))
+                continue
+            chunk = _Chunk(
+                self.next_chunk_id,
+                [p.index for p in pending],
+                items,
+                [p.attempts for p in pending],
+                len(pending) == 1 and pending[0].solo,
+                worker,
+            )
+            chunk.blob = blob
+            self.next_chunk_id += 1
+            return chunk
+
+    def _take_pending(self) -> list[_Pending]:
+        """The items of the next chunk: requeued ones first, then new input."""
+        if self.requeue:
+            if self.requeue[0].solo:
+                return [self.requeue.popleft()]
+            size = self.planner.next_size(len(self.requeue))
+            taken = []
+            while self.requeue and len(taken) < size and not self.requeue[0].solo:
+                taken.append(self.requeue.popleft())
+            return taken
+        if self.exhausted:
+            return []
+        remaining = None if self.total is None else self.total - self.pulled
+        size = self.planner.next_size(remaining)
+        if self.window is not None:
+            size = min(size, self.floor + self.window - self.pulled)
+            if size <= 0:
+                return []
+        taken = []
+        try:
+            for index, item in islice(self.source, size):
+                taken.append(_Pending(index, item))
+        except Exception as exc:  # the input iterable itself raised
+            self.input_error = InputError(self.pulled + len(taken), exc)
+            self.exhausted = True
+        self.pulled += len(taken)
+        if len(taken) < size:
+            self.exhausted = True
+        return taken
+
+    def _send(self, chunk: _Chunk) -> None:
+        worker = chunk.worker
+        self.in_flight[worker] = chunk
+        self._progress_worker(worker, BUSY, chunk.indices[0])
+        payload = self.payload
+        try:
+            worker.send_function(payload.key, payload.blob, payload.sources)
+            worker.send((P.CHUNK, chunk.id, payload.key, chunk.blob, self.options.star))
+        except OSError:
+            pass  # it died; its sentinel fires and _on_death requeues the chunk
+        chunk.blob = None
+
+    # ------------------------------------------------------------------ waiting
+    def _wait(self, timeout: float) -> None:
+        owners: dict[Any, WorkerHandle] = {}
+        for worker in self.workers:
+            owners[worker.conn] = worker
+            owners[worker.sentinel] = worker
+        if self.options.timeout is not None:
+            timeout = min(timeout, max(0.01, self.options.timeout / 10))
+        for ready in wait(list(owners), timeout):
+            worker = owners[ready]
+            if worker.closed:
+                continue
+            if ready is worker.conn:
+                self._receive(worker)
+            else:
+                self._on_death(worker)
+        self._check_timeouts()
+        self._refresh_progress()
+
+    def _receive(self, worker: WorkerHandle) -> None:
+        try:
+            data = worker.conn.recv_bytes()
+        except (EOFError, OSError):
+            self._on_death(worker)
+            return
+        self._handle(worker, loads(data))
+
+    def _handle(self, worker: WorkerHandle, message: tuple) -> None:
+        tag = message[0]
+        if tag == P.RESULTS:
+            self._on_results(worker, *message[1:])
+        elif tag == P.OUTPUT:
+            chunk = self.in_flight.get(worker)
+            if chunk is not None and chunk.id == message[1]:
+                self._on_output(chunk, message[2])
+        elif tag == P.READY:
+            worker.ready = True
+            self.boot_failures = 0
+        elif tag == P.LOAD_ERROR:
+            self._on_load_error(worker, *message[1:])
+
+    # ------------------------------------------------------------------ outcomes
+    def _on_results(self, worker, chunk_id, start, values_blob, errors, durations,
+                    outputs, maxrss_kb, done) -> None:  # fmt: skip
+        chunk = self.in_flight.get(worker)
+        if chunk is None or chunk.id != chunk_id:
+            return
+        if outputs:
+            self._on_output(chunk, outputs)
+        count = len(durations)
+        busy = sum(durations)
+        self.stats.task_time += busy
+        self.stats.busy[worker.pid] = self.stats.busy.get(worker.pid, 0.0) + busy
+        self.planner.record(count, busy)
+        if maxrss_kb:
+            peak = maxrss_kb * 1024
+            self.stats.peak_rss = max(self.stats.peak_rss or 0, peak)
+        try:
+            values = loads(values_blob)
+        except PICKLING_ERRORS as exc:
+            values = None
+            load_error = exc
+        for offset in range(count):
+            position = start + offset
+            index = chunk.indices[position]
+            if self.tally.keep:
+                self.tally.durations[index] = durations[offset]
+                self.tally.workers[index] = worker.pid
+            if offset in errors:
+                exc = rebuild_exception(errors[offset])
+                self._item_failed(chunk, position, "error", exc, errors[offset][3])
+            elif values is None:
+                self._unloadable_result(chunk, position, load_error, count)
+            else:
+                self._succeeded(index, values[offset], worker)
+        chunk.reported = start + count
+        if done:
+            del self.in_flight[worker]
+            self._progress_worker(worker, IDLE)
+
+    def _unloadable_result(self, chunk: _Chunk, position: int, error, batch: int) -> None:
+        if batch == 1:
+            index = chunk.indices[position]
+            exc = SerializationError(
+                f"the result of item {index} could not be unpickled here: "
+                f"{type(error).__name__}: {error}"
+            )
+            self._item_failed(chunk, position, "error", exc, "")
+        else:  # which value is to blame? run each of them alone to find out
+            self.requeue.append(
+                _Pending(
+                    chunk.indices[position], chunk.items[position], chunk.attempts[position], True
+                )
+            )
+
+    def _succeeded(self, index: int, value: Any, worker: WorkerHandle) -> None:
+        self.outcomes.append((index, value))
+        self.finished += 1
+        if self.progress is not None:
+            self.progress.worker(worker.pid).done += 1
+            self.progress.add(1)
+
+    def _item_failed(self, chunk: _Chunk, position: int, kind: str, exc, tb_text: str) -> None:
+        index, item = chunk.indices[position], chunk.items[position]
+        attempts = chunk.attempts[position] + 1
+        if attempts <= self.options.retries and not self.stopping:
+            self.stats.retries += 1
+            self.requeue.appendleft(_Pending(index, item, attempts, kind != "error"))
+            return
+        self._final_failure(index, item, kind, exc, chunk.worker.pid, attempts, tb_text)
+
+    def _final_failure(self, index, item, kind, exc, pid, attempts, tb_text: str = "") -> None:
+        failure = Failure(index, item, kind, exc, tb_text or _traceback_text(exc), pid, attempts)
+        self.outcomes.append((index, failure))
+        self.finished += 1
+        self.stats.failures[kind] = self.stats.failures.get(kind, 0) + 1
+        if self.progress is not None:
+            self.progress.add(1, 1)
+        if self.options.errors == "raise" and not self.stopping:
+            self.stopping = True
+            self.first_failure = failure
+
+    def _raise_first_failure(self) -> None:
+        failure, self.first_failure = self.first_failure, None
+        # Busy workers get a moment to finish their chunk: those results are kept.
+        deadline = time.monotonic() + RAISE_GRACE
+        while self.in_flight and time.monotonic() < deadline:
+            self._wait(max(0.0, deadline - time.monotonic()))
+        self._kill_busy()
+        raise _StopRun(failure)
+
+    def _on_output(self, chunk: _Chunk, lines: list) -> None:
+        for position, stream, text in lines:
+            index = chunk.indices[position] if 0 <= position < len(chunk.indices) else -1
+            if self.tally.keep and index >= 0:
+                store = self.tally.stdout if stream == "stdout" else self.tally.stderr
+                store.setdefault(index, []).append(text)
+            if self.on_output is not None:
+                self.on_output(index, stream, text)
+
+    def _on_load_error(self, worker: WorkerHandle, what: str, ident, info) -> None:
+        if what == "func":
+            cause = rebuild_exception(info) if info is not None else None
+            error = SerializationError(
+                f"the function {_name(self.func)} could not be unpickled in a worker"
+                + (f": {type(cause).__name__}: {cause}" if cause is not None else "")
+            )
+            error.__cause__ = cause
+            self.abort()
+            raise error
+        chunk = self.in_flight.pop(worker, None)
+        self._progress_worker(worker, IDLE)
+        if chunk is None:
+            return
+        if len(chunk.items) == 1:
+            cause = rebuild_exception(info)
+            error = SerializationError(
+                f"item {chunk.indices[0]} could not be unpickled in the worker: "
+                f"{type(cause).__name__}: {cause}"
+            )
+            error.__cause__ = cause
+            self._item_failed(chunk, 0, "error", error, "")
+        else:  # find the bad item: send each alone
+            for pos in reversed(range(len(chunk.items))):
+                self.requeue.appendleft(
+                    _Pending(chunk.indices[pos], chunk.items[pos], chunk.attempts[pos], True)
+                )
+
+    # ------------------------------------------------------------------ deaths and timeouts
+    def _on_death(self, worker: WorkerHandle) -> None:
+        if worker.closed:
+            return
+        # Messages it sent before dying are still in the pipe: read them first.
+        while True:
+            try:
+                if not worker.conn.poll(0):
+                    break
+                data = worker.conn.recv_bytes()
+            except (EOFError, OSError):
+                break
+            self._handle(worker, loads(data))
+        if worker.closed:  # handling a message may have closed it
+            return
+        returncode = worker.reap(5.0)
+        booted = worker.ready
+        position = self.timed_out.get(worker)
+        chunk = self.in_flight.pop(worker, None)
+        self._forget(worker)
+        if chunk is not None:
+            self._crashed_chunk(chunk, worker, returncode, position)
+        if not booted:
+            self.boot_failures += 1
+            if self.boot_failures >= MAX_BOOT_FAILURES:
+                self.abort()
+                raise ParmapError(
+                    f"worker processes {describe_exit(returncode)} before they started; "
+                    f"their error output is above. Can {describe(_executable())} import "
+                    "ipyparmap?"
+                )
+        if not self.stopping and (self.requeue or not self.exhausted):
+            self._replace_worker()
+
+    def _replace_worker(self) -> None:
+        worker = self.pool.spawn(self.env)
+        self.stats.restarts += 1
+        self.workers.append(worker)
+        self._progress_worker(worker, IDLE)
+        if self.progress is not None:
+            self.progress.worker(worker.pid).restarts = self.stats.restarts
+
+    def _crashed_chunk(self, chunk, worker, returncode, timed_out_position) -> None:
+        remaining = list(range(chunk.reported, len(chunk.items)))
+        if not remaining:
+            return
+        board_chunk, position, _ = worker.board.read()
+        if board_chunk != chunk.id:  # it died before it even looked at the chunk
+            blame = None
+        elif 0 <= position < len(chunk.items):
+            blame = position
+        elif chunk.solo or len(remaining) == 1:  # died loading items or sending results
+            blame = remaining[0]
+        else:  # which item? run each alone to find out
+            for pos in reversed(remaining):
+                self._requeue_position(chunk, pos, solo=True)
+            return
+        for pos in reversed(remaining):
+            if pos != blame:
+                self._requeue_position(chunk, pos, solo=chunk.solo)
+        if blame is None:
+            return
+        index = chunk.indices[blame]
+        if timed_out_position == blame:
+            exc: TaskError = TaskTimeout(
+                f"item {index} ran longer than the timeout of {self.options.timeout:g} s; "
+                f"its worker (pid {worker.pid}) was killed",
+                self.options.timeout,
+            )
+            kind = "timeout"
+        else:
+            exc = WorkerCrashed(
+                f"the worker running item {index} (pid {worker.pid}) {describe_exit(returncode)}",
+                returncode if returncode is None or returncode >= 0 else None,
+                signal_name(returncode),
+            )
+            kind = "crashed"
+        self._item_failed(chunk, blame, kind, exc, "")
+
+    def _requeue_position(self, chunk: _Chunk, pos: int, solo: bool) -> None:
+        self.requeue.appendleft(
+            _Pending(chunk.indices[pos], chunk.items[pos], chunk.attempts[pos], solo)
+        )
+
+    def _check_timeouts(self) -> None:
+        limit = self.options.timeout
+        if limit is None:
+            return
+        now = time.monotonic()
+        for worker, chunk in self.in_flight.items():
+            if worker in self.timed_out:
+                continue
+            board_chunk, position, started = worker.board.read()
+            running = board_chunk == chunk.id and 0 <= position < len(chunk.items)
+            if running and now - started > limit:
+                self.timed_out[worker] = position
+                worker.kill()
+
+    # ------------------------------------------------------------------ progress
+    def _progress_worker(self, worker: WorkerHandle, state: str, current: int | None = None):
+        if self.progress is not None:
+            record = self.progress.worker(worker.pid)
+            record.state = state
+            record.current = current
+
+    def _refresh_progress(self) -> None:
+        if self.progress is None or not self.progress.listeners:
+            return
+        for worker, chunk in self.in_flight.items():
+            board_chunk, position, _ = worker.board.read()
+            if board_chunk == chunk.id and 0 <= position < len(chunk.indices):
+                self.progress.worker(worker.pid).current = chunk.indices[position]
+        self.progress.maybe_refresh()
+
+    # ------------------------------------------------------------------ building results
+    def _build(self, slots: dict[int, Any]) -> Results:
+        for index, item in self.cancelled:
+            if index not in slots:
+                slots[index] = Failure(index, item, "cancelled")
+        self.cancelled = []
+        size = max(slots, default=-1) + 1
+        if self.sequence is not None and self.total is not None:
+            size = self.total
+        values = []
+        for index in range(size):
+            if index in slots:
+                values.append(slots[index])
+            else:  # never taken from the input: cancelled before it started
+                item = self.sequence[index] if self.sequence is not None else None
+                values.append(Failure(index, item, "cancelled"))
+        tally = self.tally
+        outputs = {
+            index: ItemOutput(
+                "".join(tally.stdout.get(index, ())), "".join(tally.stderr.get(index, ()))
+            )
+            for index in sorted(set(tally.stdout) | set(tally.stderr))
+        }
+        self.stats.items = len(values)
+        for failure in values:
+            if isinstance(failure, Failure) and failure.kind == "cancelled":
+                self.stats.failures["cancelled"] = self.stats.failures.get("cancelled", 0) + 1
+        return Results(
+            values,
+            self.stats,
+            outputs,
+            [tally.durations.get(i) for i in range(size)],
+            [tally.workers.get(i) for i in range(size)],
+        )
+
+    def _failure_error(self, failure: Failure, results: Results | None) -> ParmapError:
+        exc = failure.exception
+        if isinstance(exc, (TaskError, SerializationError)):
+            exc.failure, exc.results = failure, results
+            return exc
+        return TaskError(failure.describe(), failure, results)
+
+    def _attach_input_error(self, bad: InputError, results: Results) -> None:
+        error = bad.error
+        try:
+            error.results = results
+            error.add_note(
+                f"ipyparmap: the input iterable raised this when asked for item {bad.index}; "
+                f"the {bad.index} items before it are in this exception's .results"
+            )
+        except (AttributeError, TypeError):
+            pass
+
+
+def _cause(failure: Failure) -> BaseException | None:
+    exc = failure.exception
+    if isinstance(exc, (TaskError, SerializationError)):
+        return exc.__cause__
+    return exc
+
+
+def _traceback_text(exc: BaseException | None) -> str:
+    if exc is None:
+        return ""
+    cause = exc.__cause__
+    return getattr(cause, "tb", "") or f"{type(exc).__name__}: {exc}\n"
+
+
+def _name(func: Any) -> str:
+    return repr(getattr(func, "__qualname__", None) or type(func).__name__)
+
+
+def _executable() -> str:
+    import sys
+
+    return sys.executable

@@ -1,0 +1,281 @@
+"""Pickling with cloudpickle, and naming the culprit when something can't be pickled (L1).
+
+Why cloudpickle for everything: functions, lambdas and classes defined in a notebook or
+in ``__main__`` cannot be pickled by reference (a spawned worker has no such
+``__main__``), so cloudpickle pickles them by value. For plain data it is as fast as
+``pickle`` (it subclasses the C pickler), and results that are instances of such classes
+come back as instances of the parent's own class.
+
+cloudpickle is imported on first use: ``import ipyparmap`` stays light.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import linecache
+import os
+import traceback
+import types
+from dataclasses import dataclass
+from typing import Any
+
+from .config import describe
+from .errors import RemoteException, RemoteTraceback, SerializationError
+
+PROTOCOL = 5
+_cloudpickle = None
+
+
+def _cp():
+    global _cloudpickle
+    if _cloudpickle is None:
+        import cloudpickle
+
+        _cloudpickle = cloudpickle
+    return _cloudpickle
+
+
+def dumps(obj: Any) -> bytes:
+    return _cp().dumps(obj, protocol=PROTOCOL)
+
+
+def loads(blob: bytes) -> Any:
+    import pickle
+
+    return pickle.loads(blob)
+
+
+# Exceptions raised while pickling that mean "this object can't be pickled". SystemExit
+# is here because a __reduce__ that calls sys.exit() must not end the caller's program;
+# KeyboardInterrupt is not, so the user can still interrupt a long pickling.
+PICKLING_ERRORS = (Exception, SystemExit)
+
+
+@dataclass(frozen=True)
+class FunctionPayload:
+    """The pickled function, its content hash, and the notebook source lines it needs."""
+
+    key: bytes
+    blob: bytes
+    sources: dict
+
+
+def pickle_function(func: Any) -> FunctionPayload:
+    """Pickle ``func`` (with the globals it uses) once per run.
+
+    Raises SerializationError naming the unpicklable part (a global, a closure variable,
+    an attribute of ``self``, a partial's argument...).
+    """
+    try:
+        blob = dumps(func)
+    except PICKLING_ERRORS:
+        name = _callable_name(func)
+        path, culprit, error = find_unpicklable(func, name)
+        where = "" if path == name else f" {path} is {describe(culprit)}, and"
+        raise SerializationError(
+            f"cannot pickle the function {name}:{where} {_reason(error)}"
+        ) from error
+    key = hashlib.blake2b(blob, digest_size=16).digest()
+    return FunctionPayload(key, blob, cell_sources(func))
+
+
+class ItemPicklingError(Exception):
+    """Raised by :func:`pickle_items`: item number ``position`` of the list can't be pickled."""
+
+    def __init__(self, position: int, error: BaseException):
+        super().__init__(position, error)
+        self.position = position
+        self.error = error
+
+
+def pickle_items(items: list) -> bytes:
+    """Pickle a chunk's items; on failure find the first bad one (ItemPicklingError)."""
+    try:
+        return dumps(items)
+    except PICKLING_ERRORS as exc:
+        for position, item in enumerate(items):
+            try:
+                dumps(item)
+            except PICKLING_ERRORS as item_exc:
+                raise ItemPicklingError(position, item_exc) from None
+        raise ItemPicklingError(0, exc) from None
+
+
+def _reason(error: BaseException) -> str:
+    text = str(error) or type(error).__name__
+    return f"{type(error).__name__}: {text}" if not isinstance(error, TypeError) else text
+
+
+def _callable_name(func: Any) -> str:
+    if isinstance(func, functools.partial):
+        return f"functools.partial({_callable_name(func.func)}, ...)"
+    name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None)
+    if name is None:
+        return f"object of type {type(func).__name__}"
+    return f"'{name}'"
+
+
+def find_unpicklable(obj: Any, label: str, depth: int = 0) -> tuple[str, Any, BaseException]:
+    """Return ``(path, part, error)`` for the innermost part of ``obj`` that won't pickle.
+
+    Only called after pickling ``obj`` failed, so the cost (pickling parts again) is paid
+    on the error path alone.
+    """
+    try:
+        dumps(obj)
+        error: BaseException | None = None
+    except PICKLING_ERRORS as exc:
+        error = exc
+    if error is None:
+        return label, obj, ValueError("pickles fine on its own")
+    if depth < 4:
+        for child_label, child in _parts(obj, label):
+            try:
+                dumps(child)
+            except PICKLING_ERRORS:
+                return find_unpicklable(child, child_label, depth + 1)
+    return label, obj, error
+
+
+def _parts(obj: Any, label: str):
+    """The labelled parts pickling ``obj`` would pickle too, most telling first."""
+    if isinstance(obj, functools.partial):
+        yield f"{label}.func", obj.func
+        for i, arg in enumerate(obj.args):
+            yield f"the partial's argument {i}", arg
+        for key, value in (obj.keywords or {}).items():
+            yield f"the partial's keyword argument {key!r}", value
+    elif isinstance(obj, types.MethodType):
+        yield f"{label}.__self__", obj.__self__
+        yield f"{label}.__func__", obj.__func__
+    elif isinstance(obj, types.FunctionType):
+        code = obj.__code__
+        for name, cell in zip(code.co_freevars, obj.__closure__ or (), strict=False):
+            try:
+                yield f"closure variable {name!r}", cell.cell_contents
+            except ValueError:  # empty cell
+                continue
+        for name in sorted(_global_names(code)):
+            if name in obj.__globals__:
+                yield f"global {name!r}", obj.__globals__[name]
+        for i, default in enumerate(obj.__defaults__ or ()):
+            yield f"default argument {i}", default
+        for key, default in (obj.__kwdefaults__ or {}).items():
+            yield f"default of argument {key!r}", default
+    elif isinstance(obj, dict):
+        for key, value in list(obj.items())[:100]:
+            yield f"{label}[{key!r}]", value
+    elif isinstance(obj, (list, tuple, set, frozenset)):
+        for i, value in enumerate(list(obj)[:100]):
+            yield f"{label}[{i}]", value
+    else:
+        attrs = getattr(obj, "__dict__", None)
+        if isinstance(attrs, dict):
+            for key, value in attrs.items():
+                yield f"{label}.{key}", value
+
+
+def _global_names(code: types.CodeType) -> set[str]:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _global_names(const)
+    return names
+
+
+def _code_objects(func: Any, depth: int = 0):
+    """Code objects of ``func``, its nested functions, and functions it references."""
+    code = getattr(func, "__code__", None)
+    if code is None:
+        inner = getattr(func, "__func__", None) or getattr(func, "func", None)
+        if inner is not None and depth < 2:
+            yield from _code_objects(inner, depth + 1)
+        return
+    stack = [code]
+    while stack:
+        current = stack.pop()
+        yield current
+        stack.extend(c for c in current.co_consts if isinstance(c, types.CodeType))
+    if depth < 2:
+        refs = [cell.cell_contents for cell in (func.__closure__ or ()) if _cell_full(cell)]
+        glb = getattr(func, "__globals__", {})
+        refs += [glb[name] for name in _global_names(code) if name in glb]
+        for ref in refs:
+            if isinstance(ref, (types.FunctionType, types.MethodType, functools.partial)):
+                yield from _code_objects(ref, depth + 1)
+
+
+def _cell_full(cell) -> bool:
+    try:
+        _ = cell.cell_contents
+    except ValueError:
+        return False
+    return True
+
+
+def cell_sources(func: Any) -> dict:
+    """Linecache entries of notebook cells (files that don't exist on disk) ``func`` uses.
+
+    Workers install them so their tracebacks show the cell's source lines, not just
+    ``<ipython-input-...>`` line numbers.
+    """
+    sources = {}
+    for code in _code_objects(func):
+        filename = code.co_filename
+        if filename in sources or filename not in linecache.cache:
+            continue
+        if os.path.exists(filename):
+            continue
+        entry = linecache.cache[filename]
+        if len(entry) == 4 and entry[2]:
+            size, _mtime, lines, fullname = entry
+            sources[filename] = (size, None, list(lines), fullname)
+    return sources
+
+
+def install_sources(sources: dict) -> None:
+    """Worker side of :func:`cell_sources`. A ``None`` mtime keeps linecache from dropping them."""
+    linecache.cache.update(sources)
+
+
+def exception_info(exc: BaseException, skip_frames: int = 1) -> tuple:
+    """Worker side: an ErrorInfo tuple ``(blob, type_name, message, traceback_text)``.
+
+    ``skip_frames`` drops the worker's own frames, so the traceback starts in user code.
+    """
+    tb = exc.__traceback__
+    for _ in range(skip_frames):
+        if tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+    text = "".join(traceback.format_exception(type(exc), exc, tb))
+    try:
+        blob: bytes | None = dumps(exc)
+    except PICKLING_ERRORS:
+        blob = None
+    try:
+        message = str(exc)
+    except Exception:
+        message = "<str() failed>"
+    return (blob, f"{type(exc).__module__}.{type(exc).__qualname__}", message, text)
+
+
+def rebuild_exception(info: tuple) -> BaseException:
+    """Parent side: the task's exception, with its remote traceback as ``__cause__``.
+
+    An exception that cannot be unpickled here (say, its ``__init__`` needs arguments it
+    did not pass to ``Exception.__init__``) is replaced by a RemoteException carrying its
+    type name and message.
+    """
+    blob, type_name, message, text = info
+    exc: BaseException | None = None
+    if blob is not None:
+        try:
+            exc = loads(blob)
+        except PICKLING_ERRORS:
+            exc = None
+    if not isinstance(exc, BaseException):
+        short = type_name.rsplit(".", 1)[-1] if type_name.startswith("builtins.") else type_name
+        exc = RemoteException(short, message)
+    exc.__cause__ = RemoteTraceback(text)
+    return exc

@@ -1,0 +1,105 @@
+"""Terminal views (layer L4): a one-line progress bar and worker-output forwarding.
+
+Both only write to streams looked up at call time (``sys.stdout``/``sys.stderr``),
+because IPython kernels swap those objects per cell.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from .progress import ProgressModel
+
+
+def format_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def status_line(model: ProgressModel, width: int = 24) -> str:
+    """``[#######.....] 45/100 done, 2 failed, 12.3 items/s, 3.1 s, ETA 4.2 s``"""
+    parts = []
+    fraction = model.fraction
+    if fraction is not None:
+        filled = round(fraction * width)
+        parts.append(f"[{'#' * filled}{'.' * (width - filled)}] {model.done}/{model.total} done")
+    else:
+        parts.append(f"{model.done} done")
+    parts.append(f"{model.failed} failed")
+    rate = model.done / model.elapsed if model.ended is not None and model.elapsed else model.rate
+    parts.append(f"{rate:.1f} items/s")
+    parts.append(format_seconds(model.elapsed))
+    if model.ended is None and model.eta is not None:
+        parts.append(f"ETA {format_seconds(model.eta)}")
+    return ", ".join(parts)
+
+
+class TextProgress:
+    """Renders a ProgressModel as one line on stderr.
+
+    On a terminal the line is redrawn in place once the run has lasted ``delay``
+    seconds (short runs draw nothing). Elsewhere (a log file) nothing is drawn while
+    running. ``summary=True`` always prints the final line.
+    """
+
+    def __init__(self, label: str = "parmap", delay: float = 0.5, summary: bool = False):
+        self.label = label
+        self.delay = delay
+        self.summary = summary
+        self.shown = False
+        self._width = 0
+
+    def __call__(self, model: ProgressModel, final: bool) -> None:
+        stream = sys.stderr
+        if final:
+            if self.shown or self.summary:
+                self._draw(stream, model, end="\n")
+        elif _isatty(stream) and model.elapsed >= self.delay:
+            self._draw(stream, model, end="")
+
+    def _draw(self, stream, model: ProgressModel, end: str) -> None:
+        line = f"{self.label} {status_line(model)}"
+        prefix = "\r" if _isatty(stream) else ""
+        stream.write(prefix + line.ljust(self._width) + end)
+        stream.flush()
+        self._width = len(line)
+        self.shown = True
+
+
+def _isatty(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+class OutputPrinter:
+    """Forwards a worker's captured output here, each line tagged with its item: ``[3] ...``."""
+
+    def __init__(self, tag: bool = True):
+        self.tag = tag
+        self._at_line_start: dict[tuple[int, str], bool] = {}
+
+    def __call__(self, index: int, stream: str, text: str) -> None:
+        target = sys.stdout if stream == "stdout" else sys.stderr
+        if self.tag:
+            text = self._tagged(index, stream, text)
+        target.write(text)
+        target.flush()
+
+    def _tagged(self, index: int, stream: str, text: str) -> str:
+        tag = f"[{index}] " if index >= 0 else "[worker] "
+        key = (index, stream)
+        start = self._at_line_start.get(key, True)
+        lines = text.splitlines(keepends=True)
+        out = []
+        for line in lines:
+            out.append(tag + line if start else line)
+            start = line.endswith("\n")
+        self._at_line_start[key] = start
+        return "".join(out)

@@ -1,0 +1,285 @@
+"""The worker process: load the function once, run chunks of items, report back.
+
+Child side: imports only layers L0/L1 and the standard library, never IPython. Started
+by ``pool.py`` as ``python -c ... <conn fd> <lifeline fd> <board fd>``: a fresh
+interpreter (never a fork of the kernel) that does not re-import the parent's
+``__main__``, so a script without an ``if __name__ == "__main__"`` guard does not spawn
+pools recursively.
+
+Per item the worker only stores its position and start time on the status board (shared
+memory, no syscall); results, errors, durations and captured output go back in one
+message per chunk, or every :data:`FLUSH_SECONDS` for long chunks. A background thread
+watches the lifeline to the parent (the worker exits when the parent is gone) and
+streams captured ``print`` output while an item runs.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import sys
+import threading
+import time
+from collections import OrderedDict
+from multiprocessing.connection import Connection
+
+from . import protocol as P
+from .config import describe
+from .errors import SerializationError
+from .serialize import (
+    PICKLING_ERRORS,
+    dumps,
+    exception_info,
+    install_sources,
+    loads,
+)
+
+#: Send finished results of a long chunk at least this often (seconds).
+FLUSH_SECONDS = 0.1
+#: Stream captured output at least this often while an item runs (seconds).
+OUTPUT_SECONDS = 0.1
+
+
+def _max_rss_kb() -> int | None:
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss // 1024 if sys.platform == "darwin" else rss  # macOS reports bytes
+
+
+class _CapturedStream:
+    """Stands in for sys.stdout/sys.stderr while a chunk runs; tags text with the item."""
+
+    def __init__(self, sink: _OutputSink, name: str, original):
+        self._sink = sink
+        self._name = name
+        self._original = original
+        self.encoding = "utf-8"
+        self.errors = "replace"
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        if text:
+            self._sink.add(self._name, text)
+        return len(text)
+
+    def writelines(self, lines) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        # C-level writers (faulthandler, subprocess) get the real descriptor.
+        return self._original.fileno()
+
+
+class _OutputSink:
+    """Captured output waiting to be sent, tagged with the board position of its item."""
+
+    def __init__(self, worker: Worker):
+        self._worker = worker
+        self.lock = threading.Lock()
+        self.pending: list = []
+        self.chunk_id = P.IDLE
+
+    def add(self, stream: str, text: str) -> None:
+        position = self._worker.board.read()[1]
+        with self.lock:
+            self.pending.append((position, stream, text))
+
+    def take(self) -> list:
+        """Pending lines, emptied; call with ``lock`` held."""
+        lines, self.pending = self.pending, []
+        return lines
+
+
+class Worker:
+    def __init__(self, conn: Connection, lifeline: int, board: P.Board):
+        self.conn = conn
+        self.board = board
+        self.parent_pid = os.getppid()
+        self.functions: OrderedDict = OrderedDict()
+        self.sink = _OutputSink(self)
+        threading.Thread(target=self._watch, args=(lifeline,), daemon=True).start()
+
+    # -- sending ---------------------------------------------------------------------
+    def _send_locked(self, message: tuple) -> None:
+        """Send one message; the caller holds ``sink.lock`` (it orders all sends)."""
+        self.conn.send_bytes(dumps(message))
+
+    def _send(self, message: tuple) -> None:
+        with self.sink.lock:
+            self._send_locked(message)
+
+    # -- background thread -------------------------------------------------------------
+    def _watch(self, lifeline: int) -> None:
+        """Exit when the parent dies; stream captured output while items run."""
+        while True:
+            readable, _, _ = select.select([lifeline], [], [], OUTPUT_SECONDS)
+            if readable or os.getppid() != self.parent_pid:
+                os._exit(0)  # the parent is gone: nobody wants our results
+            if self.sink.pending:
+                with self.sink.lock:
+                    lines = self.sink.take()
+                    if lines:
+                        try:
+                            self._send_locked((P.OUTPUT, self.sink.chunk_id, lines))
+                        except OSError:
+                            os._exit(0)
+
+    # -- main loop ---------------------------------------------------------------------
+    def serve(self) -> None:
+        self._send((P.READY, os.getpid()))
+        while True:
+            try:
+                message = loads(self.conn.recv_bytes())
+            except (EOFError, OSError):
+                return
+            tag = message[0]
+            if tag == P.CHUNK:
+                self.run_chunk(*message[1:])
+            elif tag == P.FUNC:
+                self.load_function(*message[1:])
+            elif tag == P.INIT:
+                self.init(message[1])
+            elif tag == P.STOP:
+                return
+
+    def init(self, settings: dict) -> None:
+        sys.path[:] = settings.get("sys_path", sys.path)
+
+    def load_function(self, key: bytes, blob: bytes, sources: dict) -> None:
+        install_sources(sources)
+        try:
+            func = loads(blob)
+        except PICKLING_ERRORS as exc:
+            self.functions[key] = None
+            self._send((P.LOAD_ERROR, "func", key, exception_info(exc, skip_frames=0)))
+            return
+        self.functions[key] = func
+        self.functions.move_to_end(key)
+        while len(self.functions) > P.FUNCTION_CACHE:
+            self.functions.popitem(last=False)
+
+    def run_chunk(self, chunk_id: int, key: bytes, blob: bytes, star: bool) -> None:
+        board = self.board
+        board.begin_chunk(chunk_id)
+        func = self.functions.get(key)
+        if func is None:  # the function failed to load (already reported) or was evicted
+            self._send((P.LOAD_ERROR, "func", key, None))
+            board.end_chunk()
+            return
+        try:
+            items = loads(blob)
+        except PICKLING_ERRORS as exc:
+            self._send((P.LOAD_ERROR, "chunk", chunk_id, exception_info(exc, skip_frames=0)))
+            board.end_chunk()
+            return
+        self.sink.chunk_id = chunk_id
+        saved = sys.stdout, sys.stderr
+        sys.stdout = _CapturedStream(self.sink, "stdout", saved[0])
+        sys.stderr = _CapturedStream(self.sink, "stderr", saved[1])
+        try:
+            self._run_items(chunk_id, func, items, star)
+        finally:
+            sys.stdout, sys.stderr = saved
+            self.sink.chunk_id = P.IDLE
+            board.end_chunk()
+
+    def _run_items(self, chunk_id: int, func, items: list, star: bool) -> None:
+        board = self.board
+        clock = time.monotonic
+        values: list = []
+        errors: dict = {}
+        durations: list = []
+        start = 0  # position of the first result not sent yet
+        last = len(items) - 1
+        now = clock()
+        flush_at = now + FLUSH_SECONDS
+        for position, item in enumerate(items):
+            board.begin_item(position, now)
+            try:
+                if star:
+                    value = func(*(item if type(item) is tuple else _star_args(item)))
+                else:
+                    value = func(item)
+            except BaseException as exc:  # SystemExit too: one item must not end the worker
+                value = None
+                errors[position - start] = exception_info(exc, skip_frames=1)
+            values.append(value)
+            done = clock()
+            durations.append(done - now)
+            now = done
+            if now >= flush_at and position < last:
+                self._send_results(chunk_id, start, values, errors, durations, False)
+                values, errors, durations = [], {}, []
+                start = position + 1
+                flush_at = now + FLUSH_SECONDS
+        board.begin_item(len(items), now)  # position len(items): pickling the results
+        self._send_results(chunk_id, start, values, errors, durations, True)
+
+    def _send_results(self, chunk_id, start, values, errors, durations, done) -> None:
+        with self.sink.lock:
+            try:
+                values_blob = dumps(values)
+            except PICKLING_ERRORS:
+                values, errors = _isolate_unpicklable(values, errors)
+                values_blob = dumps(values)
+            message = (
+                P.RESULTS, chunk_id, start, values_blob, errors, durations,
+                self.sink.take(), _max_rss_kb(), done,
+            )  # fmt: skip
+            self.conn.send_bytes(dumps(message))
+
+
+def _star_args(item) -> tuple:
+    try:
+        return tuple(item)
+    except TypeError:
+        raise TypeError(
+            f"the item is {describe(item)}, but star=True needs a tuple of arguments"
+        ) from None
+
+
+def _isolate_unpicklable(values: list, errors: dict) -> tuple[list, dict]:
+    """Replace each result that cannot be pickled by a SerializationError for its item."""
+    values = list(values)
+    errors = dict(errors)
+    for offset, value in enumerate(values):
+        try:
+            dumps(value)
+        except PICKLING_ERRORS as exc:
+            values[offset] = None
+            error = SerializationError(
+                f"the result {describe(value)} cannot be pickled to send it back: "
+                f"{type(exc).__name__}: {exc}"
+            )
+            errors[offset] = exception_info(error, skip_frames=0)
+    return values, errors
+
+
+def main(argv: list[str]) -> None:
+    # A Jupyter interrupt signals the kernel's whole process group; the parent decides
+    # what to stop, so workers ignore SIGINT (they also run in their own session).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    conn_fd, lifeline_fd, board_fd = (int(arg) for arg in argv[:3])
+    for fd in (conn_fd, lifeline_fd):  # processes a task starts must not hold our pipes
+        os.set_inheritable(fd, False)
+    board = P.Board.from_fd(board_fd)
+    os.close(board_fd)
+    worker = Worker(Connection(conn_fd), lifeline_fd, board)
+    import cloudpickle  # noqa: F401  # load it now, while the parent prepares the run
+
+    worker.serve()
