@@ -150,6 +150,7 @@ def spawn_worker(env: dict[str, str]) -> WorkerHandle:
         child_sock.close()
         child_life.close()
     board = P.Board.from_fd(board_fd)
+    board.reset()
     os.close(board_fd)
     conn = Connection(parent_sock.detach())
     try:

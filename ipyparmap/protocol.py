@@ -85,6 +85,12 @@ class Board:
     def from_fd(cls, fd: int) -> Board:
         return cls(mmap.mmap(fd, BOARD_SIZE))
 
+    def reset(self) -> None:
+        """Parent side, before the worker starts: a fresh board reads "idle", not chunk 0."""
+        self._time[0] = 0.0
+        self._ints[1] = LOADING
+        self._ints[0] = IDLE
+
     def begin_chunk(self, chunk_id: int) -> None:
         self._ints[1] = LOADING
         self._ints[0] = chunk_id

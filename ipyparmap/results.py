@@ -70,6 +70,7 @@ class RunStats:
     failures: dict = field(default_factory=dict)  # kind -> count
     retries: int = 0  # extra attempts made
     restarts: int = 0  # workers replaced after a crash or timeout
+    chunks: int = 0  # messages of items sent to workers
 
     @property
     def speedup(self) -> float:

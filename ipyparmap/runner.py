@@ -30,11 +30,11 @@ busy workers (they may be deep in a C extension), and turns unfinished items int
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import islice
 from multiprocessing.connection import wait
 from typing import Any
 
@@ -70,6 +70,10 @@ MAX_BOOT_FAILURES = 3
 RAISE_GRACE = 0.2
 
 OutputCallback = Callable[[int, str, str], None]
+
+# Chunk ids are unique in the process, so a warm worker's board can never show a
+# chunk of an earlier run under an id this run uses.
+_chunk_ids = itertools.count()
 
 
 @dataclass
@@ -177,7 +181,6 @@ class Runner:
         self.boot_failures = 0
         self.first_failure: Failure | None = None  # errors="raise": stop at this one
         self.payload = None
-        self.next_chunk_id = 0
 
     # ------------------------------------------------------------------ public driving
     def results(self) -> Results:
@@ -266,15 +269,14 @@ class Runner:
 
     # ------------------------------------------------------------------ start and stop
     def _start(self) -> None:
-        # Lease (and spawn) workers first: they boot while we pickle the function.
+        if self.total == 0:  # nothing to do: no worker needs to start
+            self.exhausted = True
+            return
+        # Pre-flight: an unpicklable function fails here, before any worker starts.
+        self.payload = pickle_function(self.func)
         self.workers = self.pool.acquire(self.n_workers, self.env)
         for worker in self.workers:
             self._progress_worker(worker, IDLE)
-        try:
-            self.payload = pickle_function(self.func)
-        except BaseException:
-            self.abort()
-            raise
         if self.progress is not None:
             self.progress.total = self.total
 
@@ -348,7 +350,7 @@ class Runner:
                 self.requeue.extendleft(reversed(pending))
                 continue
             chunk = _Chunk(
-                self.next_chunk_id,
+                next(_chunk_ids),
                 [p.index for p in pending],
                 items,
                 [p.attempts for p in pending],
@@ -356,7 +358,7 @@ class Runner:
                 worker,
             )
             chunk.blob = blob
-            self.next_chunk_id += 1
+            self.stats.chunks += 1
             return chunk
 
     def _take_pending(self) -> list[_Pending]:
@@ -379,7 +381,7 @@ class Runner:
                 return []
         taken = []
         try:
-            for index, item in islice(self.source, size):
+            for index, item in itertools.islice(self.source, size):
                 taken.append(_Pending(index, item))
         except Exception as exc:  # the input iterable itself raised
             self.input_error = InputError(self.pulled + len(taken), exc)
@@ -586,11 +588,12 @@ class Runner:
             return
         returncode = worker.reap(5.0)
         booted = worker.ready
-        position = self.timed_out.get(worker)
+        timed_out = self.timed_out.get(worker)
+        board = worker.board.read()  # what it was doing when it died
         chunk = self.in_flight.pop(worker, None)
         self._forget(worker)
         if chunk is not None:
-            self._crashed_chunk(chunk, worker, returncode, position)
+            self._crashed_chunk(chunk, worker, returncode, board, timed_out)
         if not booted:
             self.boot_failures += 1
             if self.boot_failures >= MAX_BOOT_FAILURES:
@@ -611,11 +614,11 @@ class Runner:
         if self.progress is not None:
             self.progress.worker(worker.pid).restarts = self.stats.restarts
 
-    def _crashed_chunk(self, chunk, worker, returncode, timed_out_position) -> None:
+    def _crashed_chunk(self, chunk, worker, returncode, board, timed_out_position) -> None:
         remaining = list(range(chunk.reported, len(chunk.items)))
         if not remaining:
             return
-        board_chunk, position, _ = worker.board.read()
+        board_chunk, position, _ = board
         if board_chunk != chunk.id:  # it died before it even looked at the chunk
             blame = None
         elif 0 <= position < len(chunk.items):
@@ -685,6 +688,9 @@ class Runner:
 
     # ------------------------------------------------------------------ building results
     def _build(self, slots: dict[int, Any]) -> Results:
+        while self.outcomes:  # finished but not handed out when the run stopped
+            index, value = self.outcomes.popleft()
+            slots[index] = value
         for index, item in self.cancelled:
             if index not in slots:
                 slots[index] = Failure(index, item, "cancelled")

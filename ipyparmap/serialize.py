@@ -18,7 +18,7 @@ import os
 import traceback
 import types
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from .config import describe
 from .errors import RemoteException, RemoteTraceback, SerializationError
@@ -38,6 +38,50 @@ def _cp():
 
 def dumps(obj: Any) -> bytes:
     return _cp().dumps(obj, protocol=PROTOCOL)
+
+
+_function_pickler = None
+
+
+def dumps_function(func: Any) -> bytes:
+    """Like :func:`dumps`, but code objects keep their file names.
+
+    cloudpickle 3.1 replaces ``co_filename`` by ``<dynamic-code>`` (for deterministic
+    pickles); we need the real name, since a worker's traceback finds the notebook
+    cell's source lines (shipped with :func:`cell_sources`) by that name.
+    """
+    global _function_pickler
+    if _function_pickler is None:
+        _function_pickler = _make_function_pickler()
+    import io
+
+    buffer = io.BytesIO()
+    _function_pickler(buffer, protocol=PROTOCOL).dump(func)
+    return buffer.getvalue()
+
+
+def _make_function_pickler():
+    from collections import ChainMap
+
+    cp = _cp()
+    code_reduce = getattr(getattr(cp, "cloudpickle", None), "_code_reduce", None)
+    if code_reduce is None:  # a cloudpickle without it: names are lost, nothing breaks
+        return cp.Pickler
+
+    def reduce_keeping_filename(code: types.CodeType):
+        constructor, args = code_reduce(code)
+        args = tuple(
+            code.co_filename if isinstance(arg, str) and arg == "<dynamic-code>" else arg
+            for arg in args
+        )
+        return constructor, args
+
+    class FunctionPickler(cp.Pickler):
+        dispatch_table: ClassVar = ChainMap(
+            {types.CodeType: reduce_keeping_filename}, cp.Pickler.dispatch_table
+        )
+
+    return FunctionPickler
 
 
 def loads(blob: bytes) -> Any:
@@ -68,7 +112,7 @@ def pickle_function(func: Any) -> FunctionPayload:
     an attribute of ``self``, a partial's argument...).
     """
     try:
-        blob = dumps(func)
+        blob = dumps_function(func)
     except PICKLING_ERRORS:
         name = _callable_name(func)
         path, culprit, error = find_unpicklable(func, name)

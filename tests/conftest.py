@@ -1,0 +1,94 @@
+"""Shared fixtures: leak checks, child-script runner, bounded waits."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/ helpers import by name
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
+    """Poll ``predicate`` until it returns a truthy value; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def children() -> list[psutil.Process]:
+    try:
+        return psutil.Process().children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+@pytest.fixture
+def no_leaks():
+    """After the test, shut the pool down and require that no child process is left."""
+    import ipyparmap as pm
+
+    yield
+    pm.shutdown()
+    wait_for(lambda: not children(), timeout=10, what=f"child processes to exit: {children()}")
+
+
+def run_python(
+    code: str,
+    *,
+    timeout: float = 60,
+    cwd: Path | None = None,
+    env: dict | None = None,
+    script: Path | None = None,
+) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter (as ``python -c`` or as a script file)."""
+    code = textwrap.dedent(code)
+    full_env = dict(os.environ)
+    full_env["PYTHONPATH"] = os.pathsep.join([str(ROOT), full_env.get("PYTHONPATH", "")])
+    full_env.update(env or {})
+    if script is not None:
+        script.write_text(code)
+        argv = [sys.executable, str(script)]
+    else:
+        argv = [sys.executable, "-c", code]
+    return subprocess.run(
+        argv, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=full_env
+    )
+
+
+def start_python(code: str, *, cwd: Path | None = None) -> subprocess.Popen:
+    """Start ``code`` in a fresh interpreter, in its own process group, stdout piped."""
+    full_env = dict(os.environ)
+    full_env["PYTHONPATH"] = os.pathsep.join([str(ROOT), full_env.get("PYTHONPATH", "")])
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=cwd,
+        env=full_env,
+        start_new_session=True,
+    )
+
+
+def notebook_function(source: str, name: str, **namespace):
+    """Define a function the way a notebook cell does: in a ``__main__`` namespace.
+
+    cloudpickle pickles such functions (and classes) by value, as it must for a real
+    notebook, so this exercises the same path as a kernel.
+    """
+    ns = {"__name__": "__main__", **namespace}
+    exec(compile(textwrap.dedent(source), f"<notebook-cell-{name}>", "exec"), ns)
+    return ns[name]

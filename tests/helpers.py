@@ -1,0 +1,124 @@
+"""Functions the tests map over; importable by name in workers (tests/ is on sys.path)."""
+
+from __future__ import annotations
+
+import faulthandler
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+
+def square(x):
+    return x * x
+
+
+def add(a, b):
+    return a + b
+
+
+def sleep_then(x, seconds=0.0):
+    time.sleep(seconds)
+    return x
+
+
+def sleepy(pair):
+    value, seconds = pair
+    time.sleep(seconds)
+    return value
+
+
+def pid_of(_):
+    return os.getpid()
+
+
+def env_of(name):
+    return os.environ.get(name)
+
+
+def shout(x):
+    print(f"hello {x}")
+    print(f"warn {x}", file=sys.stderr)
+    return x
+
+
+def fail_on(x, bad=3):
+    if x == bad:
+        raise ValueError(f"bad item {x}")
+    return x
+
+
+# -- crash table actions -----------------------------------------------------------------
+def die(how: str):
+    """Do one bad thing in this process."""
+    if how == "raise":
+        raise ValueError("boom from die()")
+    if how == "exit":
+        sys.exit(3)
+    if how == "_exit":
+        os._exit(3)
+    if how == "sigkill":
+        os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(10)
+    if how == "segfault":
+        faulthandler._sigsegv()
+    raise AssertionError(how)
+
+
+class BadToPickle:
+    """Does ``how`` when pickled (in the process that pickles it)."""
+
+    def __init__(self, how: str):
+        self.how = how
+
+    def __reduce__(self):
+        die(self.how)
+
+
+class BadToUnpickle:
+    """Pickles fine; does ``how`` when unpickled (in the process that loads it)."""
+
+    def __init__(self, how: str):
+        self.how = how
+
+    def __reduce__(self):
+        return die, (self.how,)
+
+
+def act(x):
+    """Map function of the crash table: behave for plain items, misbehave for markers."""
+    if isinstance(x, tuple) and x[0] == "run":
+        die(x[1])
+    if isinstance(x, tuple) and x[0] == "result-pickle":
+        return BadToPickle(x[1])
+    if isinstance(x, tuple) and x[0] == "result-unpickle":
+        return BadToUnpickle(x[1])
+    return x
+
+
+def crash_once(args):
+    """Crash the worker the first time it sees ``marker``; succeed afterwards."""
+    value, marker = args
+    path = Path(marker)
+    if not path.exists():
+        path.write_text("crashed once")
+        os._exit(7)
+    return value
+
+
+def write_pid_and_sleep(args):
+    """Write this worker's pid to ``path`` and sleep (a target to kill from outside)."""
+    value, path, seconds = args
+    if path:
+        Path(path).write_text(str(os.getpid()))
+    time.sleep(seconds)
+    return value
+
+
+def nested_parmap(n):
+    import ipyparmap as pm
+
+    return list(pm.parmap(square, range(n), progress=False)), len(
+        __import__("psutil").Process().children()
+    )
