@@ -162,3 +162,57 @@ class Results(list):
 
 def _rebuild_results(values, stats, outputs, durations, workers) -> Results:
     return Results(values, stats, outputs, durations, workers)
+
+
+_MISSING = object()  # a slot whose outcome has not arrived
+
+
+def _assign(store: list, indices, values: list, fill) -> None:
+    """``store[i] = v`` for each index/value pair, growing ``store`` with ``fill``.
+
+    A ``range`` of indices (the common case: a chunk of new input) is one slice
+    assignment, so folding a million tiny results costs milliseconds, not a Python
+    loop per item.
+    """
+    contiguous = type(indices) is range and indices.step == 1
+    stop = indices.stop if contiguous else max(indices, default=-1) + 1
+    if len(store) < stop:
+        store.extend([fill] * (stop - len(store)))
+    if contiguous:
+        store[indices.start : indices.stop] = values
+    else:
+        for index, value in zip(indices, values, strict=True):
+            store[index] = value
+
+
+class ResultSlots:
+    """Collects outcomes that arrive in batches, out of order, into input order."""
+
+    def __init__(self) -> None:
+        self.slots: list = []
+        self.filled = 0
+        self.durations: list = []  # seconds per index (None: did not run)
+        self.workers: list = []  # worker PID per index
+
+    def place(self, indices, values: list) -> None:
+        _assign(self.slots, indices, values, _MISSING)
+        self.filled += len(values)
+
+    def timing(self, indices, durations: list, worker: int) -> None:
+        """Record how long each item of a batch ran, and on which worker."""
+        _assign(self.durations, indices, durations, None)
+        _assign(self.workers, indices, [worker] * len(durations), None)
+
+    def build(self, size: int, missing, stats: RunStats, outputs: dict) -> Results:
+        """Results with ``size`` slots; ``missing(index)`` fills each slot never filled."""
+        slots = self.slots
+        if len(slots) < size:
+            slots.extend([_MISSING] * (size - len(slots)))
+        if self.filled < len(slots):  # scan only when something is missing
+            for index, value in enumerate(slots):
+                if value is _MISSING:
+                    slots[index] = missing(index)
+        size = len(slots)
+        durations = (self.durations + [None] * size)[:size]
+        workers = (self.workers + [None] * size)[:size]
+        return Results(slots, stats, outputs, durations, workers)

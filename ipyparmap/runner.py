@@ -15,7 +15,8 @@ Data flow::
         _on_output: print forwarding       running item (crashed/timeout), requeue
             │                              the others, spawn a replacement
             ▼
-        outcomes (index, value or Failure) ──> parmap: Results   imap: values
+        outcomes: batches (indices, values or Failures) ──> parmap: ResultSlots
+                                                             imap: values in order
 
 Who owns what: the Runner owns every piece of run state (which worker holds which
 chunk, attempts, the requeue, partial results) and is driven by one thread only, the
@@ -34,7 +35,7 @@ import itertools
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import wait
 from typing import Any
 
@@ -52,7 +53,7 @@ from .plan import ChunkPlanner
 from .pool import Pool, WorkerHandle
 from .progress import BUSY, DEAD, IDLE, ProgressModel
 from .resources import describe_exit, signal_name
-from .results import Failure, ItemOutput, Results, RunStats
+from .results import Failure, ItemOutput, Results, ResultSlots, RunStats
 from .serialize import (
     PICKLING_ERRORS,
     ItemPicklingError,
@@ -79,34 +80,26 @@ _chunk_ids = itertools.count()
 @dataclass
 class _Chunk:
     id: int
-    indices: list
+    indices: Sequence[int]  # a range for new input, a list for requeued items
     items: list
-    attempts: list  # attempts made before this dispatch, per position
+    attempts: list | None  # attempts made before this dispatch, per position; None: all 0
     solo: bool  # sent alone to pin down which item kills its worker
     worker: WorkerHandle
-    reported: int = 0  # positions below this have come back
     blob: bytes | None = None  # the pickled items, until sent
+    reported: int = 0  # positions below this have come back
+
+    def attempts_at(self, position: int) -> int:
+        return 0 if self.attempts is None else self.attempts[position]
 
 
 @dataclass
 class _Pending:
-    """An item waiting to be (re)dispatched."""
+    """An item waiting to be dispatched again (after a crash split, or for a retry)."""
 
     index: int
     item: Any
     attempts: int = 0
     solo: bool = False
-
-
-@dataclass
-class _Tally:
-    """Per-index bookkeeping for Results: durations, workers, outputs."""
-
-    keep: bool
-    durations: dict = field(default_factory=dict)
-    workers: dict = field(default_factory=dict)
-    stdout: dict = field(default_factory=dict)
-    stderr: dict = field(default_factory=dict)
 
 
 class _StopRun(Exception):
@@ -155,11 +148,11 @@ class Runner:
         self.env = env
         self.total = input_length(iterable)
         self.sequence = iterable if isinstance(iterable, Sequence) else None
-        self.source = enumerate(iter(iterable))
+        self.source = iter(iterable)
         self.n_workers = workers if self.total is None else max(1, min(workers, self.total))
         self.progress = progress
         self.on_output = on_output
-        self.tally = _Tally(keep_details)
+        self.keep_details = keep_details  # per-index durations and outputs, for Results
         self.planner = ChunkPlanner(self.n_workers, options.chunksize, self.total)
         self.stats = RunStats(workers=self.n_workers)
         self.started = time.monotonic()
@@ -167,13 +160,15 @@ class Runner:
         self.workers: list[WorkerHandle] = []
         self.in_flight: dict[WorkerHandle, _Chunk] = {}
         self.requeue: deque[_Pending] = deque()
-        self.outcomes: deque = deque()  # (index, value or Failure), ready to hand out
-        self.cancelled: list[tuple[int, Any]] = []
+        self.outcomes: deque = deque()  # batches (indices, values), ready to hand out
+        self.slots = ResultSlots()  # parmap: everything handed out, in input order
+        self.stdout: dict[int, list] = {}
+        self.stderr: dict[int, list] = {}
+        self.cancelled: dict[int, Any] = {}  # index -> item, for unfinished items
         self.timed_out: dict[WorkerHandle, int] = {}  # worker -> position killed for
         self.pulled = 0  # items taken from the input so far
-        self.finished = 0  # items with a final outcome
         self.floor = 0  # ordered imap: lowest index not handed out yet
-        self.window: int | None = None  # ordered imap: look-ahead bound
+        self.ordered_window = False  # ordered imap: bound the look-ahead
         self.exhausted = False
         self.input_error: InputError | None = None
         self.stopping = False
@@ -185,41 +180,40 @@ class Runner:
     # ------------------------------------------------------------------ public driving
     def results(self) -> Results:
         """Run to the end; return Results, or raise with the partial Results attached."""
-        slots: dict[int, Any] = {}
         try:
-            for index, value in self.events():
-                slots[index] = value
+            for indices, values in self.events():
+                self.slots.place(indices, values)
         except KeyboardInterrupt:
             self.abort()
             raise Interrupted(
-                "interrupted; the finished results are in .results", self._build(slots)
+                "interrupted; the finished results are in .results", self._build()
             ) from None
         except _StopRun as stop:
-            raise self._failure_error(stop.failure, self._build(slots)) from _cause(stop.failure)
+            raise self._failure_error(stop.failure, self._build()) from _cause(stop.failure)
         except InputError as bad:
-            self._attach_input_error(bad, self._build(slots))
+            self._attach_input_error(bad, self._build())
             raise bad.error from None
-        return self._build(slots)
+        return self._build()
 
     def values(self, ordered: bool = True) -> Iterator[Any]:
         """Yield values (Failure objects with errors="collect") in input or completion order."""
-        self.tally.keep = False
-        if ordered:
-            self.window = max(64, 16 * self.n_workers)
+        self.keep_details = False
+        self.ordered_window = ordered
         buffer: dict[int, Any] = {}
         try:
-            for index, value in self.events():
+            for indices, values in self.events():
                 if not ordered:
-                    yield value
+                    yield from values
                     continue
-                buffer[index] = value
+                if type(indices) is range and indices.start == self.floor and not buffer:
+                    self.floor = indices.stop  # in order already: no buffering
+                    yield from values
+                    continue
+                buffer.update(zip(indices, values, strict=True))
                 while self.floor in buffer:
                     value = buffer.pop(self.floor)
                     self.floor += 1
                     yield value
-            while ordered and self.floor in buffer:
-                yield buffer.pop(self.floor)
-                self.floor += 1
         except KeyboardInterrupt:
             self.abort()
             raise Interrupted("interrupted") from None
@@ -230,21 +224,23 @@ class Runner:
         finally:
             self.abort()  # the consumer stopped early (break, close): stop the workers
 
-    def events(self) -> Iterator[tuple[int, Any]]:
-        """The core loop: yield ``(index, value or Failure)`` as items finish."""
+    def events(self) -> Iterator[tuple[Sequence[int], list]]:
+        """The core loop: yield batches ``(indices, values or Failures)`` as they finish."""
         self._start()
         try:
             while True:
                 self._dispatch()
-                while self.outcomes:
-                    yield self.outcomes.popleft()
+                if self.first_failure is not None:
+                    self._raise_first_failure()
+                if self.outcomes:  # hand them out, then dispatch again before waiting
+                    while self.outcomes:
+                        yield self.outcomes.popleft()
+                    continue
                 if not self.in_flight and self._drained():
                     break
                 self._wait(TICK)
                 if self.first_failure is not None:
                     self._raise_first_failure()
-                while self.outcomes:
-                    yield self.outcomes.popleft()
             if self.input_error is not None:
                 raise self.input_error
         finally:
@@ -291,14 +287,11 @@ class Runner:
             worker.reap(5.0)
             chunk = self.in_flight.pop(worker)
             for pos in range(chunk.reported, len(chunk.items)):
-                self._cancel(chunk.indices[pos], chunk.items[pos])
+                self.cancelled[chunk.indices[pos]] = chunk.items[pos]
             self._forget(worker)
         while self.requeue:
             pending = self.requeue.popleft()
-            self._cancel(pending.index, pending.item)
-
-    def _cancel(self, index: int, item: Any) -> None:
-        self.cancelled.append((index, item))
+            self.cancelled[pending.index] = pending.item
 
     def _close(self) -> None:
         if self.closed:
@@ -334,62 +327,71 @@ class Runner:
 
     def _next_chunk(self, worker: WorkerHandle) -> _Chunk | None:
         while True:
-            pending = self._take_pending()
-            if not pending:
+            taken = self._take_requeued() if self.requeue else self._take_new()
+            if taken is None:
                 return None
-            items = [p.item for p in pending]
+            indices, items, attempts, solo = taken
             try:
                 blob = pickle_items(items)
             except ItemPicklingError as bad:
-                culprit = pending.pop(bad.position)
-                error = SerializationError(
-                    f"cannot pickle item {culprit.index} ({describe(culprit.item)}) to send "
-                    f"it to a worker: {type(bad.error).__name__}: {bad.error}"
-                )
-                self._final_failure(culprit.index, culprit.item, "error", error, None, 1)
-                self.requeue.extendleft(reversed(pending))
+                self._unpicklable_item(indices, items, attempts, bad)
                 continue
-            chunk = _Chunk(
-                next(_chunk_ids),
-                [p.index for p in pending],
-                items,
-                [p.attempts for p in pending],
-                len(pending) == 1 and pending[0].solo,
-                worker,
-            )
-            chunk.blob = blob
             self.stats.chunks += 1
-            return chunk
+            return _Chunk(next(_chunk_ids), indices, items, attempts, solo, worker, blob)
 
-    def _take_pending(self) -> list[_Pending]:
-        """The items of the next chunk: requeued ones first, then new input."""
-        if self.requeue:
-            if self.requeue[0].solo:
-                return [self.requeue.popleft()]
+    def _take_requeued(self):
+        if self.requeue[0].solo:
+            pending = [self.requeue.popleft()]
+        else:
             size = self.planner.next_size(len(self.requeue))
-            taken = []
-            while self.requeue and len(taken) < size and not self.requeue[0].solo:
-                taken.append(self.requeue.popleft())
-            return taken
-        if self.exhausted:
-            return []
+            pending = []
+            while self.requeue and len(pending) < size and not self.requeue[0].solo:
+                pending.append(self.requeue.popleft())
+        return (
+            [p.index for p in pending],
+            [p.item for p in pending],
+            [p.attempts for p in pending],
+            len(pending) == 1 and pending[0].solo,
+        )
+
+    def _take_new(self):
+        if self.exhausted or self.stopping:
+            return None
         remaining = None if self.total is None else self.total - self.pulled
         size = self.planner.next_size(remaining)
-        if self.window is not None:
-            size = min(size, self.floor + self.window - self.pulled)
+        if self.ordered_window:  # ordered imap: don't run far ahead of the consumer
+            window = max(1024, 4 * self.n_workers * self.planner.largest)
+            size = min(size, self.floor + window - self.pulled)
             if size <= 0:
-                return []
-        taken = []
+                return None
+        items: list = []
         try:
-            for index, item in itertools.islice(self.source, size):
-                taken.append(_Pending(index, item))
+            items.extend(itertools.islice(self.source, size))  # keeps items on error
         except Exception as exc:  # the input iterable itself raised
-            self.input_error = InputError(self.pulled + len(taken), exc)
+            self.input_error = InputError(self.pulled + len(items), exc)
             self.exhausted = True
-        self.pulled += len(taken)
-        if len(taken) < size:
+        start = self.pulled
+        self.pulled += len(items)
+        if len(items) < size:
             self.exhausted = True
-        return taken
+        if not items:
+            return None
+        return range(start, self.pulled), items, None, False
+
+    def _unpicklable_item(self, indices, items, attempts, bad: ItemPicklingError) -> None:
+        position = bad.position
+        index, item = indices[position], items[position]
+        error = SerializationError(
+            f"cannot pickle item {index} ({describe(item)}) to send it to a worker: "
+            f"{type(bad.error).__name__}: {bad.error}"
+        )
+        self._final_failure(index, item, "error", error, None, 1)
+        rest = [
+            _Pending(indices[p], items[p], 0 if attempts is None else attempts[p])
+            for p in range(len(items))
+            if p != position
+        ]
+        self.requeue.extendleft(reversed(rest))
 
     def _send(self, chunk: _Chunk) -> None:
         worker = chunk.worker
@@ -454,60 +456,64 @@ class Runner:
             self._on_output(chunk, outputs)
         count = len(durations)
         busy = sum(durations)
-        self.stats.task_time += busy
-        self.stats.busy[worker.pid] = self.stats.busy.get(worker.pid, 0.0) + busy
-        self.planner.record(count, busy)
+        stats = self.stats
+        stats.task_time += busy
+        stats.busy[worker.pid] = stats.busy.get(worker.pid, 0.0) + busy
         if maxrss_kb:
-            peak = maxrss_kb * 1024
-            self.stats.peak_rss = max(self.stats.peak_rss or 0, peak)
+            stats.peak_rss = max(stats.peak_rss or 0, maxrss_kb * 1024)
+        self.planner.record(count, busy)
+        indices = chunk.indices[start : start + count]
+        if self.keep_details:
+            self.slots.timing(indices, durations, worker.pid)
         try:
             values = loads(values_blob)
         except PICKLING_ERRORS as exc:
-            values = None
-            load_error = exc
-        for offset in range(count):
-            position = start + offset
-            index = chunk.indices[position]
-            if self.tally.keep:
-                self.tally.durations[index] = durations[offset]
-                self.tally.workers[index] = worker.pid
-            if offset in errors:
-                exc = rebuild_exception(errors[offset])
-                self._item_failed(chunk, position, "error", exc, errors[offset][3])
-            elif values is None:
-                self._unloadable_result(chunk, position, load_error, count)
+            self._unloadable_results(chunk, start, count, exc)
+        else:
+            if errors:
+                self._failed_in_batch(chunk, start, values, errors)
             else:
-                self._succeeded(index, values[offset], worker)
+                self._succeeded(indices, values, worker)
         chunk.reported = start + count
         if done:
             del self.in_flight[worker]
             self._progress_worker(worker, IDLE)
 
-    def _unloadable_result(self, chunk: _Chunk, position: int, error, batch: int) -> None:
-        if batch == 1:
-            index = chunk.indices[position]
+    def _succeeded(self, indices, values: list, worker: WorkerHandle) -> None:
+        self.outcomes.append((indices, values))
+        if self.progress is not None:
+            self.progress.worker(worker.pid).done += len(values)
+            self.progress.add(len(values))
+
+    def _failed_in_batch(self, chunk: _Chunk, start: int, values: list, errors: dict) -> None:
+        """A batch with failed items: hand out the successes, handle each failure."""
+        ok_indices, ok_values = [], []
+        for offset, value in enumerate(values):
+            position = start + offset
+            info = errors.get(offset)
+            if info is None:
+                ok_indices.append(chunk.indices[position])
+                ok_values.append(value)
+            else:
+                self._item_failed(chunk, position, "error", rebuild_exception(info), info[3])
+        if ok_values:
+            self._succeeded(ok_indices, ok_values, chunk.worker)
+
+    def _unloadable_results(self, chunk: _Chunk, start: int, count: int, error) -> None:
+        if count == 1:
+            index = chunk.indices[start]
             exc = SerializationError(
                 f"the result of item {index} could not be unpickled here: "
                 f"{type(error).__name__}: {error}"
             )
-            self._item_failed(chunk, position, "error", exc, "")
-        else:  # which value is to blame? run each of them alone to find out
-            self.requeue.append(
-                _Pending(
-                    chunk.indices[position], chunk.items[position], chunk.attempts[position], True
-                )
-            )
-
-    def _succeeded(self, index: int, value: Any, worker: WorkerHandle) -> None:
-        self.outcomes.append((index, value))
-        self.finished += 1
-        if self.progress is not None:
-            self.progress.worker(worker.pid).done += 1
-            self.progress.add(1)
+            self._item_failed(chunk, start, "error", exc, "")
+            return
+        for position in reversed(range(start, start + count)):  # run each alone to find it
+            self._requeue_position(chunk, position, solo=True)
 
     def _item_failed(self, chunk: _Chunk, position: int, kind: str, exc, tb_text: str) -> None:
         index, item = chunk.indices[position], chunk.items[position]
-        attempts = chunk.attempts[position] + 1
+        attempts = chunk.attempts_at(position) + 1
         if attempts <= self.options.retries and not self.stopping:
             self.stats.retries += 1
             self.requeue.appendleft(_Pending(index, item, attempts, kind != "error"))
@@ -516,8 +522,7 @@ class Runner:
 
     def _final_failure(self, index, item, kind, exc, pid, attempts, tb_text: str = "") -> None:
         failure = Failure(index, item, kind, exc, tb_text or _traceback_text(exc), pid, attempts)
-        self.outcomes.append((index, failure))
-        self.finished += 1
+        self.outcomes.append(([index], [failure]))
         self.stats.failures[kind] = self.stats.failures.get(kind, 0) + 1
         if self.progress is not None:
             self.progress.add(1, 1)
@@ -537,8 +542,8 @@ class Runner:
     def _on_output(self, chunk: _Chunk, lines: list) -> None:
         for position, stream, text in lines:
             index = chunk.indices[position] if 0 <= position < len(chunk.indices) else -1
-            if self.tally.keep and index >= 0:
-                store = self.tally.stdout if stream == "stdout" else self.tally.stderr
+            if self.keep_details and index >= 0:
+                store = self.stdout if stream == "stdout" else self.stderr
                 store.setdefault(index, []).append(text)
             if self.on_output is not None:
                 self.on_output(index, stream, text)
@@ -566,10 +571,8 @@ class Runner:
             error.__cause__ = cause
             self._item_failed(chunk, 0, "error", error, "")
         else:  # find the bad item: send each alone
-            for pos in reversed(range(len(chunk.items))):
-                self.requeue.appendleft(
-                    _Pending(chunk.indices[pos], chunk.items[pos], chunk.attempts[pos], True)
-                )
+            for position in reversed(range(len(chunk.items))):
+                self._requeue_position(chunk, position, solo=True)
 
     # ------------------------------------------------------------------ deaths and timeouts
     def _on_death(self, worker: WorkerHandle) -> None:
@@ -653,7 +656,7 @@ class Runner:
 
     def _requeue_position(self, chunk: _Chunk, pos: int, solo: bool) -> None:
         self.requeue.appendleft(
-            _Pending(chunk.indices[pos], chunk.items[pos], chunk.attempts[pos], solo)
+            _Pending(chunk.indices[pos], chunk.items[pos], chunk.attempts_at(pos), solo)
         )
 
     def _check_timeouts(self) -> None:
@@ -687,42 +690,34 @@ class Runner:
         self.progress.maybe_refresh()
 
     # ------------------------------------------------------------------ building results
-    def _build(self, slots: dict[int, Any]) -> Results:
+    def _build(self) -> Results:
+        """The Results so far; unfinished items are ``cancelled`` failures."""
         while self.outcomes:  # finished but not handed out when the run stopped
-            index, value = self.outcomes.popleft()
-            slots[index] = value
-        for index, item in self.cancelled:
-            if index not in slots:
-                slots[index] = Failure(index, item, "cancelled")
-        self.cancelled = []
-        size = max(slots, default=-1) + 1
-        if self.sequence is not None and self.total is not None:
-            size = self.total
-        values = []
-        for index in range(size):
-            if index in slots:
-                values.append(slots[index])
-            else:  # never taken from the input: cancelled before it started
+            self.slots.place(*self.outcomes.popleft())
+        size = self.total if self.sequence is not None else self.pulled
+        cancelled = self.cancelled
+        n_cancelled = 0
+
+        def missing(index: int) -> Failure:
+            nonlocal n_cancelled
+            n_cancelled += 1
+            if index in cancelled:
+                item = cancelled[index]
+            else:  # never taken from the input
                 item = self.sequence[index] if self.sequence is not None else None
-                values.append(Failure(index, item, "cancelled"))
-        tally = self.tally
+            return Failure(index, item, "cancelled")
+
         outputs = {
             index: ItemOutput(
-                "".join(tally.stdout.get(index, ())), "".join(tally.stderr.get(index, ()))
+                "".join(self.stdout.get(index, ())), "".join(self.stderr.get(index, ()))
             )
-            for index in sorted(set(tally.stdout) | set(tally.stderr))
+            for index in sorted(set(self.stdout) | set(self.stderr))
         }
-        self.stats.items = len(values)
-        for failure in values:
-            if isinstance(failure, Failure) and failure.kind == "cancelled":
-                self.stats.failures["cancelled"] = self.stats.failures.get("cancelled", 0) + 1
-        return Results(
-            values,
-            self.stats,
-            outputs,
-            [tally.durations.get(i) for i in range(size)],
-            [tally.workers.get(i) for i in range(size)],
-        )
+        results = self.slots.build(size, missing, self.stats, outputs)
+        self.stats.items = len(results)
+        if n_cancelled:
+            self.stats.failures["cancelled"] = n_cancelled
+        return results
 
     def _failure_error(self, failure: Failure, results: Results | None) -> ParmapError:
         exc = failure.exception

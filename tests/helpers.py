@@ -18,7 +18,7 @@ def add(a, b):
     return a + b
 
 
-def sleep_then(x, seconds=0.0):
+def sleep_then(x, seconds=0.001):
     time.sleep(seconds)
     return x
 

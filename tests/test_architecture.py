@@ -14,10 +14,7 @@ HEAVY = ("IPython", "ipywidgets", "psutil", "numpy", "distributed", "cloudpickle
 
 
 def test_import_is_light():
-    out = run_python(
-        "import sys, ipyparmap; "
-        f"print([m for m in {HEAVY!r} if m in sys.modules])"
-    )
+    out = run_python(f"import sys, ipyparmap; print([m for m in {HEAVY!r} if m in sys.modules])")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
 
