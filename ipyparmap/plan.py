@@ -21,6 +21,10 @@ GROWTH = 4
 TAIL_SHARE = 2
 #: Weight of the newest measurement in the running per-item time estimate.
 SMOOTHING = 0.3
+#: Items faster than this are timed in blocks of FAST_STRIDE (a clock read per item
+#: would cost more than such an item).
+FAST_ITEM_SECONDS = 20e-6
+FAST_STRIDE = 64
 
 
 class ChunkPlanner:
@@ -48,6 +52,12 @@ class ChunkPlanner:
         size = max(1, size)
         self.largest = max(self.largest, size)
         return size
+
+    def timing_stride(self) -> int:
+        """How many items a worker runs between clock reads (1 unless items are tiny)."""
+        if self.per_item is not None and self.per_item < FAST_ITEM_SECONDS:
+            return FAST_STRIDE
+        return 1
 
     def record(self, items: int, seconds: float) -> None:
         """Fold in that ``items`` items took ``seconds`` of worker time."""

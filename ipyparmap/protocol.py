@@ -9,7 +9,9 @@ Parent -> worker::
 
     (INIT, settings)                          once, first message: sys.path etc.
     (FUNC, key, payload, sources)             the pickled function, cached by key
-    (CHUNK, chunk_id, key, items_blob, star)  run func(item) for every item in the blob
+    (CHUNK, chunk_id, key, items_blob, star, stride)
+        run func(item) for every item in the blob, reading the clock every
+        ``stride`` items (1: exact per-item durations)
     (STOP,)                                   exit cleanly
 
 Worker -> parent::
@@ -68,18 +70,19 @@ IDLE = -1
 class Board:
     """One worker's status board: a view over a shared ``mmap``.
 
-    The worker calls :meth:`begin_chunk`, then :meth:`begin_item` before each item
-    (position ``len(items)`` marks "pickling the results"). The parent calls
-    :meth:`read`. Writes are aligned 8-byte stores, so a read never sees half a number.
+    The worker calls :meth:`begin_chunk`, then stores each item's position in
+    ``ints[1]`` (and the start time in ``times[0]``) before running it; position
+    ``len(items)`` marks "pickling the results". The parent calls :meth:`read`. Writes
+    are aligned 8-byte stores, so a read never sees half a number.
     """
 
-    __slots__ = ("_ints", "_mm", "_time")
+    __slots__ = ("_mm", "ints", "times")
 
     def __init__(self, mm: mmap.mmap):
         self._mm = mm
         view = memoryview(mm)
-        self._ints = view[:16].cast("q")
-        self._time = view[16:24].cast("d")
+        self.ints = view[:16].cast("q")
+        self.times = view[16:24].cast("d")
 
     @classmethod
     def from_fd(cls, fd: int) -> Board:
@@ -87,33 +90,33 @@ class Board:
 
     def reset(self) -> None:
         """Parent side, before the worker starts: a fresh board reads "idle", not chunk 0."""
-        self._time[0] = 0.0
-        self._ints[1] = LOADING
-        self._ints[0] = IDLE
+        self.times[0] = 0.0
+        self.ints[1] = LOADING
+        self.ints[0] = IDLE
 
     def begin_chunk(self, chunk_id: int) -> None:
-        self._ints[1] = LOADING
-        self._ints[0] = chunk_id
+        self.ints[1] = LOADING
+        self.ints[0] = chunk_id
 
     def begin_item(self, position: int, now: float) -> None:
-        self._time[0] = now
-        self._ints[1] = position
+        self.times[0] = now
+        self.ints[1] = position
 
     def end_chunk(self) -> None:
-        self._ints[0] = IDLE
+        self.ints[0] = IDLE
 
     def read(self) -> tuple[int, int, float]:
         """Return ``(chunk_id, position, started)``, retrying a read torn by a write."""
         for _ in range(3):
-            chunk_id, position = self._ints[0], self._ints[1]
-            started = self._time[0]
-            if self._ints[1] == position and self._ints[0] == chunk_id:
+            chunk_id, position = self.ints[0], self.ints[1]
+            started = self.times[0]
+            if self.ints[1] == position and self.ints[0] == chunk_id:
                 break
         return chunk_id, position, started
 
     def close(self) -> None:
-        self._ints.release()
-        self._time.release()
+        self.ints.release()
+        self.times.release()
         try:
             self._mm.close()
         except BufferError:  # a view is still exported somewhere; the GC will do it

@@ -400,7 +400,8 @@ class Runner:
         payload = self.payload
         try:
             worker.send_function(payload.key, payload.blob, payload.sources)
-            worker.send((P.CHUNK, chunk.id, payload.key, chunk.blob, self.options.star))
+            stride = self.planner.timing_stride()
+            worker.send((P.CHUNK, chunk.id, payload.key, chunk.blob, self.options.star, stride))
         except OSError:
             pass  # it died; its sentinel fires and _on_death requeues the chunk
         chunk.blob = None

@@ -211,3 +211,11 @@ def test_cpu_count_is_positive_and_default_worker_count():
     assert pm.cpu_count() >= 1
     res = pm.parmap(helpers.square, range(4))
     assert res.stats.workers == min(4, pm.cpu_count())
+
+
+def test_tiny_items_are_batched_and_long_items_sent_alone():
+    tiny = pm.parmap(helpers.square, range(20_000), workers=2)
+    assert tiny == [x * x for x in range(20_000)]
+    assert tiny.stats.chunks < 200  # not 20,000 messages
+    slow = pm.parmap(helpers.sleepy, [(i, 0.03) for i in range(12)], workers=2)
+    assert slow.stats.chunks == 12  # ~30 ms items go one per message, for balance

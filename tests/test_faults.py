@@ -238,6 +238,20 @@ def test_a_replacement_worker_finishes_the_run():
     assert len(set(res.worker_of[i] for i in (0, 9))) == 2
 
 
+@pytest.mark.parametrize("kind", ["_exit", "raise"])
+def test_failure_deep_in_a_large_chunk_of_tiny_items_is_pinned_to_its_item(kind):
+    items = list(range(20_000))
+    items[15_000] = ("run", kind)  # by then chunks hold thousands of items, timed in blocks
+    res = pm.parmap(helpers.act, items, workers=2, errors="collect")
+    assert res.stats.chunks < 500
+    assert [f.index for f in res.failures] == [15_000]
+    assert res.failures[0].kind == ("crashed" if kind == "_exit" else "error")
+    assert res.values(default=-1)[:15_000] == list(range(15_000))
+    assert res.values(default=-1)[15_001:] == list(range(15_001, 20_000))
+    ran = [d for i, d in enumerate(res.durations) if i != 15_000]
+    assert all(d is not None and d >= 0 for d in ran)
+
+
 def test_retries_rerun_a_crashed_item(tmp_path):
     marker = tmp_path / "crashed"
     items = [(i, str(marker) if i == 2 else str(tmp_path / f"ok{i}")) for i in range(4)]
