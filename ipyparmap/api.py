@@ -49,8 +49,10 @@ def parmap(
             workers carry on). None or ``float("inf")``: no limit.
         retries: how many more times to run an item that raised, crashed its worker or
             timed out.
-        progress: ``"auto"`` (a widget in Jupyter, a text bar on a terminal, nothing
-            when output is not a terminal), ``"widget"``, ``"text"`` or False.
+        progress: ``"auto"`` (the widget panel in a Jupyter kernel with ipywidgets, a
+            text bar on a terminal, nothing when output is not a terminal),
+            ``"widget"`` (the panel where it can be shown, else the text bar), ``"text"``
+            or False.
         star: call ``func(*item)``, like ``itertools.starmap``.
         backend: None or ``"local"`` (the local process pool).
 
@@ -144,19 +146,38 @@ def _runner(func, iterable, options: Options, keep_details: bool):
 
 
 def _progress_model(mode):
-    """A model with a view for ``mode``, or None when nothing would be shown."""
+    """A model with a view for ``mode``, or None when nothing would be shown.
+
+    ``"auto"``: the widget panel inside a Jupyter kernel with ipywidgets importable, a
+    text bar on a terminal, nothing otherwise. ``"widget"``: the panel where it can be
+    shown, else the text bar (with a final line). ``"text"``: the text bar. In a kernel
+    the text bar redraws in place (the notebook honours ``\\r``) and always ends with a
+    summary line.
+    """
     if mode is False:
         return None
     import sys
 
     from .textui import TextProgress, _isatty
+    from .widget import in_kernel
 
-    if mode == "auto" and not _isatty(sys.stderr):
+    kernel = in_kernel()
+    if mode == "auto" and not kernel and not _isatty(sys.stderr):
         return None
     from .progress import ProgressModel
 
+    if kernel and mode in ("auto", "widget"):
+        from .widget import ProgressPanel, widgets_available
+
+        if widgets_available(warn=mode == "widget"):
+            from .resources import rss_bytes
+
+            model = ProgressModel(rss=rss_bytes)
+            model.listeners.append(ProgressPanel())
+            return model
     model = ProgressModel()
-    model.listeners.append(TextProgress(summary=mode in ("text", "widget")))
+    summary = kernel or mode in ("text", "widget")
+    model.listeners.append(TextProgress(summary=summary, live=True if kernel else None))
     return model
 
 

@@ -1,14 +1,19 @@
 """The UI-free progress model of a run (layer L1).
 
-The runner feeds it (items finished, worker states); views subscribe and render it (a
-text bar, the ipywidgets panel). Refreshes are throttled to ``max_rate`` per second with
-an injectable clock, and the clock is only read when a cheap counter says enough has
-changed since the last refresh, so feeding the model per item costs next to nothing.
+The runner feeds it (items finished, worker states, busy time); views subscribe and
+render it (a text bar, the ipywidgets panel). Refreshes are throttled to ``max_rate``
+per second with an injectable clock, so feeding the model per batch costs next to
+nothing: a listener runs at most ``max_rate`` times a second, plus once at the end.
+
+Worker memory is sampled through an injected ``rss(pid)`` callable (the caller passes
+``resources.rss_bytes``; this layer does not import psutil), at most once per
+``rss_interval`` seconds, and only when a refresh actually happens.
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -20,9 +25,10 @@ class WorkerState:
     pid: int
     state: str = STARTING
     current: int | None = None  # index of the item being run
-    done: int = 0
-    rss: int | None = None  # bytes
-    restarts: int = 0
+    done: int = 0  # items this worker finished (successful ones)
+    busy: float = 0.0  # seconds spent running items
+    rss: int | None = None  # bytes, last sample
+    restarts: int = 0  # workers replaced during the run when this one started
 
 
 @dataclass
@@ -30,6 +36,8 @@ class ProgressModel:
     total: int | None = None
     clock: Callable[[], float] = time.monotonic
     max_rate: float = 10.0  # refreshes per second
+    rss: Callable[[int], int | None] | None = None  # pid -> bytes; None: no sampling
+    rss_interval: float = 1.0  # seconds between RSS samples
     done: int = 0  # finished items, successful or failed
     failed: int = 0
     rate: float = 0.0  # smoothed items per second
@@ -39,6 +47,7 @@ class ProgressModel:
     listeners: list = field(default_factory=list)  # callables(model, final: bool)
     _last_refresh: float = 0.0
     _last_done: int = 0
+    _last_rss: float | None = None
 
     def __post_init__(self) -> None:
         self.started = self.clock()
@@ -63,12 +72,14 @@ class ProgressModel:
         if now - self._last_refresh < 1.0 / self.max_rate:
             return False
         self._update_rate(now)
+        self._sample_rss(now)
         self._notify(False)
         return True
 
     def finish(self) -> None:
         self.ended = self.clock()
         self._update_rate(self.ended)
+        self._sample_rss(self.ended, force=True)
         self._notify(True)
 
     # -- derived figures --------------------------------------------------------------
@@ -80,6 +91,10 @@ class ProgressModel:
     @property
     def running(self) -> int:
         return sum(1 for w in self.workers.values() if w.state == BUSY)
+
+    @property
+    def live_workers(self) -> int:
+        return sum(1 for w in self.workers.values() if w.state != DEAD)
 
     @property
     def eta(self) -> float | None:
@@ -94,6 +109,44 @@ class ProgressModel:
             return None
         return min(1.0, self.done / self.total)
 
+    @property
+    def complete(self) -> bool:
+        """Every item finished (for an input of unknown length: the run ended)."""
+        if self.total is None:
+            return self.ended is not None
+        return self.done >= self.total
+
+    @property
+    def task_time(self) -> float:
+        """Seconds the workers spent running items, summed."""
+        return sum(w.busy for w in self.workers.values())
+
+    @property
+    def speedup(self) -> float | None:
+        """Achieved speedup: task time / elapsed time (None before anything ran)."""
+        elapsed = self.elapsed
+        task_time = self.task_time
+        return task_time / elapsed if elapsed > 0 and task_time > 0 else None
+
+    @property
+    def average_rate(self) -> float:
+        """Items per second over the whole run so far."""
+        elapsed = self.elapsed
+        return self.done / elapsed if elapsed > 0 else 0.0
+
+    def summary(self) -> str:
+        """One line for the end of a run: ``100/100 done, 0 failed, 3.2 s, speedup 1.9x ...``"""
+        count = f"{self.done}/{self.total}" if self.total is not None else f"{self.done}"
+        parts = [f"{count} done", f"{self.failed} failed"]
+        if self.ended is not None and not self.complete:
+            parts.append("stopped")
+        parts.append(format_seconds(self.elapsed))
+        speedup = self.speedup
+        if speedup is not None:
+            workers = len(self.workers)
+            parts.append(f"speedup {speedup:.2f}x on {workers} worker{'s' * (workers != 1)}")
+        return ", ".join(parts)
+
     def _update_rate(self, now: float) -> None:
         interval = now - self._last_refresh
         if interval <= 0:
@@ -104,6 +157,53 @@ class ProgressModel:
         self._last_done = self.done
         self._last_refresh = now
 
+    def _sample_rss(self, now: float, force: bool = False) -> None:
+        if self.rss is None:
+            return
+        if not force and self._last_rss is not None and now - self._last_rss < self.rss_interval:
+            return
+        self._last_rss = now
+        for state in self.workers.values():
+            if state.state == DEAD:
+                continue
+            rss = self.rss(state.pid)
+            if rss is not None:
+                state.rss = rss
+
     def _notify(self, final: bool) -> None:
         for listener in list(self.listeners):
-            listener(self, final)
+            try:
+                listener(self, final)
+            except Exception as exc:  # a broken view must never break the run
+                self.listeners.remove(listener)
+                warnings.warn(
+                    f"the progress view {type(listener).__name__} failed and was switched "
+                    f"off: {type(exc).__name__}: {exc}",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+
+
+def format_seconds(seconds: float | None) -> str:
+    """``0.25 s``, ``3.2 s``, ``1:15``, ``1:01:40``; ``?`` when unknown."""
+    if seconds is None:
+        return "?"
+    if seconds < 1:
+        return f"{seconds:.2f} s"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def format_bytes(size: int | None) -> str:
+    """``812 MB`` style (powers of 1024); ``?`` when unknown."""
+    if size is None:
+        return "?"
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1024 or unit == "TB":
+            break
+        value /= 1024
+    return f"{value:.0f} {unit}" if unit in ("B", "KB") else f"{value:.1f} {unit}"

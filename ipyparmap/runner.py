@@ -460,6 +460,8 @@ class Runner:
         stats = self.stats
         stats.task_time += busy
         stats.busy[worker.pid] = stats.busy.get(worker.pid, 0.0) + busy
+        if self.progress is not None:
+            self.progress.worker(worker.pid).busy += busy
         if maxrss_kb:
             stats.peak_rss = max(stats.peak_rss or 0, maxrss_kb * 1024)
         self.planner.record(count, busy)

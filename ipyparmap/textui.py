@@ -8,17 +8,9 @@ from __future__ import annotations
 
 import sys
 
-from .progress import ProgressModel
+from .progress import ProgressModel, format_seconds
 
-
-def format_seconds(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+__all__ = ["OutputPrinter", "TextProgress", "format_seconds", "status_line"]
 
 
 def status_line(model: ProgressModel, width: int = 24) -> str:
@@ -31,7 +23,7 @@ def status_line(model: ProgressModel, width: int = 24) -> str:
     else:
         parts.append(f"{model.done} done")
     parts.append(f"{model.failed} failed")
-    rate = model.done / model.elapsed if model.ended is not None and model.elapsed else model.rate
+    rate = model.average_rate if model.ended is not None else model.rate
     parts.append(f"{rate:.1f} items/s")
     parts.append(format_seconds(model.elapsed))
     if model.ended is None and model.eta is not None:
@@ -42,29 +34,40 @@ def status_line(model: ProgressModel, width: int = 24) -> str:
 class TextProgress:
     """Renders a ProgressModel as one line on stderr.
 
-    On a terminal the line is redrawn in place once the run has lasted ``delay``
-    seconds (short runs draw nothing). Elsewhere (a log file) nothing is drawn while
-    running. ``summary=True`` always prints the final line.
+    Live (by default: when stderr is a terminal) the line is redrawn in place with
+    ``\\r`` once the run has lasted ``delay`` seconds, so short runs draw nothing while
+    running. Not live (a log file) nothing is drawn while running. The final line is
+    printed when something was drawn, or always with ``summary=True``. ``live=True``
+    suits a Jupyter kernel without ipywidgets: its stderr is no terminal, but the
+    notebook honours ``\\r``.
     """
 
-    def __init__(self, label: str = "parmap", delay: float = 0.5, summary: bool = False):
+    def __init__(
+        self,
+        label: str = "parmap",
+        delay: float = 0.5,
+        summary: bool = False,
+        live: bool | None = None,
+    ):
         self.label = label
         self.delay = delay
         self.summary = summary
+        self.live = live
         self.shown = False
         self._width = 0
 
     def __call__(self, model: ProgressModel, final: bool) -> None:
         stream = sys.stderr
+        live = _isatty(stream) if self.live is None else self.live
         if final:
             if self.shown or self.summary:
-                self._draw(stream, model, end="\n")
-        elif _isatty(stream) and model.elapsed >= self.delay:
-            self._draw(stream, model, end="")
+                self._draw(stream, model, live, end="\n")
+        elif live and model.elapsed >= self.delay:
+            self._draw(stream, model, live, end="")
 
-    def _draw(self, stream, model: ProgressModel, end: str) -> None:
+    def _draw(self, stream, model: ProgressModel, live: bool, end: str) -> None:
         line = f"{self.label} {status_line(model)}"
-        prefix = "\r" if _isatty(stream) else ""
+        prefix = "\r" if live else ""
         stream.write(prefix + line.ljust(self._width) + end)
         stream.flush()
         self._width = len(line)

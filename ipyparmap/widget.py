@@ -1,0 +1,304 @@
+"""The Jupyter progress panel (layer L4): a ProgressModel drawn with stock ipywidgets.
+
+All widget code of the package lives here. ipywidgets and IPython are imported only
+when a panel is actually built or shown, so importing this module is cheap (the API
+imports it to ask :func:`in_kernel`).
+
+What the user sees in the cell's output, all in one display slot (a display id):
+
+* runs shorter than ``delay`` (0.5 s): nothing while running, then one summary line;
+* longer runs: a panel (``VBox``, CSS class ``ipyparmap-panel``)::
+
+      parmap [=========          ] 45/100 done · 2 failed · 12.3 items/s · 3.1 s · ETA 4.2 s
+      > Workers: 2 of 2 busy                      (an Accordion, collapsed; one row a worker)
+
+  refreshed by the model's throttle (at most ~10 times a second), every refresh batched
+  with ``hold_sync`` (one comm message per changed widget). At the end the status turns
+  into the summary (items, failures, wall time, achieved speedup) and the bar into
+  ``success`` (all done), ``danger`` (failures; already while running) or ``warning``
+  (stopped early).
+
+The refreshes are driven from the thread that runs the map (the kernel's main thread
+for ``parmap``). Comm messages go out on the kernel's IOPub channel at once, so the
+panel moves while that cell is busy.
+
+The displayed object has a ``_repr_mimebundle_`` with the widget view *and* a readable
+``text/plain`` and ``text/html`` summary, and the slot is updated with the final bundle
+when the run ends. A notebook saved afterwards and opened where widgets cannot render
+(GitHub, nbviewer, nbconvert without widget state, VS Code without widgets) shows
+``parmap: 100/100 done, 0 failed, 3.2 s, ...`` instead of ``VBox(children=...)``.
+"""
+
+from __future__ import annotations
+
+import html
+import sys
+import warnings
+from collections.abc import Callable
+from contextlib import ExitStack
+from typing import Any
+
+from .progress import BUSY, DEAD, ProgressModel, format_bytes, format_seconds
+
+PANEL_CLASS = "ipyparmap-panel"
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+# ------------------------------------------------------------------------ environment
+def in_kernel() -> bool:
+    """True inside a Jupyter kernel (ipykernel's ZMQInteractiveShell).
+
+    Looks only at modules already imported: outside IPython this imports nothing.
+    Terminal IPython, scripts and plain ``python`` answer False.
+    """
+    ipython = sys.modules.get("IPython")
+    zmqshell = sys.modules.get("ipykernel.zmqshell")
+    if ipython is None or zmqshell is None:
+        return False
+    shell = ipython.get_ipython()
+    shell_class = getattr(zmqshell, "ZMQInteractiveShell", None)
+    return shell is not None and shell_class is not None and isinstance(shell, shell_class)
+
+
+def widgets_available(warn: bool = False) -> bool:
+    """True when ipywidgets can be imported (``warn``: say so once when it cannot)."""
+    try:
+        import ipywidgets  # noqa: F401
+    except ImportError as exc:
+        if warn:
+            warnings.warn(
+                f"progress='widget' needs ipywidgets ({exc}); showing a text bar instead. "
+                "Install it with: pip install ipywidgets",
+                stacklevel=5,  # the user's parmap()/imap() call
+            )
+        return False
+    return True
+
+
+# ------------------------------------------------------------------------ text pieces
+def status_text(model: ProgressModel) -> str:
+    """The running status: ``45/100 done · 2 failed · 12.3 items/s · 3.1 s · ETA 4.2 s``."""
+    count = f"{model.done}/{model.total}" if model.total is not None else f"{model.done}"
+    parts = [f"{count} done", f"{model.failed} failed", f"{model.rate:.1f} items/s"]
+    parts.append(format_seconds(model.elapsed))
+    eta = model.eta
+    if eta is not None:
+        parts.append(f"ETA {format_seconds(eta)}")
+    return " · ".join(parts)
+
+
+def workers_title(model: ProgressModel) -> str:
+    """The per-worker section's title: ``Workers: 2 of 2 busy, 1 restart``."""
+    title = f"Workers: {model.running} of {model.live_workers} busy"
+    restarts = max((w.restarts for w in model.workers.values()), default=0)
+    if restarts:
+        title += f", {restarts} restart{'s' * (restarts != 1)}"
+    return title
+
+
+def workers_html(model: ProgressModel) -> str:
+    """One table row per worker: PID, state, current item, items done, busy, RSS, restarts."""
+    cell = "padding:1px 10px 1px 0;text-align:{}"
+    head = "".join(
+        f"<th style='{cell.format(align)}'>{name}</th>"
+        for name, align in (
+            ("worker", "left"),
+            ("state", "left"),
+            ("item", "right"),
+            ("done", "right"),
+            ("busy", "right"),
+            ("RSS", "right"),
+            ("restarts", "right"),
+        )
+    )
+    rows = []
+    for w in model.workers.values():
+        current = w.current if w.state == BUSY and w.current is not None else ""
+        colour = {BUSY: "#1a7f37", DEAD: "#999"}.get(w.state, "inherit")
+        values = (
+            (f"pid {w.pid}", "left"),
+            (f"<span style='color:{colour}'>{html.escape(w.state)}</span>", "left"),
+            (current, "right"),
+            (w.done, "right"),
+            (format_seconds(w.busy), "right"),
+            (format_bytes(w.rss) if w.rss is not None else "", "right"),
+            (w.restarts, "right"),
+        )
+        tds = "".join(f"<td style='{cell.format(align)}'>{value}</td>" for value, align in values)
+        rows.append(f"<tr class='ipyparmap-worker'>{tds}</tr>")
+    return (
+        "<table class='ipyparmap-workers' style='border-collapse:collapse;font-size:90%'>"
+        f"<tr>{head}</tr>{''.join(rows)}</table>"
+    )
+
+
+def bar_style(model: ProgressModel, final: bool) -> str:
+    """``danger`` on failure, ``success`` when all is done, ``warning`` when stopped early."""
+    if model.failed:
+        return "danger"
+    if final:
+        return "success" if model.complete else "warning"
+    return ""
+
+
+def summary_html(label: str, model: ProgressModel) -> str:
+    """A static HTML rendering of the run's state (for viewers without widgets)."""
+    fraction = model.fraction
+    if fraction is None:
+        fraction = 1.0 if model.ended is not None else 0.0
+    style = bar_style(model, model.ended is not None)
+    colour = {"danger": "#d9534f", "success": "#5cb85c", "warning": "#f0ad4e"}.get(style)
+    bar_colour = f"background:{colour};" if colour else "background:#2196f3;"
+    text = model.summary() if model.ended is not None else status_text(model)
+    return (
+        "<div class='ipyparmap-summary' style='display:flex;align-items:center;gap:8px'>"
+        f"<b>{html.escape(label)}</b>"
+        "<span style='display:inline-block;width:160px;height:10px;background:#eee'>"
+        f"<span style='display:block;height:100%;width:{fraction * 100:.1f}%;{bar_colour}'>"
+        f"</span></span><span>{html.escape(text)}</span></div>"
+    )
+
+
+class Summary:
+    """The final line of a short run: no widget, just ``text/plain`` and ``text/html``."""
+
+    def __init__(self, label: str, model: ProgressModel):
+        self.text = f"{label}: {model.summary()}"
+        self.html = summary_html(label, model)
+
+    def __repr__(self) -> str:
+        return self.text
+
+    def _repr_mimebundle_(self, include=None, exclude=None, **kwargs) -> dict:
+        return {"text/plain": self.text, "text/html": self.html}
+
+
+# ------------------------------------------------------------------------ the panel
+class ProgressPanel:
+    """A ProgressModel listener that shows the run in the current cell as a widget panel.
+
+    ``display``/``update_display`` default to IPython's; tests pass recorders. The panel
+    is built when the run has lasted ``delay`` seconds; before that only an empty
+    placeholder reserves its place above any worker output.
+    """
+
+    def __init__(
+        self,
+        label: str = "parmap",
+        delay: float = 0.5,
+        display: Callable[..., Any] | None = None,
+        update_display: Callable[..., Any] | None = None,
+    ):
+        self.label = label
+        self.delay = delay
+        self._display = display
+        self._update_display = update_display
+        self.display_id: str | None = None
+        self.model: ProgressModel | None = None
+        self.final = False
+        # the widgets, once built
+        self.panel: Any = None
+        self.bar: Any = None
+        self.status: Any = None
+        self.workers: Any = None
+        self.accordion: Any = None
+
+    # -- the listener -----------------------------------------------------------------
+    def __call__(self, model: ProgressModel, final: bool) -> None:
+        self.model = model
+        if final:
+            self.final = True
+            if self.panel is not None:
+                self._render(model, final=True)
+                self._show(self, update=True)
+            else:  # a short run: the summary line only
+                self._show(Summary(self.label, model), update=self.display_id is not None)
+            return
+        if self.panel is None:
+            if model.elapsed < self.delay:
+                if self.display_id is None:  # keep our place above the workers' output
+                    self._show({"text/plain": ""}, update=False, raw=True)
+                return
+            self._build(model)
+            self._render(model, final=False)
+            self._show(self, update=True)
+        else:
+            self._render(model, final=False)
+
+    # -- the display bundle -----------------------------------------------------------
+    def __repr__(self) -> str:
+        return self.text()
+
+    def text(self) -> str:
+        model = self.model
+        if model is None:
+            return f"{self.label}: starting"
+        return f"{self.label}: {model.summary() if self.final else status_text(model)}"
+
+    def _repr_mimebundle_(self, include=None, exclude=None, **kwargs) -> dict:
+        bundle = {"text/plain": self.text()}
+        if self.model is not None:
+            bundle["text/html"] = summary_html(self.label, self.model)
+        if self.panel is not None and self.panel.comm is not None:
+            bundle[WIDGET_VIEW] = {
+                "version_major": 2,
+                "version_minor": 0,
+                "model_id": self.panel.model_id,
+            }
+        return bundle
+
+    def _show(self, obj: Any, update: bool, raw: bool = False) -> None:
+        if self._display is None:
+            from IPython.display import display, update_display
+
+            self._display, self._update_display = display, update_display
+        if self.display_id is None:
+            handle = self._display(obj, raw=raw, display_id=True)
+            self.display_id = getattr(handle, "display_id", None) or str(handle)
+        elif update:
+            self._update_display(obj, raw=raw, display_id=self.display_id)
+
+    # -- the widgets ------------------------------------------------------------------
+    def _build(self, model: ProgressModel) -> None:
+        import ipywidgets as w
+
+        self.bar = w.IntProgress(
+            value=0,
+            min=0,
+            max=max(1, model.total or 1),
+            description=self.label,
+            style={"description_width": "initial"},
+            layout=w.Layout(width="320px", flex="0 0 auto"),
+        )
+        self.status = w.HTML(value="", layout=w.Layout(margin="0 0 0 8px"))
+        self.workers = w.HTML(value="")
+        self.accordion = w.Accordion(children=[self.workers], selected_index=None)
+        self.accordion.set_title(0, workers_title(model))
+        self.panel = w.VBox([w.HBox([self.bar, self.status]), self.accordion])
+        self.panel.add_class(PANEL_CLASS)
+
+    def _render(self, model: ProgressModel, final: bool) -> None:
+        """Move the widgets to the model's state: one message per widget that changed."""
+        widgets = (self.bar, self.status, self.workers, self.accordion)
+        with ExitStack() as stack:
+            for widget in widgets:
+                stack.enter_context(widget.hold_sync())
+            if model.total is not None:
+                self.bar.max = max(1, model.total)
+                self.bar.value = min(model.done, self.bar.max)
+            elif final:  # unknown length: the bar fills when the run ends
+                self.bar.max, self.bar.value = 1, 1
+            self.bar.bar_style = bar_style(model, final)
+            if final:
+                text = html.escape(model.summary())
+            else:
+                text = html.escape(status_text(model))
+            if model.failed:
+                text = text.replace(
+                    f"{model.failed} failed",
+                    f"<b style='color:#d9534f'>{model.failed} failed</b>",
+                    1,
+                )
+            self.status.value = text
+            self.workers.value = workers_html(model)
+            self.accordion.set_title(0, workers_title(model))
