@@ -289,10 +289,7 @@ class ProgressPanel:
             elif final:  # unknown length: the bar fills when the run ends
                 self.bar.max, self.bar.value = 1, 1
             self.bar.bar_style = bar_style(model, final)
-            if final:
-                text = html.escape(model.summary())
-            else:
-                text = html.escape(status_text(model))
+            text = html.escape(model.summary() if final else status_text(model))
             if model.failed:
                 text = text.replace(
                     f"{model.failed} failed",

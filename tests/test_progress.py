@@ -1,0 +1,343 @@
+"""The UI-free progress model (fake clock), the text view's modes, and how a real run feeds it."""
+
+from __future__ import annotations
+
+import io
+import sys
+
+import pytest
+from conftest import run_python
+
+from ipyparmap import textui
+from ipyparmap.progress import (
+    BUSY,
+    DEAD,
+    IDLE,
+    ProgressModel,
+    format_bytes,
+    format_seconds,
+)
+
+
+class FakeClock:
+    def __init__(self, now: float = 1000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
+
+
+def recorder(model: ProgressModel) -> list:
+    calls: list = []
+    model.listeners.append(lambda m, final: calls.append((m.done, m.failed, final)))
+    return calls
+
+
+# -- throttling -------------------------------------------------------------------------------
+def test_refreshes_are_throttled_to_max_rate(clock):
+    model = ProgressModel(total=10_000, clock=clock, max_rate=10)
+    calls = recorder(model)
+    for _ in range(10_000):  # one item every millisecond for 10 s of fake time
+        clock.advance(0.001)
+        model.add(1)
+    assert 95 <= len(calls) <= 100  # ~10 per second, never more
+    assert all(not final for *_, final in calls)
+    model.finish()
+    assert calls[-1] == (10_000, 0, True)
+
+
+def test_maybe_refresh_without_news_still_refreshes_on_time(clock):
+    model = ProgressModel(total=5, clock=clock, max_rate=4)
+    calls = recorder(model)
+    assert model.maybe_refresh() is False  # nothing elapsed yet
+    clock.advance(0.2)
+    assert model.maybe_refresh() is False  # 0.2 s < 1/4 s
+    clock.advance(0.1)
+    assert model.maybe_refresh() is True  # elapsed time and ETA move even without items
+    assert calls == [(0, 0, False)]
+
+
+def test_finish_always_notifies_once_with_final(clock):
+    model = ProgressModel(total=3, clock=clock)
+    calls = recorder(model)
+    model.add(3)  # same instant: throttled
+    model.finish()
+    assert calls == [(3, 0, True)]
+
+
+# -- figures ----------------------------------------------------------------------------------
+def test_rate_starts_with_the_first_sample_then_smooths(clock):
+    model = ProgressModel(total=1000, clock=clock, max_rate=10)
+    clock.advance(1.0)
+    model.add(100)
+    assert model.rate == pytest.approx(100.0)  # the first sample counts fully
+    clock.advance(1.0)
+    model.add(200)
+    assert model.rate == pytest.approx(0.7 * 100 + 0.3 * 200)
+    for _ in range(40):  # a steady 50 items/s: the smoothed rate converges to it
+        clock.advance(0.2)
+        model.add(10)
+    assert model.rate == pytest.approx(50.0, rel=0.01)
+
+
+def test_eta_elapsed_and_fraction(clock):
+    model = ProgressModel(total=100, clock=clock)
+    assert model.eta is None  # no rate yet
+    assert model.fraction == 0.0
+    clock.advance(2.0)
+    model.add(40)
+    assert model.eta == pytest.approx(60 / 20.0)
+    assert model.fraction == pytest.approx(0.4)
+    assert model.elapsed == pytest.approx(2.0)
+    clock.advance(1.0)
+    model.add(60)
+    model.finish()
+    clock.advance(5.0)  # after the end, elapsed stays the wall time of the run
+    assert model.elapsed == pytest.approx(3.0)
+    assert model.eta == 0.0
+    assert model.average_rate == pytest.approx(100 / 3.0)
+
+
+def test_unknown_total(clock):
+    model = ProgressModel(total=None, clock=clock)
+    clock.advance(1.0)
+    model.add(7)
+    assert model.eta is None and model.fraction is None
+    assert not model.complete
+    model.finish()
+    assert model.complete  # an input of unknown length is complete when the run ends
+    assert model.summary().startswith("7 done, 0 failed, 1.0 s")
+
+
+def test_zero_total(clock):
+    model = ProgressModel(total=0, clock=clock)
+    model.finish()
+    assert model.fraction is None
+    assert model.complete
+    assert model.summary() == "0/0 done, 0 failed, 0.00 s"
+
+
+def test_worker_states_busy_time_and_speedup(clock):
+    model = ProgressModel(total=8, clock=clock)
+    a, b = model.worker(11), model.worker(12)
+    assert model.worker(11) is a  # one record per pid
+    assert a.state == "starting"
+    a.state, a.current = BUSY, 3
+    b.state = IDLE
+    assert model.running == 1
+    assert model.live_workers == 2
+    b.state = DEAD
+    model.worker(13).state = BUSY  # the replacement
+    assert model.running == 2
+    assert model.live_workers == 2
+    assert model.speedup is None  # nothing ran yet
+    clock.advance(2.0)
+    a.busy, b.busy = 1.5, 2.5
+    assert model.task_time == pytest.approx(4.0)
+    assert model.speedup == pytest.approx(2.0)
+
+
+def test_rss_is_sampled_at_most_once_per_interval_and_skips_dead_workers(clock):
+    asked: list[int] = []
+
+    def rss(pid):
+        asked.append(pid)
+        return None if pid == 3 else pid * 1024 * 1024
+
+    # steps of 1/8 s are exact in binary floating point: no refresh is lost to rounding
+    model = ProgressModel(total=100, clock=clock, max_rate=8, rss=rss, rss_interval=1.0)
+    for pid in (1, 2, 3, 4):
+        model.worker(pid).state = IDLE
+    model.worker(4).state = DEAD
+    calls = recorder(model)
+    for _ in range(24):  # 3 s of refreshes at 8/s
+        clock.advance(0.125)
+        model.add(1)
+    assert len(calls) == 24
+    assert len(asked) == 3 * 3  # 3 samples (at 0.125 s, 1.125 s, 2.125 s) of 3 live workers
+    assert 4 not in asked
+    assert model.worker(1).rss == 1024 * 1024
+    assert model.worker(3).rss is None  # gone: no value rather than a wrong one
+    model.worker(2).state = BUSY
+    model.finish()  # the end always samples, for the final table
+    assert len(asked) == 4 * 3
+
+
+def test_no_rss_sampler_means_no_sampling(clock):
+    model = ProgressModel(total=1, clock=clock)
+    model.worker(1).state = BUSY
+    clock.advance(1.0)
+    model.add(1)
+    model.finish()
+    assert model.worker(1).rss is None
+
+
+# -- summary line -----------------------------------------------------------------------------
+def test_summary_when_all_done(clock):
+    model = ProgressModel(total=100, clock=clock)
+    model.worker(1).busy = 3.0
+    model.worker(2).busy = 3.4
+    clock.advance(3.2)
+    model.add(100)
+    model.finish()
+    assert model.summary() == "100/100 done, 0 failed, 3.2 s, speedup 2.00x on 2 workers"
+
+
+def test_summary_with_failures_and_an_early_stop(clock):
+    model = ProgressModel(total=100, clock=clock)
+    model.worker(1).busy = 0.5
+    clock.advance(0.5)
+    model.add(37, failed=1)
+    model.finish()
+    assert model.summary() == "37/100 done, 1 failed, stopped, 0.50 s, speedup 1.00x on 1 worker"
+
+
+# -- robustness -------------------------------------------------------------------------------
+def test_a_failing_view_is_switched_off_and_the_others_go_on(clock):
+    model = ProgressModel(total=10, clock=clock)
+
+    def broken(m, final):
+        raise RuntimeError("comm closed")
+
+    model.listeners.append(broken)
+    calls = recorder(model)
+    clock.advance(1.0)
+    with pytest.warns(RuntimeWarning, match="switched off: RuntimeError: comm closed"):
+        model.add(5)
+    assert broken not in model.listeners
+    model.finish()
+    assert calls == [(5, 0, False), (5, 0, True)]
+
+
+# -- formatting -------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (None, "?"),
+        (0.0, "0.00 s"),
+        (0.256, "0.26 s"),
+        (3.21, "3.2 s"),
+        (75, "1:15"),
+        (3700, "1:01:40"),
+    ],
+)
+def test_format_seconds(seconds, text):
+    assert format_seconds(seconds) == text
+    assert textui.format_seconds(seconds) == text  # the text view uses the same
+
+
+@pytest.mark.parametrize(
+    ("size", "text"),
+    [
+        (None, "?"),
+        (512, "512 B"),
+        (2048, "2 KB"),
+        (5 * 1024**2 + 1, "5.0 MB"),
+        (3 * 1024**3, "3.0 GB"),
+        (2 * 1024**5, "2048.0 TB"),
+    ],
+)
+def test_format_bytes(size, text):
+    assert format_bytes(size) == text
+
+
+# -- the text view in its modes ---------------------------------------------------------------
+def test_text_view_live_off_a_terminal_redraws_in_place(monkeypatch, clock):
+    stream = io.StringIO()  # not a terminal, like a kernel's stderr
+    monkeypatch.setattr(sys, "stderr", stream)
+    model = ProgressModel(total=10, clock=clock)
+    model.listeners.append(textui.TextProgress(live=True, delay=0.5))
+    clock.advance(0.2)
+    model.add(1)
+    assert stream.getvalue() == ""  # shorter than the delay: nothing
+    clock.advance(0.5)
+    model.add(4)
+    clock.advance(0.5)
+    model.add(5)
+    model.finish()
+    text = stream.getvalue()
+    assert text.count("\r") == 3  # two redraws and the final line
+    assert text.endswith("\n")
+    assert "10/10 done, 0 failed" in text.rsplit("\r", 1)[1]
+
+
+def test_text_view_not_live_on_a_terminal_when_told(monkeypatch, clock):
+    class TTY(io.StringIO):
+        def isatty(self):
+            return True
+
+    stream = TTY()
+    monkeypatch.setattr(sys, "stderr", stream)
+    model = ProgressModel(total=2, clock=clock)
+    model.listeners.append(textui.TextProgress(live=False))
+    clock.advance(1.0)
+    model.add(2)
+    model.finish()
+    assert stream.getvalue() == ""  # not live, no summary asked, nothing drawn
+
+
+# -- a real run feeds the model ---------------------------------------------------------------
+def test_a_real_run_feeds_counts_workers_and_busy_time():
+    out = run_python(
+        """
+        import time
+        import ipyparmap as pm
+        from ipyparmap import api
+        from ipyparmap.progress import ProgressModel
+
+        calls = []
+        model = ProgressModel()
+        model.listeners.append(lambda m, final: calls.append((m.done, final, m.elapsed)))
+        api._progress_model = lambda mode: model  # the same hook the API uses
+        res = pm.parmap(time.sleep, [0.05] * 20, workers=2, chunksize=1)
+        assert res.ok
+        assert model.total == 20 and model.done == 20 and model.failed == 0
+        assert [final for _, final, _ in calls].count(True) == 1 and calls[-1][1]
+        assert calls[-1][0] == 20
+        assert len(model.workers) == 2
+        assert sum(w.done for w in model.workers.values()) == 20
+        assert all(w.state == "idle" for w in model.workers.values())
+        assert model.task_time >= 0.95  # 20 x 0.05 s of sleeping
+        assert model.speedup is not None
+        # the throttle holds on a real clock: at most 10 refreshes per second, plus the end
+        refreshes = sum(1 for _, final, _ in calls if not final)
+        assert refreshes <= model.elapsed * 10 + 1, (refreshes, model.elapsed)
+        # refreshes are monotonic in done
+        dones = [d for d, _, _ in calls]
+        assert dones == sorted(dones)
+        print("OK", model.summary())
+        pm.shutdown()
+        """,
+        timeout=90,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "OK 20/20 done, 0 failed" in out.stdout
+
+
+def test_failures_reach_the_model():
+    out = run_python(
+        """
+        import ipyparmap as pm
+        from ipyparmap import api
+        from ipyparmap.progress import ProgressModel
+
+        model = ProgressModel()
+        api._progress_model = lambda mode: model
+        res = pm.parmap(lambda x: 1 / x, range(-3, 3), workers=2, errors="collect")
+        assert len(res.failures) == 1
+        assert (model.done, model.failed) == (6, 1)
+        print("OK", model.summary())
+        pm.shutdown()
+        """,
+        timeout=90,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "OK 6/6 done, 1 failed" in out.stdout
