@@ -1,13 +1,18 @@
 """Fixtures for real-browser tests (see /work/shared/TESTING_NOTES.md for the recipe).
 
-* ``lab`` (session): a JupyterLab server on 127.0.0.1, a free port, a random token, every
+* ``lab`` (module): a JupyterLab server on 127.0.0.1, a free port, a random token, every
   Jupyter/IPython directory isolated under a temporary root, and ``PYTEST_CURRENT_TEST``
   dropped from its environment (ipykernel would otherwise not forward worker output).
-* ``browser`` (session): Debian's chromium driven by Playwright through
+* ``browser`` (module): Debian's chromium driven by Playwright through
   ``executable_path`` (never ``playwright install``), headless. Skipped with a reason
   when no chromium binary exists.
 * ``page`` (function): a fresh context and page; on failure a screenshot and the
   notebook's HTML are saved under ``test-artifacts/browser/``.
+
+Server and browser are module-scoped, not session-scoped: they are child processes of
+pytest, and the rest of the suite checks that no child process outlives a test
+(``no_leaks``); a module fixture is gone (with every process it started) before the next
+test module runs.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -135,7 +141,7 @@ def isolated_env(root: Path) -> dict:
     return env
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     root = tmp_path_factory.mktemp("lab")
     notebooks = root / "nb"
@@ -177,7 +183,16 @@ def lab(tmp_path_factory):
 
 
 def _stop(server: Lab, proc: subprocess.Popen) -> None:
-    """Stop only what this fixture started: its sessions, the server, then the Popen."""
+    """Stop only what this fixture started: its sessions, the server, then the Popen.
+
+    Kernels, and the ipyparmap workers they started, are descendants of the server:
+    each of them must be gone too (workers exit by themselves when their kernel dies;
+    any that does not within the bound is killed by its PID).
+    """
+    try:
+        started = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        started = []
     try:
         for session in server.api("/api/sessions") or []:
             server.api(f"/api/sessions/{session['id']}", method="DELETE")
@@ -193,9 +208,14 @@ def _stop(server: Lab, proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
+    _gone, alive = psutil.wait_procs(started, timeout=20)
+    for leftover in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            leftover.kill()
+    psutil.wait_procs(alive, timeout=10)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
     exe = chromium_path()
     if exe is None:
