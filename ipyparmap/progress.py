@@ -7,7 +7,8 @@ nothing: a listener runs at most ``max_rate`` times a second, plus once at the e
 
 Worker memory is sampled through an injected ``rss(pid)`` callable (the caller passes
 ``resources.rss_bytes``; this layer does not import psutil), at most once per
-``rss_interval`` seconds, and only when a refresh actually happens.
+``rss_interval`` seconds, and only when a refresh actually happens (not at the end: a
+run too short for a refresh shows no memory figures, and does not pay for them).
 """
 
 from __future__ import annotations
@@ -79,7 +80,6 @@ class ProgressModel:
     def finish(self) -> None:
         self.ended = self.clock()
         self._update_rate(self.ended)
-        self._sample_rss(self.ended, force=True)
         self._notify(True)
 
     # -- derived figures --------------------------------------------------------------
@@ -157,10 +157,10 @@ class ProgressModel:
         self._last_done = self.done
         self._last_refresh = now
 
-    def _sample_rss(self, now: float, force: bool = False) -> None:
+    def _sample_rss(self, now: float) -> None:
         if self.rss is None:
             return
-        if not force and self._last_rss is not None and now - self._last_rss < self.rss_interval:
+        if self._last_rss is not None and now - self._last_rss < self.rss_interval:
             return
         self._last_rss = now
         for state in self.workers.values():

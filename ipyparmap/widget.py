@@ -12,8 +12,9 @@ What the user sees in the cell's output, all in one display slot (a display id):
       parmap [=========          ] 45/100 done · 2 failed · 12.3 items/s · 3.1 s · ETA 4.2 s
       > Workers: 2 of 2 busy                      (an Accordion, collapsed; one row a worker)
 
-  refreshed by the model's throttle (at most ~10 times a second), every refresh batched
-  with ``hold_sync`` (one comm message per changed widget). At the end the status turns
+  refreshed by the model's throttle (at most ~10 times a second; the worker rows at most
+  twice a second), every refresh batched with ``hold_sync`` (one comm message per
+  changed widget). At the end the status turns
   into the summary (items, failures, wall time, achieved speedup) and the bar into
   ``success`` (all done), ``danger`` (failures; already while running) or ``warning``
   (stopped early).
@@ -38,10 +39,12 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Any
 
-from .progress import BUSY, DEAD, ProgressModel, format_bytes, format_seconds
+from .progress import BUSY, ProgressModel, format_bytes, format_seconds
 
 PANEL_CLASS = "ipyparmap-panel"
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+#: Seconds between updates of the per-worker rows (the bar and status: every refresh).
+TABLE_INTERVAL = 0.5
 
 
 # ------------------------------------------------------------------------ environment
@@ -96,39 +99,33 @@ def workers_title(model: ProgressModel) -> str:
     return title
 
 
+_TABLE_STYLE = (
+    "<style>.ipyparmap-workers{border-collapse:collapse;font-size:90%}"
+    ".ipyparmap-workers th,.ipyparmap-workers td{padding:1px 12px 1px 0;text-align:right}"
+    ".ipyparmap-workers th:nth-child(-n+2),.ipyparmap-workers td:nth-child(-n+2)"
+    "{text-align:left}"
+    ".ipyparmap-workers .busy{color:#1a7f37}.ipyparmap-workers .dead{color:#999}</style>"
+)
+_TABLE_HEAD = "".join(
+    f"<th>{name}</th>" for name in ("worker", "state", "item", "done", "busy", "RSS", "restarts")
+)
+
+
 def workers_html(model: ProgressModel) -> str:
     """One table row per worker: PID, state, current item, items done, busy, RSS, restarts."""
-    cell = "padding:1px 10px 1px 0;text-align:{}"
-    head = "".join(
-        f"<th style='{cell.format(align)}'>{name}</th>"
-        for name, align in (
-            ("worker", "left"),
-            ("state", "left"),
-            ("item", "right"),
-            ("done", "right"),
-            ("busy", "right"),
-            ("RSS", "right"),
-            ("restarts", "right"),
-        )
-    )
     rows = []
     for w in model.workers.values():
         current = w.current if w.state == BUSY and w.current is not None else ""
-        colour = {BUSY: "#1a7f37", DEAD: "#999"}.get(w.state, "inherit")
-        values = (
-            (f"pid {w.pid}", "left"),
-            (f"<span style='color:{colour}'>{html.escape(w.state)}</span>", "left"),
-            (current, "right"),
-            (w.done, "right"),
-            (format_seconds(w.busy), "right"),
-            (format_bytes(w.rss) if w.rss is not None else "", "right"),
-            (w.restarts, "right"),
+        rss = format_bytes(w.rss) if w.rss is not None else ""
+        state = html.escape(w.state)
+        rows.append(
+            f"<tr class='ipyparmap-worker'><td>pid {w.pid}</td>"
+            f"<td class='{state}'>{state}</td><td>{current}</td><td>{w.done}</td>"
+            f"<td>{format_seconds(w.busy)}</td><td>{rss}</td><td>{w.restarts}</td></tr>"
         )
-        tds = "".join(f"<td style='{cell.format(align)}'>{value}</td>" for value, align in values)
-        rows.append(f"<tr class='ipyparmap-worker'>{tds}</tr>")
     return (
-        "<table class='ipyparmap-workers' style='border-collapse:collapse;font-size:90%'>"
-        f"<tr>{head}</tr>{''.join(rows)}</table>"
+        f"{_TABLE_STYLE}<table class='ipyparmap-workers'><tr>{_TABLE_HEAD}</tr>"
+        f"{''.join(rows)}</table>"
     )
 
 
@@ -202,6 +199,7 @@ class ProgressPanel:
         self.status: Any = None
         self.workers: Any = None
         self.accordion: Any = None
+        self._table_at: float | None = None  # elapsed time of the last worker-table update
 
     # -- the listener -----------------------------------------------------------------
     def __call__(self, model: ProgressModel, final: bool) -> None:
@@ -217,10 +215,9 @@ class ProgressPanel:
         if self.panel is None:
             if model.elapsed < self.delay:
                 if self.display_id is None:  # keep our place above the workers' output
-                    self._show({"text/plain": ""}, update=False, raw=True)
+                    self._show({"text/plain": ""}, update=False)
                 return
             self._build(model)
-            self._render(model, final=False)
             self._show(self, update=True)
         else:
             self._render(model, final=False)
@@ -247,55 +244,90 @@ class ProgressPanel:
             }
         return bundle
 
-    def _show(self, obj: Any, update: bool, raw: bool = False) -> None:
+    def _show(self, obj: Any, update: bool) -> None:
+        """Display ``obj`` (a bundle, or an object with ``_repr_mimebundle_``) in our slot.
+
+        Bundles are published raw: IPython's formatters have nothing to add, and
+        skipping them keeps the fixed cost of a short run's summary low.
+        """
         if self._display is None:
             from IPython.display import display, update_display
 
             self._display, self._update_display = display, update_display
+        bundle = obj if isinstance(obj, dict) else obj._repr_mimebundle_()
         if self.display_id is None:
-            handle = self._display(obj, raw=raw, display_id=True)
+            handle = self._display(bundle, raw=True, display_id=True)
             self.display_id = getattr(handle, "display_id", None) or str(handle)
         elif update:
-            self._update_display(obj, raw=raw, display_id=self.display_id)
+            self._update_display(bundle, raw=True, display_id=self.display_id)
 
     # -- the widgets ------------------------------------------------------------------
     def _build(self, model: ProgressModel) -> None:
+        """Create the widgets already in the model's state: each opens its comm once.
+
+        Layouts and styles are widgets too (a comm each), so the plain ones are shared.
+        """
         import ipywidgets as w
 
+        bar_max, bar_value, style, status = self._figures(model, final=False)
+        self._table_at = model.elapsed
+        plain = w.Layout()
         self.bar = w.IntProgress(
-            value=0,
+            value=bar_value,
             min=0,
-            max=max(1, model.total or 1),
+            max=bar_max,
+            bar_style=style,
             description=self.label,
             style={"description_width": "initial"},
             layout=w.Layout(width="320px", flex="0 0 auto"),
         )
-        self.status = w.HTML(value="", layout=w.Layout(margin="0 0 0 8px"))
-        self.workers = w.HTML(value="")
-        self.accordion = w.Accordion(children=[self.workers], selected_index=None)
-        self.accordion.set_title(0, workers_title(model))
-        self.panel = w.VBox([w.HBox([self.bar, self.status]), self.accordion])
-        self.panel.add_class(PANEL_CLASS)
+        self.status = w.HTML(value=status, layout=w.Layout(margin="0 0 0 8px"))
+        self.workers = w.HTML(value=workers_html(model), style=self.status.style, layout=plain)
+        self.accordion = w.Accordion(
+            children=[self.workers],
+            titles=(workers_title(model),),
+            selected_index=None,
+            layout=plain,
+        )
+        self.panel = w.VBox(
+            [w.HBox([self.bar, self.status], layout=plain), self.accordion],
+            layout=plain,
+            _dom_classes=(PANEL_CLASS,),
+        )
+
+    def _figures(self, model: ProgressModel, final: bool) -> tuple[int, int, str, str]:
+        """The bar's max, value and style, and the status HTML."""
+        if model.total is not None:
+            bar_max = max(1, model.total)
+            bar_value = min(model.done, bar_max)
+        elif final:  # unknown length: the bar fills when the run ends
+            bar_max, bar_value = 1, 1
+        else:
+            bar_max, bar_value = 1, 0
+        text = html.escape(model.summary() if final else status_text(model))
+        if model.failed:
+            text = text.replace(
+                f"{model.failed} failed",
+                f"<b style='color:#d9534f'>{model.failed} failed</b>",
+                1,
+            )
+        return bar_max, bar_value, bar_style(model, final), text
 
     def _render(self, model: ProgressModel, final: bool) -> None:
         """Move the widgets to the model's state: one message per widget that changed."""
+        bar_max, bar_value, style, status = self._figures(model, final)
         widgets = (self.bar, self.status, self.workers, self.accordion)
         with ExitStack() as stack:
             for widget in widgets:
                 stack.enter_context(widget.hold_sync())
-            if model.total is not None:
-                self.bar.max = max(1, model.total)
-                self.bar.value = min(model.done, self.bar.max)
-            elif final:  # unknown length: the bar fills when the run ends
-                self.bar.max, self.bar.value = 1, 1
-            self.bar.bar_style = bar_style(model, final)
-            text = html.escape(model.summary() if final else status_text(model))
-            if model.failed:
-                text = text.replace(
-                    f"{model.failed} failed",
-                    f"<b style='color:#d9534f'>{model.failed} failed</b>",
-                    1,
-                )
-            self.status.value = text
-            self.workers.value = workers_html(model)
-            self.accordion.set_title(0, workers_title(model))
+            self.bar.max = bar_max
+            self.bar.value = bar_value
+            self.bar.bar_style = style
+            self.status.value = status
+            # The worker rows are detail: at most twice a second (the frontend does not
+            # tell a busy kernel whether they are open, so they are always kept fresh).
+            now = model.elapsed
+            if final or self._table_at is None or now - self._table_at >= TABLE_INTERVAL:
+                self._table_at = now
+                self.workers.value = workers_html(model)
+                self.accordion.titles = (workers_title(model),)

@@ -202,7 +202,7 @@ def test_each_refresh_is_one_message_per_changed_widget(comms, screen):
     # one refresh changes the bar's value and style, the status, the table and the title
     model.worker(12).state = DEAD
     model.worker(13).state = BUSY
-    run_items(model, clock, 11, 10, failed=2)
+    run_items(model, clock, 11, 10, seconds=0.5, failed=2)  # 0.5 s: the rows update too
     sent: dict = {}
     for m in comms[mark:]:
         assert m.type == "comm_msg" and m.data["method"] == "update"
@@ -257,6 +257,9 @@ def test_worker_rows(comms, screen):
     model.worker(14).state = IDLE
     model.worker(14).restarts = 1
     clock.advance(0.2)
+    model.maybe_refresh()
+    assert "pid 14" not in panel.workers.value  # the rows update at most twice a second
+    clock.advance(0.3)
     model.maybe_refresh()
     table = panel.workers.value
     rows = re.findall(r"<tr class='ipyparmap-worker'>(.*?)</tr>", table)
