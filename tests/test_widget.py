@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import copy
 import os
+import pty
 import re
+import select
+import subprocess
 import sys
+import time
 from types import SimpleNamespace
 
 import comm
 import nbformat
 import pytest
 from comm.base_comm import BaseComm
-from conftest import run_python
+from conftest import ROOT, run_python
 from IPython.core.formatters import DisplayFormatter
 from nbclient import NotebookClient
 
@@ -324,6 +328,54 @@ def test_not_a_kernel_here_nor_in_terminal_ipython():
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "None"]  # stderr is a pipe here: no text bar either
+
+
+def run_in_a_terminal(argv: list[str], env: dict, timeout: float = 90) -> tuple[int, str]:
+    """Run ``argv`` with a pseudo-terminal as stdin/stdout/stderr; return (code, output)."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env)
+    os.close(slave)
+    out = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if ready:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:  # EIO: the child closed the terminal
+                    break
+                if not data:
+                    break
+                out += data
+            elif proc.poll() is not None:
+                break
+        else:
+            proc.kill()
+            raise AssertionError(f"{argv} did not finish in {timeout} s: {out[-2000:]!r}")
+        return proc.wait(timeout=30), out.decode(errors="replace")
+    finally:
+        os.close(master)
+
+
+def test_terminal_ipython_gets_the_text_bar(tmp_path):
+    code = (
+        "import time, ipyparmap as pm; from ipyparmap.widget import in_kernel; "
+        "print('KERNEL', in_kernel()); "
+        "r = pm.parmap(time.sleep, [0.1] * 16, workers=2, chunksize=1); print('DONE', len(r))"
+    )
+    env = dict(os.environ, IPYTHONDIR=str(tmp_path / "ipython"), TERM="dumb")
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    argv = [sys.executable, "-m", "IPython", "--simple-prompt", "--no-banner", "-c", code]
+    returncode, out = run_in_a_terminal(argv, env)
+    assert returncode == 0, out
+    assert "KERNEL False" in out
+    lines = out.split("\r")
+    drawn = [line for line in lines if line.startswith("parmap [")]
+    assert len(drawn) >= 2, out  # redrawn in place while running (the run lasts ~0.8 s)
+    assert drawn[-1].startswith("parmap [########################] 16/16 done, 0 failed, ")
+    assert "DONE 16" in out
+    assert "Box(" not in out and "IntProgress" not in out
 
 
 def test_choosing_a_view_in_a_script_imports_no_ipython_or_widgets():
