@@ -46,6 +46,12 @@ CHROMIUM_FLAGS = [
 ]
 
 
+NO_CHROMIUM = (
+    "no chromium binary: install it (apt-get install chromium) or set CHROMIUM=/path; "
+    "`playwright install` is not used"
+)
+
+
 def chromium_path() -> str | None:
     return (
         os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
@@ -219,10 +225,7 @@ def _stop(server: Lab, proc: subprocess.Popen) -> None:
 def browser():
     exe = chromium_path()
     if exe is None:
-        pytest.skip(
-            "no chromium binary: install it (apt-get install chromium) or set CHROMIUM=/path; "
-            "`playwright install` is not used"
-        )
+        pytest.skip(NO_CHROMIUM)
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:

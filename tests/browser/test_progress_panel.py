@@ -16,9 +16,13 @@ import re
 import nbformat
 import pytest
 
-from .conftest import ARTIFACTS, wait_until
+from .conftest import ARTIFACTS, NO_CHROMIUM, chromium_path, wait_until
 
-pytestmark = [pytest.mark.browser, pytest.mark.timeout(420)]
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.timeout(420),
+    pytest.mark.skipif(chromium_path() is None, reason=NO_CHROMIUM),
+]
 
 N = 20
 CELLS = [
