@@ -59,3 +59,17 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
+
+
+def load_ipython_extension(ip) -> None:
+    """``%load_ext ipyparmap``: register ``%%parmap``, ``%parmap`` and ``%parmap_pool``."""
+    from .magics import load_ipython_extension as load
+
+    load(ip)
+
+
+def unload_ipython_extension(ip) -> None:
+    """``%unload_ext ipyparmap``: remove the magics again."""
+    from .magics import unload_ipython_extension as unload
+
+    unload(ip)

@@ -14,6 +14,8 @@ from typing import Any
 from .config import short_repr
 
 FAILURE_KINDS = ("error", "crashed", "timeout", "cancelled")
+#: Runs shorter than this (seconds) show no speedup figure: start-up noise dominates it.
+SPEEDUP_MIN_WALL = 0.5
 
 
 @dataclass(eq=False)
@@ -132,8 +134,12 @@ class Results(list):
         if not kinds:
             parts.append("0 failed")
         parts.append(f"{self.stats.wall:.2f} s")
-        if self.stats.wall > 0 and self.stats.task_time > 0:
-            parts.append(f"speedup {self.stats.speedup:.2f}x on {self.stats.workers} workers")
+        workers = self.stats.workers
+        on = f"on {workers} worker{'s' if workers != 1 else ''}"
+        if self.stats.wall >= SPEEDUP_MIN_WALL and self.stats.task_time > 0:
+            parts.append(f"speedup {self.stats.speedup:.2f}x {on}")
+        elif workers:
+            parts.append(on)
         return ", ".join(parts)
 
     def __reduce__(self):

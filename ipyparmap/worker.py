@@ -100,9 +100,16 @@ class _OutputSink:
             self.pending.append((position, stream, text))
 
     def take(self) -> list:
-        """Pending lines, emptied; call with ``lock`` held."""
-        lines, self.pending = self.pending, []
-        return lines
+        """Pending text, emptied, with adjacent pieces of one item's stream joined
+        (``print`` writes the text and the newline separately); call with ``lock`` held."""
+        pieces, self.pending = self.pending, []
+        merged: list = []
+        for position, stream, text in pieces:
+            if merged and merged[-1][0] == position and merged[-1][1] == stream:
+                merged[-1] = (position, stream, merged[-1][2] + text)
+            else:
+                merged.append((position, stream, text))
+        return merged
 
 
 class Worker:

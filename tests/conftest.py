@@ -92,3 +92,7 @@ def notebook_function(source: str, name: str, **namespace):
     ns = {"__name__": "__main__", **namespace}
     exec(compile(textwrap.dedent(source), f"<notebook-cell-{name}>", "exec"), ns)
     return ns[name]
+
+
+# Notebooks under tests/ are fixtures for kernel and browser tests, not nbval tests.
+collect_ignore_glob = ["*.ipynb", "**/*.ipynb"]
