@@ -7,6 +7,7 @@ imported on first use of one of the names below.
 from __future__ import annotations
 
 from .errors import (
+    Cancelled,
     Interrupted,
     ParmapError,
     SerializationError,
@@ -29,6 +30,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "Cancelled",
     "Failure",
     "Interrupted",
     "ItemOutput",

@@ -118,10 +118,10 @@ def cpu_count() -> int:
 
 # ---------------------------------------------------------------------------- helpers
 def _runner(func, iterable, options: Options, keep_details: bool):
+    from .local import LocalRunner
     from .pool import default_pool
     from .resources import cpu_count as _cpu_count
     from .resources import resolve_workers, thread_limits
-    from .runner import Runner
 
     if options.backend not in (None, "local"):
         raise NotImplementedError(
@@ -130,7 +130,7 @@ def _runner(func, iterable, options: Options, keep_details: bool):
         )
     cpus = _cpu_count()
     workers = resolve_workers(options.workers, cpus)
-    return Runner(
+    return LocalRunner(
         func,
         iterable,
         options,

@@ -8,6 +8,7 @@ lost when a run stops early.
 
 from __future__ import annotations
 
+from concurrent.futures import CancelledError
 from typing import Any
 
 
@@ -129,6 +130,21 @@ class Interrupted(ParmapError, KeyboardInterrupt):
 
     def __reduce__(self):
         return (type(self), (self.args[0] if self.args else "interrupted", self.results))
+
+
+class Cancelled(ParmapError, CancelledError):
+    """The run was cancelled (``run.cancel()``, the panel's Cancel button).
+
+    Also a ``concurrent.futures.CancelledError``, as a cancelled Future raises;
+    ``.results`` holds the partial Results (unfinished slots are ``cancelled``).
+    """
+
+    def __init__(self, message: str = "cancelled", results: Any = None):
+        super().__init__(message)
+        self.results = results
+
+    def __reduce__(self):
+        return (type(self), (self.args[0] if self.args else "cancelled", self.results))
 
 
 class RemoteTraceback(Exception):

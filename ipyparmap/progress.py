@@ -37,6 +37,7 @@ class ProgressModel:
     ended: float | None = None
     workers: dict = field(default_factory=dict)  # pid -> WorkerState
     listeners: list = field(default_factory=list)  # callables(model, final: bool)
+    cancel: Callable[[], None] | None = None  # set while a run can be cancelled
     _last_refresh: float = 0.0
     _last_done: int = 0
 
