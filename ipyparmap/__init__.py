@@ -27,15 +27,20 @@ _LAZY = {
     "Failure": "results",
     "RunStats": "results",
     "ItemOutput": "results",
+    "PENDING": "results",
+    "Run": "background",
+    "parmap_async": "api",
 }
 
 __all__ = [
+    "PENDING",
     "Cancelled",
     "Failure",
     "Interrupted",
     "ItemOutput",
     "ParmapError",
     "Results",
+    "Run",
     "RunStats",
     "SerializationError",
     "TaskError",
@@ -44,6 +49,7 @@ __all__ = [
     "cpu_count",
     "imap",
     "parmap",
+    "parmap_async",
     "shutdown",
 ]
 

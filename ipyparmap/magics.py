@@ -46,6 +46,7 @@ _OPTION_NAMES = (
     "--retries",
     "--no-progress",
     "--backend",
+    "--bg",
 )
 
 
@@ -83,6 +84,8 @@ class Parmap(Magics):
     @argument("--retries", metavar="N", help="Extra attempts for an item that failed.")
     @argument("--no-progress", action="store_true", help="Draw no progress bar.")
     @argument("--backend", metavar="NAME", help="local (default) or dask.")
+    @argument("--bg", action="store_true", help="Run in the background: the cell returns "
+              "a Run at once; -o NAME is bound when it ends.")  # fmt: skip
     @line_cell_magic
     def parmap(self, line: str, cell: str | None = None):
         """Run the cell body for every item of EXPR, in parallel worker processes.
@@ -172,7 +175,7 @@ class Parmap(Magics):
         namespace: dict[str, Any] = {}
         exec(compiled.code, self.shell.user_ns, namespace)  # defines the cell's function
         func = namespace[CELL_FUNCTION]
-        results = self._map(func, iterable, settings, out)
+        results = self._map(func, iterable, settings, out, background=args.bg)
         return None if _ends_with_semicolon(cell) else results
 
     def _run_line(self, line: str):
@@ -189,9 +192,17 @@ class Parmap(Magics):
             raise TypeError(f"{func_text} is not callable (it is {describe(func)})")
         iterable = self._evaluate(expr_text, "EXPR")
         _check_iterable(iterable, expr_text)
-        return self._map(func, iterable, settings, out)
+        return self._map(func, iterable, settings, out, background=args.bg)
 
-    def _map(self, func, iterable, settings: dict, out: str | None):
+    def _map(self, func, iterable, settings: dict, out: str | None, background: bool = False):
+        if background:
+            user_ns = self.shell.user_ns
+
+            def bind(results) -> None:  # runs in the Run's thread when it ends
+                if out is not None:
+                    user_ns[out] = results
+
+            return api.parmap_async(func, iterable, on_finish=bind, **settings)
         try:
             results = api.parmap(func, iterable, **settings)
         except BaseException as exc:
@@ -231,13 +242,12 @@ class Parmap(Magics):
         if backend not in (None, "local", "dask"):
             raise UsageError(f"--backend must be local or dask, got {backend!r}")
         if backend == "dask":
+            from .executor import resolve_backend
+
             try:
-                import distributed  # noqa: F401
-            except ImportError:
-                raise UsageError(
-                    "--backend dask needs the 'distributed' package (pip install distributed)"
-                ) from None
-            raise UsageError("--backend dask is not available yet in this version")
+                resolve_backend("dask")
+            except ValueError as exc:
+                raise UsageError(f"--backend dask: {exc}") from None
         settings = {
             "workers": workers,
             "chunksize": _positive_int("--chunksize", args.chunksize, self.chunksize),
@@ -245,6 +255,7 @@ class Parmap(Magics):
             "timeout": _timeout(args.timeout, self.timeout),
             "retries": _non_negative_int("--retries", args.retries, self.retries),
             "progress": False if args.no_progress else self.progress,
+            "backend": backend,
         }
         return settings, out
 

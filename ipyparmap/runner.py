@@ -165,6 +165,7 @@ class Runner:
         self.stopping = False
         self.closed = False
         self.cancel_requested = threading.Event()
+        self.lock = threading.Lock()  # guards self.slots against snapshot() from other threads
         self.first_failure: Failure | None = None  # errors="raise": stop at this one
         self.payload = None
 
@@ -173,7 +174,8 @@ class Runner:
         """Run to the end; return Results, or raise with the partial Results attached."""
         try:
             for indices, values in self.events():
-                self.slots.place(indices, values)
+                with self.lock:
+                    self.slots.place(indices, values)
         except KeyboardInterrupt:
             self.abort()
             raise Interrupted(
@@ -242,6 +244,12 @@ class Runner:
                 raise self.input_error
         finally:
             self.abort()
+
+    def snapshot(self) -> Results:
+        """The results so far, safe to call from another thread (unfinished: PENDING)."""
+        with self.lock:
+            size = self.total if self.total is not None else self.pulled
+            return self.slots.snapshot(size, self.stats)
 
     def cancel(self) -> None:
         """Ask the run to stop, from any thread; it stops within one loop tick (~0.1 s)."""

@@ -56,6 +56,7 @@ class Kernel:
         self.client = self.manager.client()
         self.client.start_channels()
         self.client.wait_for_ready(timeout=60)
+        self.backlog: dict[str, list] = {}  # iopub messages of cells nobody collected yet
 
     @property
     def pid(self) -> int:
@@ -69,15 +70,21 @@ class Kernel:
         reply = Reply(status="ok")
         deadline = time.monotonic() + timeout
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"kernel did not finish within {timeout} s: {reply}")
-            try:
-                msg = self.client.get_iopub_msg(timeout=min(remaining, 1.0))
-            except queue.Empty:
-                continue
-            if msg["parent_header"].get("msg_id") != msg_id:
-                continue
+            backlog = self.backlog.setdefault(msg_id, [])
+            if backlog:
+                msg = backlog.pop(0)
+            else:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"kernel did not finish within {timeout} s: {reply}")
+                try:
+                    msg = self.client.get_iopub_msg(timeout=min(remaining, 1.0))
+                except queue.Empty:
+                    continue
+                parent = msg["parent_header"].get("msg_id")
+                if parent != msg_id:  # another cell's: keep it for whoever asks
+                    self.backlog.setdefault(parent, []).append(msg)
+                    continue
             kind, content = msg["msg_type"], msg["content"]
             if kind == "stream":
                 if content["name"] == "stdout":
