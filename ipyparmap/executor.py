@@ -223,7 +223,7 @@ class ExecutorRunner(Runner):
             raise error
         if len(chunk.items) == 1:
             error = SerializationError(
-                f"item {chunk.indices[0]} could not be unpickled in the worker: "
+                f"item {self._label(chunk.indices[0])} could not be unpickled in the worker: "
                 f"{type(cause).__name__}: {cause}"
             )
             error.__cause__ = cause

@@ -93,7 +93,7 @@ class LocalRunner(Runner):
         chunk.worker_id = worker.pid
         self.in_flight[worker] = chunk
         self._progress_worker(worker.pid, BUSY, chunk.indices[0])
-        payload = self.payload
+        payload = self._payload_for(chunk)
         try:
             worker.send_function(payload.key, payload.blob, payload.sources)
             stride = self.planner.timing_stride()
@@ -107,9 +107,13 @@ class LocalRunner(Runner):
         for worker in self.workers:
             owners[worker.conn] = worker
             owners[worker.sentinel] = worker
+        extra = self._extra_waitables()
         if self.options.timeout is not None:
             timeout = min(timeout, max(0.01, self.options.timeout / 10))
-        for ready in wait(list(owners), timeout):
+        for ready in wait([*owners, *extra], timeout):
+            if ready in extra:
+                extra[ready]()
+                continue
             worker = owners[ready]
             if worker.closed:
                 continue
@@ -153,6 +157,18 @@ class LocalRunner(Runner):
         if done:
             del self.in_flight[worker]
             self._progress_worker(worker.pid, IDLE)
+            self._chunk_done(worker, chunk)
+
+    def _payload_for(self, chunk: _Chunk):
+        """Hook: the pickled function this chunk runs."""
+        return self.payload
+
+    def _chunk_done(self, worker: WorkerHandle, chunk: _Chunk) -> None:
+        """Hook: ``worker`` finished ``chunk`` and is idle again."""
+
+    def _extra_waitables(self) -> dict:
+        """Hook: more objects for the wait, each mapped to what to call when it is ready."""
+        return {}
 
     def _on_load_error(self, worker: WorkerHandle, what: str, ident, info) -> None:
         if what == "func":
@@ -171,7 +187,7 @@ class LocalRunner(Runner):
         if len(chunk.items) == 1:
             cause = rebuild_exception(info)
             error = SerializationError(
-                f"item {chunk.indices[0]} could not be unpickled in the worker: "
+                f"item {self._label(chunk.indices[0])} could not be unpickled in the worker: "
                 f"{type(cause).__name__}: {cause}"
             )
             error.__cause__ = cause
@@ -214,9 +230,11 @@ class LocalRunner(Runner):
         if not self.stopping and (self.requeue or not self.exhausted):
             self._replace_worker()
 
-    def _replace_worker(self) -> None:
+    def _replace_worker(self, planned: bool = False) -> None:
+        """Start a worker in place of one that died (or, ``planned``, was retired)."""
         worker = self.pool.spawn(self.env)
-        self.stats.restarts += 1
+        if not planned:
+            self.stats.restarts += 1
         self.workers.append(worker)
         self._progress_worker(worker.pid, IDLE)
         if self.progress is not None:
@@ -242,17 +260,17 @@ class LocalRunner(Runner):
                 self._requeue_position(chunk, pos, solo=chunk.solo)
         if blame is None:
             return
-        index = chunk.indices[blame]
+        label = self._label(chunk.indices[blame])
         if timed_out_position == blame:
             exc: TaskError = TaskTimeout(
-                f"item {index} ran longer than the timeout of {self.options.timeout:g} s; "
+                f"item {label} ran longer than the timeout of {self.options.timeout:g} s; "
                 f"its worker (pid {worker.pid}) was killed",
                 self.options.timeout,
             )
             kind = "timeout"
         else:
             exc = WorkerCrashed(
-                f"the worker running item {index} (pid {worker.pid}) {describe_exit(returncode)}",
+                f"the worker running item {label} (pid {worker.pid}) {describe_exit(returncode)}",
                 returncode if returncode is None or returncode >= 0 else None,
                 signal_name(returncode),
             )

@@ -328,6 +328,14 @@ class Runner:
         for pos in range(chunk.reported, len(chunk.items)):
             self.cancelled[chunk.indices[pos]] = chunk.items[pos]
 
+    def _label(self, index: Any) -> str:
+        """How messages name the item at ``index``."""
+        return str(index)
+
+    def _planner_for(self, chunk: _Chunk) -> ChunkPlanner:
+        """The planner that learns from this chunk's timings (one per function)."""
+        return self.planner
+
     def _drained(self) -> bool:
         return not self.requeue and (self.exhausted or self.stopping)
 
@@ -390,9 +398,10 @@ class Runner:
         position = bad.position
         index, item = indices[position], items[position]
         error = SerializationError(
-            f"cannot pickle item {index} ({describe(item)}) to send it to a worker: "
+            f"cannot pickle item {self._label(index)} ({describe(item)}) to send it to a worker: "
             f"{type(bad.error).__name__}: {bad.error}"
         )
+        error.__cause__ = bad.error
         self._final_failure(index, item, "error", error, None, 1)
         rest = [
             _Pending(indices[p], items[p], 0 if attempts is None else attempts[p])
@@ -413,7 +422,7 @@ class Runner:
         stats.busy[worker_id] = stats.busy.get(worker_id, 0.0) + busy
         if maxrss_kb:
             stats.peak_rss = max(stats.peak_rss or 0, maxrss_kb * 1024)
-        self.planner.record(count, busy)
+        self._planner_for(chunk).record(count, busy)
         indices = chunk.indices[start : start + count]
         if self.keep_details:
             self.slots.timing(indices, durations, worker_id)
@@ -452,7 +461,7 @@ class Runner:
         if count == 1:
             index = chunk.indices[start]
             exc = SerializationError(
-                f"the result of item {index} could not be unpickled here: "
+                f"the result of item {self._label(index)} could not be unpickled here: "
                 f"{type(error).__name__}: {error}"
             )
             self._item_failed(chunk, start, "error", exc, "")
