@@ -43,7 +43,14 @@ from .pool import Pool as ProcessSet
 from .pool import spawn_worker, worker_env
 from .resources import cpu_count, thread_limits
 from .results import Failure
-from .serialize import dumps, loads, pickle_function, pickle_items, rebuild_exception
+from .serialize import (
+    ItemPicklingError,
+    dumps,
+    loads,
+    pickle_function,
+    pickle_items,
+    rebuild_exception,
+)
 from .textui import OutputPrinter
 
 TimeoutError = multiprocessing.TimeoutError  # as multiprocessing.TimeoutError
@@ -58,6 +65,14 @@ def _task_exception(error: BaseException | None) -> BaseException:
     if text is not None:  # the task's exception: the worker's traceback as its cause
         error.__cause__ = multiprocessing.pool.RemoteTraceback(text)
     return error
+
+
+def _check_arguments(item: Any) -> None:
+    """An argument that cannot be pickled raises its own error now, in the caller."""
+    try:
+        pickle_items([item])
+    except ItemPicklingError as bad:
+        raise bad.error from None
 
 
 def _check_chunksize(chunksize: Any) -> int | None:
@@ -280,7 +295,7 @@ class Pool:
 
     def apply_async(self, func, args=(), kwds=None, callback=None, error_callback=None):
         item = (tuple(args), dict(kwds or {}))
-        pickle_items([item])  # an argument that can't be pickled raises its own error now
+        _check_arguments(item)
         return self._map_result(func, [item], "apply", 1, callback, error_callback, single=True)
 
     def map(self, func: Callable, iterable: Iterable, chunksize: int | None = None) -> list:
@@ -363,7 +378,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
                 raise RuntimeError("cannot schedule new futures after shutdown")
             future: concurrent.futures.Future = concurrent.futures.Future()
             item = (args, kwargs)
-            pickle_items([item])  # an argument that can't be pickled raises its own error now
+            _check_arguments(item)
 
             def finished(job: Job) -> None:  # runs in the pool's thread
                 if future.cancelled():

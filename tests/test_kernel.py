@@ -77,3 +77,27 @@ def test_interrupt_stops_the_run_binds_partial_results_and_kernel_lives(kernel):
     )
     again = kernel.run("%%parmap x in range(3)\nx + 1")
     assert again.status == "ok" and again.result["text/plain"] == "[1, 2, 3]"
+
+
+def test_drop_ins_with_notebook_functions_and_lambdas(kernel):
+    reply = kernel.run(
+        "import ipyparmap as multiprocessing\n"
+        "def square(x):\n"
+        "    print('sq', x)\n"
+        "    return x * x\n"
+        "with multiprocessing.Pool(2) as pool:\n"
+        "    print('map', pool.map(square, range(3)))\n"
+        "    print('apply', pool.apply_async(lambda x: print('lam', x) or x, (7,)).get(30))\n"
+        "    print('imap', list(pool.imap(square, [5])))\n"
+        "p = multiprocessing.Process(target=lambda: print('from process'))\n"
+        "p.start(); p.join(30)\n"
+        "print('exitcode', p.exitcode)\n"
+        "with multiprocessing.ProcessPoolExecutor(2) as ex:\n"
+        "    print('submit', ex.submit(square, 9).result(30))\n"
+        "    print('exmap', list(ex.map(lambda x: -x, [1, 2])))\n"
+    )
+    assert reply.status == "ok", reply.traceback
+    out = reply.stdout
+    for text in ("sq 0", "sq 2", "map [0, 1, 4]", "lam 7", "apply 7", "sq 5", "imap [25]",
+                 "from process", "exitcode 0", "sq 9", "submit 81", "exmap [-1, -2]"):
+        assert text in out, (text, out)
