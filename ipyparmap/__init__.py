@@ -7,6 +7,7 @@ imported on first use of one of the names below.
 from __future__ import annotations
 
 from .errors import (
+    Cancelled,
     Interrupted,
     ParmapError,
     SerializationError,
@@ -26,14 +27,30 @@ _LAZY = {
     "Failure": "results",
     "RunStats": "results",
     "ItemOutput": "results",
+    "PENDING": "results",
+    "Pool": "compat",
+    "Process": "compat",
+    "ProcessPoolExecutor": "compat",
+    "AsyncResult": "compat",
+    "TimeoutError": "compat",
+    "freeze_support": "compat",
+    "current_process": "compat",
+    "Run": "background",
+    "parmap_async": "api",
 }
 
 __all__ = [
+    "PENDING",
+    "Cancelled",
     "Failure",
     "Interrupted",
     "ItemOutput",
     "ParmapError",
+    "Pool",
+    "Process",
+    "ProcessPoolExecutor",
     "Results",
+    "Run",
     "RunStats",
     "SerializationError",
     "TaskError",
@@ -42,6 +59,7 @@ __all__ = [
     "cpu_count",
     "imap",
     "parmap",
+    "parmap_async",
     "shutdown",
 ]
 
@@ -59,3 +77,17 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
+
+
+def load_ipython_extension(ip) -> None:
+    """``%load_ext ipyparmap``: register ``%%parmap``, ``%parmap`` and ``%parmap_pool``."""
+    from .magics import load_ipython_extension as load
+
+    load(ip)
+
+
+def unload_ipython_extension(ip) -> None:
+    """``%unload_ext ipyparmap``: remove the magics again."""
+    from .magics import unload_ipython_extension as unload
+
+    unload(ip)

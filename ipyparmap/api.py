@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import protocol as P
 from .config import Options, check_options, short_repr
 from .results import Results
+
+if TYPE_CHECKING:
+    from .background import Run
 
 
 def parmap(
@@ -104,6 +107,43 @@ def imap(
     return runner.values(ordered)
 
 
+def parmap_async(
+    func: Callable[..., Any],
+    iterable: Iterable[Any],
+    *,
+    workers: int | None = None,
+    chunksize: int | None = None,
+    errors: str = "raise",
+    timeout: float | None = None,
+    retries: int = 0,
+    progress: str | bool = "auto",
+    star: bool = False,
+    backend: Any = None,
+    on_finish: Callable[[Results], Any] | None = None,
+) -> Run:
+    """Like :func:`parmap`, but return a :class:`~ipyparmap.Run` at once.
+
+    The map runs in a background thread; the caller (a notebook) stays free. ``run``
+    is a ``concurrent.futures.Future`` look-alike: ``run.done()``, ``run.result()``,
+    ``run.cancel()``, ``run.add_done_callback(fn)``; ``await run`` in a kernel;
+    ``run.progress`` is the live progress model and ``run.results`` the results so far.
+    ``on_finish(results)`` is called in the run's thread when it ends (with the partial
+    Results if it failed or was cancelled).
+
+    Argument errors are raised here, before anything starts.
+    """
+    from .background import Run
+    from .progress import ProgressModel
+
+    options = check_options(workers, chunksize, errors, timeout, retries, progress, star, backend)
+    _check_call(func, iterable, options)
+    runner = _runner(func, iterable, options, keep_details=True)
+    if runner.progress is None:  # a Run always has a live model, even with no view
+        runner.progress = ProgressModel()
+    runner.progress.total = runner.total
+    return Run(runner, on_finish)
+
+
 def shutdown() -> None:
     """Stop the warm worker pool. The next call starts a fresh one."""
     from .pool import shutdown_default_pool
@@ -120,26 +160,43 @@ def cpu_count() -> int:
 
 # ---------------------------------------------------------------------------- helpers
 def _runner(func, iterable, options: Options, keep_details: bool):
+    from .local import LocalRunner
     from .pool import default_pool
     from .resources import cpu_count as _cpu_count
     from .resources import resolve_workers, thread_limits
-    from .runner import Runner
 
+    progress = _progress_model(options.progress)
     if options.backend not in (None, "local"):
-        raise NotImplementedError(
-            f"backend={short_repr(options.backend)} is not available yet; use the "
-            "local backend (backend=None)"
+        from .executor import ExecutorRunner, default_concurrency, resolve_backend
+
+        kind, executor = resolve_backend(options.backend)
+        if options.timeout is not None:
+            raise ValueError(
+                "timeout= needs the local backend: a task in an executor or on a Dask "
+                "cluster cannot be killed"
+            )
+        workers = options.workers or default_concurrency(kind, executor)
+        return ExecutorRunner(
+            func,
+            iterable,
+            options,
+            kind=kind,
+            executor=executor,
+            workers=workers,
+            progress=progress,
+            on_output=_output_forwarder(),
+            keep_details=keep_details,
         )
     cpus = _cpu_count()
     workers = resolve_workers(options.workers, cpus)
-    return Runner(
+    return LocalRunner(
         func,
         iterable,
         options,
         pool=default_pool(),
         workers=workers,
         env=thread_limits(workers, cpus),
-        progress=_progress_model(options.progress),
+        progress=progress,
         on_output=_output_forwarder(),
         keep_details=keep_details,
     )

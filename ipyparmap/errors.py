@@ -8,6 +8,7 @@ lost when a run stops early.
 
 from __future__ import annotations
 
+from concurrent.futures import CancelledError
 from typing import Any
 
 
@@ -18,6 +19,38 @@ class ParmapError(Exception):
     results: Any = None
     #: The Failure that caused this error, where one item is to blame.
     failure: Any = None
+    #: The notebook name the partial results were bound to (``%%parmap -o NAME``).
+    bound_as: str | None = None
+
+    def _render_traceback_(self) -> list[str]:
+        """How IPython shows this error: like a local one, without ipyparmap's frames.
+
+        The header names the failed item; then where the partial results are; then the
+        worker's traceback, whose frames carry the notebook cell's source lines.
+        """
+        return render_error(self)
+
+
+_RED, _BOLD, _RESET = "\x1b[31m", "\x1b[1m", "\x1b[0m"
+
+
+def render_error(exc: ParmapError) -> list[str]:
+    lines = [f"{_RED}{_BOLD}{type(exc).__name__}{_RESET}: {exc}"]
+    results = exc.results
+    if results is not None:
+        where = exc.bound_as or ".results of this exception"
+        lines.append(f"  partial results: {results.summary()} -> in {where}")
+    failure = exc.failure
+    text = getattr(failure, "traceback", "") if failure is not None else ""
+    if text and getattr(failure, "kind", None) == "error":
+        body = text.splitlines()
+        if body and body[0].startswith("Traceback"):
+            body = body[1:]
+        worker = getattr(failure, "worker", None)
+        origin = f"worker {worker}" if worker else "the worker"
+        lines.append(f"Traceback in {origin} (most recent call last):")
+        lines.extend(body)
+    return lines
 
 
 class TaskError(ParmapError):
@@ -94,6 +127,24 @@ class Interrupted(ParmapError, KeyboardInterrupt):
     def __init__(self, message: str = "interrupted", results: Any = None):
         super().__init__(message)
         self.results = results
+
+    def __reduce__(self):
+        return (type(self), (self.args[0] if self.args else "interrupted", self.results))
+
+
+class Cancelled(ParmapError, CancelledError):
+    """The run was cancelled (``run.cancel()``, the panel's Cancel button).
+
+    Also a ``concurrent.futures.CancelledError``, as a cancelled Future raises;
+    ``.results`` holds the partial Results (unfinished slots are ``cancelled``).
+    """
+
+    def __init__(self, message: str = "cancelled", results: Any = None):
+        super().__init__(message)
+        self.results = results
+
+    def __reduce__(self):
+        return (type(self), (self.args[0] if self.args else "cancelled", self.results))
 
 
 class RemoteTraceback(Exception):

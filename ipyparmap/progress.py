@@ -17,13 +17,17 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 IDLE, BUSY, STARTING, DEAD = "idle", "busy", "starting", "dead"
+#: Runs shorter than this (seconds) show no speedup: start-up noise dominates it (the
+#: same rule as ``results.SPEEDUP_MIN_WALL``; L1 siblings do not import each other).
+SPEEDUP_MIN_ELAPSED = 0.5
 
 
 @dataclass
 class WorkerState:
-    pid: int
+    pid: Any  # the local pool's PID; an executor's worker id ("host:pid", a Dask address)
     state: str = STARTING
     current: int | None = None  # index of the item being run
     done: int = 0  # items this worker finished (successful ones)
@@ -44,8 +48,9 @@ class ProgressModel:
     rate: float = 0.0  # smoothed items per second
     started: float = 0.0
     ended: float | None = None
-    workers: dict = field(default_factory=dict)  # pid -> WorkerState
+    workers: dict = field(default_factory=dict)  # worker id (pid) -> WorkerState
     listeners: list = field(default_factory=list)  # callables(model, final: bool)
+    cancel: Callable[[], None] | None = None  # set while a run can be cancelled
     _last_refresh: float = 0.0
     _last_done: int = 0
     _last_rss: float | None = None
@@ -61,7 +66,7 @@ class ProgressModel:
         self.failed += failed
         self.maybe_refresh()
 
-    def worker(self, pid: int) -> WorkerState:
+    def worker(self, pid: Any) -> WorkerState:
         state = self.workers.get(pid)
         if state is None:
             state = self.workers[pid] = WorkerState(pid)
@@ -95,6 +100,12 @@ class ProgressModel:
     @property
     def live_workers(self) -> int:
         return sum(1 for w in self.workers.values() if w.state != DEAD)
+
+    @property
+    def size(self) -> int:
+        """Workers the run used at a time: every worker seen, less the replacements."""
+        restarts = max((w.restarts for w in self.workers.values()), default=0)
+        return max(0, len(self.workers) - restarts)
 
     @property
     def eta(self) -> float | None:
@@ -135,16 +146,22 @@ class ProgressModel:
         return self.done / elapsed if elapsed > 0 else 0.0
 
     def summary(self) -> str:
-        """One line for the end of a run: ``100/100 done, 0 failed, 3.2 s, speedup 1.9x ...``"""
+        """One line for the end of a run: ``100/100 done, 0 failed, 3.2 s, speedup 1.9x ...``
+
+        The speedup (task time / elapsed) is left out of runs shorter than 0.5 s.
+        """
         count = f"{self.done}/{self.total}" if self.total is not None else f"{self.done}"
         parts = [f"{count} done", f"{self.failed} failed"]
         if self.ended is not None and not self.complete:
             parts.append("stopped")
         parts.append(format_seconds(self.elapsed))
+        workers = self.size
+        on = f"on {workers} worker{'s' * (workers != 1)}"
         speedup = self.speedup
-        if speedup is not None:
-            workers = len(self.workers)
-            parts.append(f"speedup {speedup:.2f}x on {workers} worker{'s' * (workers != 1)}")
+        if speedup is not None and self.elapsed >= SPEEDUP_MIN_ELAPSED:
+            parts.append(f"speedup {speedup:.2f}x {on}")
+        elif workers:
+            parts.append(on)
         return ", ".join(parts)
 
     def _update_rate(self, now: float) -> None:
@@ -164,7 +181,7 @@ class ProgressModel:
             return
         self._last_rss = now
         for state in self.workers.values():
-            if state.state == DEAD:
+            if state.state == DEAD or type(state.pid) is not int:  # only local PIDs
                 continue
             rss = self.rss(state.pid)
             if rss is not None:

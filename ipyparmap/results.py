@@ -6,6 +6,7 @@ works everywhere a list does; a failed slot holds a :class:`Failure` instead of 
 
 from __future__ import annotations
 
+import copy
 import html
 from collections import Counter
 from dataclasses import dataclass, field
@@ -14,6 +15,8 @@ from typing import Any
 from .config import short_repr
 
 FAILURE_KINDS = ("error", "crashed", "timeout", "cancelled")
+#: Runs shorter than this (seconds) show no speedup figure: start-up noise dominates it.
+SPEEDUP_MIN_WALL = 0.5
 
 
 @dataclass(eq=False)
@@ -132,8 +135,12 @@ class Results(list):
         if not kinds:
             parts.append("0 failed")
         parts.append(f"{self.stats.wall:.2f} s")
-        if self.stats.wall > 0 and self.stats.task_time > 0:
-            parts.append(f"speedup {self.stats.speedup:.2f}x on {self.stats.workers} workers")
+        workers = self.stats.workers
+        on = f"on {workers} worker{'s' if workers != 1 else ''}"
+        if self.stats.wall >= SPEEDUP_MIN_WALL and self.stats.task_time > 0:
+            parts.append(f"speedup {self.stats.speedup:.2f}x {on}")
+        elif workers:
+            parts.append(on)
         return ", ".join(parts)
 
     def __reduce__(self):
@@ -165,6 +172,26 @@ def _rebuild_results(values, stats, outputs, durations, workers) -> Results:
 
 
 _MISSING = object()  # a slot whose outcome has not arrived
+
+
+class _Pending:
+    """The value of a slot whose item has not finished yet (in ``run.results``)."""
+
+    _instance = None
+
+    def __new__(cls):
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "<pending>"
+
+    def __reduce__(self):
+        return (_Pending, ())
+
+
+PENDING = _Pending()
 
 
 def _assign(store: list, indices, values: list, fill) -> None:
@@ -202,6 +229,12 @@ class ResultSlots:
         """Record how long each item of a batch ran, and on which worker."""
         _assign(self.durations, indices, durations, None)
         _assign(self.workers, indices, [worker] * len(durations), None)
+
+    def snapshot(self, size: int, stats: RunStats) -> Results:
+        """A copy of the results so far; unfinished slots hold PENDING."""
+        values = list(self.slots)
+        values.extend([PENDING] * (size - len(values)))
+        return Results([PENDING if v is _MISSING else v for v in values], copy.copy(stats))
 
     def build(self, size: int, missing, stats: RunStats, outputs: dict) -> Results:
         """Results with ``size`` slots; ``missing(index)`` fills each slot never filled."""

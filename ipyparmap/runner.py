@@ -1,6 +1,6 @@
-"""One map over the local pool: the dispatch loop, and all of a run's state (layer L3).
+"""One map: the dispatch loop and all of a run's state, whatever the engine (layer L3).
 
-Data flow::
+Data flow (the local engine; see local.py and executor.py for the engine parts)::
 
     iterable ──(pulled lazily, bounded look-ahead)──┐
     requeue (crash splits, retries) ────────────────┤
@@ -11,48 +11,42 @@ Data flow::
           on every pipe and every death sentinel  <───────┘
             │ RESULTS / OUTPUT / LOAD_ERROR   │ sentinel fired: worker died
             ▼                                 ▼
-        _on_results: values, errors      _on_death: read the board, blame the
+        _fold: values, errors, timings   _on_death: read the board, blame the
         _on_output: print forwarding       running item (crashed/timeout), requeue
             │                              the others, spawn a replacement
             ▼
         outcomes: batches (indices, values or Failures) ──> parmap: ResultSlots
                                                              imap: values in order
 
-Who owns what: the Runner owns every piece of run state (which worker holds which
-chunk, attempts, the requeue, partial results) and is driven by one thread only, the
-caller's (or the thread of a background Run). The Pool owns processes, never run state.
-Workers hold nothing but their current chunk, so a dead worker costs only its chunk.
+Who owns what: a Runner owns every piece of run state (which worker holds which chunk,
+attempts, the requeue, partial results) and is driven by one thread only, the caller's
+(or the thread of a background Run). The base class here holds what every engine
+shares: taking items from the input, folding result batches, failures, retries,
+errors="raise", cancellation and building the Results. An engine subclass supplies
+``_start_engine``, ``_dispatch``, ``_wait``, ``_kill_busy`` and ``_close_engine``.
+The Pool owns processes, never run state; workers hold nothing but their current chunk.
 
 Interrupts: KeyboardInterrupt may arrive anywhere in the caller's thread. Whoever
 catches it calls :meth:`Runner.abort`, which is idempotent: it stops dispatching, kills
 busy workers (they may be deep in a C extension), and turns unfinished items into
-``cancelled`` failures. Finished results are never dropped.
+``cancelled`` failures. Finished results are never dropped. :meth:`Runner.cancel` asks
+the same from another thread (a background Run, a Cancel button).
 """
 
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from multiprocessing.connection import wait
 from typing import Any
 
-from . import protocol as P
 from .config import Options, describe
-from .errors import (
-    Interrupted,
-    ParmapError,
-    SerializationError,
-    TaskError,
-    TaskTimeout,
-    WorkerCrashed,
-)
+from .errors import Cancelled, Interrupted, ParmapError, SerializationError, TaskError
 from .plan import ChunkPlanner
-from .pool import Pool, WorkerHandle
-from .progress import BUSY, DEAD, IDLE, ProgressModel
-from .resources import describe_exit, signal_name
+from .progress import BUSY, IDLE, ProgressModel
 from .results import Failure, ItemOutput, Results, ResultSlots, RunStats
 from .serialize import (
     PICKLING_ERRORS,
@@ -65,8 +59,6 @@ from .serialize import (
 
 #: Seconds between loop wake-ups when nothing arrives (progress refresh, timeouts).
 TICK = 0.1
-#: Workers that die before they ever start, in a row, before the run gives up.
-MAX_BOOT_FAILURES = 3
 #: Seconds busy workers get to finish their chunk after errors="raise" stops a run.
 RAISE_GRACE = 0.2
 
@@ -84,8 +76,9 @@ class _Chunk:
     items: list
     attempts: list | None  # attempts made before this dispatch, per position; None: all 0
     solo: bool  # sent alone to pin down which item kills its worker
-    worker: WorkerHandle
+    owner: Any  # the engine's handle: a WorkerHandle, a Future...
     blob: bytes | None = None  # the pickled items, until sent
+    worker_id: Any = None  # the worker's PID (or address), where known
     reported: int = 0  # positions below this have come back
 
     def attempts_at(self, position: int) -> int:
@@ -100,6 +93,10 @@ class _Pending:
     item: Any
     attempts: int = 0
     solo: bool = False
+
+
+class _CancelRun(Exception):
+    """Internal: cancel() was called from another thread."""
 
 
 class _StopRun(Exception):
@@ -127,7 +124,7 @@ def input_length(iterable: Any) -> int | None:
 
 
 class Runner:
-    """Runs ``func`` over ``iterable`` on leased workers of ``pool``."""
+    """Runs ``func`` over ``iterable``; an engine subclass runs the chunks."""
 
     def __init__(
         self,
@@ -135,17 +132,13 @@ class Runner:
         iterable: Iterable,
         options: Options,
         *,
-        pool: Pool,
         workers: int,
-        env: dict[str, str] | None = None,
         progress: ProgressModel | None = None,
         on_output: OutputCallback | None = None,
         keep_details: bool = True,
     ):
         self.func = func
         self.options = options
-        self.pool = pool
-        self.env = env
         self.total = input_length(iterable)
         self.sequence = iterable if isinstance(iterable, Sequence) else None
         self.source = iter(iterable)
@@ -157,15 +150,13 @@ class Runner:
         self.stats = RunStats(workers=self.n_workers)
         self.started = time.monotonic()
 
-        self.workers: list[WorkerHandle] = []
-        self.in_flight: dict[WorkerHandle, _Chunk] = {}
+        self.in_flight: dict[Any, _Chunk] = {}  # engine handle -> the chunk it runs
         self.requeue: deque[_Pending] = deque()
         self.outcomes: deque = deque()  # batches (indices, values), ready to hand out
         self.slots = ResultSlots()  # parmap: everything handed out, in input order
         self.stdout: dict[int, list] = {}
         self.stderr: dict[int, list] = {}
         self.cancelled: dict[int, Any] = {}  # index -> item, for unfinished items
-        self.timed_out: dict[WorkerHandle, int] = {}  # worker -> position killed for
         self.pulled = 0  # items taken from the input so far
         self.floor = 0  # ordered imap: lowest index not handed out yet
         self.ordered_window = False  # ordered imap: bound the look-ahead
@@ -173,7 +164,8 @@ class Runner:
         self.input_error: InputError | None = None
         self.stopping = False
         self.closed = False
-        self.boot_failures = 0
+        self.cancel_requested = threading.Event()
+        self.lock = threading.Lock()  # guards self.slots against snapshot() from other threads
         self.first_failure: Failure | None = None  # errors="raise": stop at this one
         self.payload = None
 
@@ -182,12 +174,15 @@ class Runner:
         """Run to the end; return Results, or raise with the partial Results attached."""
         try:
             for indices, values in self.events():
-                self.slots.place(indices, values)
+                with self.lock:
+                    self.slots.place(indices, values)
         except KeyboardInterrupt:
             self.abort()
             raise Interrupted(
                 "interrupted; the finished results are in .results", self._build()
             ) from None
+        except _CancelRun:
+            raise Cancelled("the run was cancelled", self._build()) from None
         except _StopRun as stop:
             raise self._failure_error(stop.failure, self._build()) from _cause(stop.failure)
         except InputError as bad:
@@ -217,6 +212,8 @@ class Runner:
         except KeyboardInterrupt:
             self.abort()
             raise Interrupted("interrupted") from None
+        except _CancelRun:
+            raise Cancelled("the run was cancelled") from None
         except _StopRun as stop:
             raise self._failure_error(stop.failure, None) from _cause(stop.failure)
         except InputError as bad:
@@ -241,10 +238,22 @@ class Runner:
                 self._wait(TICK)
                 if self.first_failure is not None:
                     self._raise_first_failure()
+                if self.cancel_requested.is_set():
+                    raise _CancelRun()
             if self.input_error is not None:
                 raise self.input_error
         finally:
             self.abort()
+
+    def snapshot(self) -> Results:
+        """The results so far, safe to call from another thread (unfinished: PENDING)."""
+        with self.lock:
+            size = self.total if self.total is not None else self.pulled
+            return self.slots.snapshot(size, self.stats)
+
+    def cancel(self) -> None:
+        """Ask the run to stop, from any thread; it stops within one loop tick (~0.1 s)."""
+        self.cancel_requested.set()
 
     def abort(self) -> None:
         """Stop: no more dispatching, busy workers killed, unfinished items cancelled.
@@ -258,10 +267,34 @@ class Runner:
         while True:
             try:
                 self._kill_busy()
+                while self.requeue:
+                    pending = self.requeue.popleft()
+                    self.cancelled[pending.index] = pending.item
                 self._close()
                 return
             except KeyboardInterrupt:
                 continue
+
+    # ------------------------------------------------------------------ engine hooks
+    def _start_engine(self) -> None:
+        """Get workers ready (the function is pickled already, in self.payload)."""
+        raise NotImplementedError
+
+    def _dispatch(self) -> None:
+        """Hand chunks (from :meth:`_next_chunk`) to every worker that can take one."""
+        raise NotImplementedError
+
+    def _wait(self, timeout: float) -> None:
+        """Wait up to ``timeout`` for news; fold what arrived (:meth:`_fold` etc.)."""
+        raise NotImplementedError
+
+    def _kill_busy(self) -> None:
+        """Stop in-flight chunks now; their unreported items go to :meth:`_cancel_rest`."""
+        raise NotImplementedError
+
+    def _close_engine(self) -> None:
+        """Give back what the engine holds (workers to the pool...)."""
+        raise NotImplementedError
 
     # ------------------------------------------------------------------ start and stop
     def _start(self) -> None:
@@ -270,62 +303,45 @@ class Runner:
             return
         # Pre-flight: an unpicklable function fails here, before any worker starts.
         self.payload = pickle_function(self.func)
-        self.workers = self.pool.acquire(self.n_workers, self.env)
-        for worker in self.workers:
-            self._progress_worker(worker, IDLE)
         if self.progress is not None:
             self.progress.total = self.total
-
-    def _drained(self) -> bool:
-        return not self.requeue and (self.exhausted or self.stopping)
-
-    def _kill_busy(self) -> None:
-        busy = [w for w in self.in_flight if not w.closed]
-        for worker in busy:
-            worker.kill()
-        for worker in busy:
-            worker.reap(5.0)
-            chunk = self.in_flight.pop(worker)
-            for pos in range(chunk.reported, len(chunk.items)):
-                self.cancelled[chunk.indices[pos]] = chunk.items[pos]
-            self._forget(worker)
-        while self.requeue:
-            pending = self.requeue.popleft()
-            self.cancelled[pending.index] = pending.item
+            self.progress.cancel = self.cancel
+        self._start_engine()
 
     def _close(self) -> None:
         if self.closed:
             return
         self.closed = True
-        keep = max(self.n_workers, len(self.workers))
-        self.pool.release([w for w in self.workers if w not in self.in_flight], keep=keep)
+        self._close_engine()
         self.stats.wall = time.monotonic() - self.started
         self.stats.items = self.pulled
         if self.progress is not None:
-            for worker in self.workers:
-                self._progress_worker(worker, IDLE)
+            for record in self.progress.workers.values():
+                if record.state == BUSY:
+                    record.state = IDLE
+                    record.current = None
+            self.progress.cancel = None
             self.progress.finish()
 
-    def _forget(self, worker: WorkerHandle) -> None:
-        if worker in self.workers:
-            self.workers.remove(worker)
-        self.timed_out.pop(worker, None)
-        self.pool.discard(worker)
-        self._progress_worker(worker, DEAD)
+    def _cancel_rest(self, chunk: _Chunk) -> None:
+        """The chunk's items that have not come back become ``cancelled``."""
+        for pos in range(chunk.reported, len(chunk.items)):
+            self.cancelled[chunk.indices[pos]] = chunk.items[pos]
+
+    def _label(self, index: Any) -> str:
+        """How messages name the item at ``index``."""
+        return str(index)
+
+    def _planner_for(self, chunk: _Chunk) -> ChunkPlanner:
+        """The planner that learns from this chunk's timings (one per function)."""
+        return self.planner
+
+    def _drained(self) -> bool:
+        return not self.requeue and (self.exhausted or self.stopping)
 
     # ------------------------------------------------------------------ dispatching
-    def _dispatch(self) -> None:
-        if self.stopping:
-            return
-        for worker in list(self.workers):
-            if worker in self.in_flight or worker.closed:
-                continue
-            chunk = self._next_chunk(worker)
-            if chunk is None:
-                return
-            self._send(chunk)
 
-    def _next_chunk(self, worker: WorkerHandle) -> _Chunk | None:
+    def _next_chunk(self, owner: Any) -> _Chunk | None:
         while True:
             taken = self._take_requeued() if self.requeue else self._take_new()
             if taken is None:
@@ -337,7 +353,7 @@ class Runner:
                 self._unpicklable_item(indices, items, attempts, bad)
                 continue
             self.stats.chunks += 1
-            return _Chunk(next(_chunk_ids), indices, items, attempts, solo, worker, blob)
+            return _Chunk(next(_chunk_ids), indices, items, attempts, solo, owner, blob)
 
     def _take_requeued(self):
         if self.requeue[0].solo:
@@ -382,9 +398,10 @@ class Runner:
         position = bad.position
         index, item = indices[position], items[position]
         error = SerializationError(
-            f"cannot pickle item {index} ({describe(item)}) to send it to a worker: "
+            f"cannot pickle item {self._label(index)} ({describe(item)}) to send it to a worker: "
             f"{type(bad.error).__name__}: {bad.error}"
         )
+        error.__cause__ = bad.error
         self._final_failure(index, item, "error", error, None, 1)
         rest = [
             _Pending(indices[p], items[p], 0 if attempts is None else attempts[p])
@@ -393,99 +410,39 @@ class Runner:
         ]
         self.requeue.extendleft(reversed(rest))
 
-    def _send(self, chunk: _Chunk) -> None:
-        worker = chunk.worker
-        self.in_flight[worker] = chunk
-        self._progress_worker(worker, BUSY, chunk.indices[0])
-        payload = self.payload
-        try:
-            worker.send_function(payload.key, payload.blob, payload.sources)
-            stride = self.planner.timing_stride()
-            worker.send((P.CHUNK, chunk.id, payload.key, chunk.blob, self.options.star, stride))
-        except OSError:
-            pass  # it died; its sentinel fires and _on_death requeues the chunk
-        chunk.blob = None
-
-    # ------------------------------------------------------------------ waiting
-    def _wait(self, timeout: float) -> None:
-        owners: dict[Any, WorkerHandle] = {}
-        for worker in self.workers:
-            owners[worker.conn] = worker
-            owners[worker.sentinel] = worker
-        if self.options.timeout is not None:
-            timeout = min(timeout, max(0.01, self.options.timeout / 10))
-        for ready in wait(list(owners), timeout):
-            worker = owners[ready]
-            if worker.closed:
-                continue
-            if ready is worker.conn:
-                self._receive(worker)
-            else:
-                self._on_death(worker)
-        self._check_timeouts()
-        self._refresh_progress()
-
-    def _receive(self, worker: WorkerHandle) -> None:
-        try:
-            data = worker.conn.recv_bytes()
-        except (EOFError, OSError):
-            self._on_death(worker)
-            return
-        self._handle(worker, loads(data))
-
-    def _handle(self, worker: WorkerHandle, message: tuple) -> None:
-        tag = message[0]
-        if tag == P.RESULTS:
-            self._on_results(worker, *message[1:])
-        elif tag == P.OUTPUT:
-            chunk = self.in_flight.get(worker)
-            if chunk is not None and chunk.id == message[1]:
-                self._on_output(chunk, message[2])
-        elif tag == P.READY:
-            worker.ready = True
-            self.boot_failures = 0
-        elif tag == P.LOAD_ERROR:
-            self._on_load_error(worker, *message[1:])
-
     # ------------------------------------------------------------------ outcomes
-    def _on_results(self, worker, chunk_id, start, values_blob, errors, durations,
-                    outputs, maxrss_kb, done) -> None:  # fmt: skip
-        chunk = self.in_flight.get(worker)
-        if chunk is None or chunk.id != chunk_id:
-            return
-        if outputs:
-            self._on_output(chunk, outputs)
+    def _fold(self, chunk: _Chunk, start: int, values_blob, errors: dict, durations: list,
+              maxrss_kb: int | None, pickled: bool = True) -> None:  # fmt: skip
+        """Fold one result batch (positions ``start``.. of ``chunk``) into the run."""
         count = len(durations)
         busy = sum(durations)
         stats = self.stats
         stats.task_time += busy
-        stats.busy[worker.pid] = stats.busy.get(worker.pid, 0.0) + busy
+        worker_id = chunk.worker_id
+        stats.busy[worker_id] = stats.busy.get(worker_id, 0.0) + busy
         if self.progress is not None:
-            self.progress.worker(worker.pid).busy += busy
+            self.progress.worker(worker_id).busy += busy
         if maxrss_kb:
             stats.peak_rss = max(stats.peak_rss or 0, maxrss_kb * 1024)
-        self.planner.record(count, busy)
+        self._planner_for(chunk).record(count, busy)
         indices = chunk.indices[start : start + count]
         if self.keep_details:
-            self.slots.timing(indices, durations, worker.pid)
+            self.slots.timing(indices, durations, worker_id)
         try:
-            values = loads(values_blob)
+            values = loads(values_blob) if pickled else values_blob
         except PICKLING_ERRORS as exc:
             self._unloadable_results(chunk, start, count, exc)
         else:
             if errors:
                 self._failed_in_batch(chunk, start, values, errors)
             else:
-                self._succeeded(indices, values, worker)
+                self._succeeded(indices, values, worker_id)
         chunk.reported = start + count
-        if done:
-            del self.in_flight[worker]
-            self._progress_worker(worker, IDLE)
 
-    def _succeeded(self, indices, values: list, worker: WorkerHandle) -> None:
+    def _succeeded(self, indices, values: list, worker_id: Any) -> None:
         self.outcomes.append((indices, values))
         if self.progress is not None:
-            self.progress.worker(worker.pid).done += len(values)
+            self.progress.worker(worker_id).done += len(values)
             self.progress.add(len(values))
 
     def _failed_in_batch(self, chunk: _Chunk, start: int, values: list, errors: dict) -> None:
@@ -500,13 +457,13 @@ class Runner:
             else:
                 self._item_failed(chunk, position, "error", rebuild_exception(info), info[3])
         if ok_values:
-            self._succeeded(ok_indices, ok_values, chunk.worker)
+            self._succeeded(ok_indices, ok_values, chunk.worker_id)
 
     def _unloadable_results(self, chunk: _Chunk, start: int, count: int, error) -> None:
         if count == 1:
             index = chunk.indices[start]
             exc = SerializationError(
-                f"the result of item {index} could not be unpickled here: "
+                f"the result of item {self._label(index)} could not be unpickled here: "
                 f"{type(error).__name__}: {error}"
             )
             self._item_failed(chunk, start, "error", exc, "")
@@ -521,7 +478,7 @@ class Runner:
             self.stats.retries += 1
             self.requeue.appendleft(_Pending(index, item, attempts, kind != "error"))
             return
-        self._final_failure(index, item, kind, exc, chunk.worker.pid, attempts, tb_text)
+        self._final_failure(index, item, kind, exc, chunk.worker_id, attempts, tb_text)
 
     def _final_failure(self, index, item, kind, exc, pid, attempts, tb_text: str = "") -> None:
         failure = Failure(index, item, kind, exc, tb_text or _traceback_text(exc), pid, attempts)
@@ -551,146 +508,17 @@ class Runner:
             if self.on_output is not None:
                 self.on_output(index, stream, text)
 
-    def _on_load_error(self, worker: WorkerHandle, what: str, ident, info) -> None:
-        if what == "func":
-            cause = rebuild_exception(info) if info is not None else None
-            error = SerializationError(
-                f"the function {_name(self.func)} could not be unpickled in a worker"
-                + (f": {type(cause).__name__}: {cause}" if cause is not None else "")
-            )
-            error.__cause__ = cause
-            self.abort()
-            raise error
-        chunk = self.in_flight.pop(worker, None)
-        self._progress_worker(worker, IDLE)
-        if chunk is None:
-            return
-        if len(chunk.items) == 1:
-            cause = rebuild_exception(info)
-            error = SerializationError(
-                f"item {chunk.indices[0]} could not be unpickled in the worker: "
-                f"{type(cause).__name__}: {cause}"
-            )
-            error.__cause__ = cause
-            self._item_failed(chunk, 0, "error", error, "")
-        else:  # find the bad item: send each alone
-            for position in reversed(range(len(chunk.items))):
-                self._requeue_position(chunk, position, solo=True)
-
-    # ------------------------------------------------------------------ deaths and timeouts
-    def _on_death(self, worker: WorkerHandle) -> None:
-        if worker.closed:
-            return
-        # Messages it sent before dying are still in the pipe: read them first.
-        while True:
-            try:
-                if not worker.conn.poll(0):
-                    break
-                data = worker.conn.recv_bytes()
-            except (EOFError, OSError):
-                break
-            self._handle(worker, loads(data))
-        if worker.closed:  # handling a message may have closed it
-            return
-        returncode = worker.reap(5.0)
-        booted = worker.ready
-        timed_out = self.timed_out.get(worker)
-        board = worker.board.read()  # what it was doing when it died
-        chunk = self.in_flight.pop(worker, None)
-        self._forget(worker)
-        if chunk is not None:
-            self._crashed_chunk(chunk, worker, returncode, board, timed_out)
-        if not booted:
-            self.boot_failures += 1
-            if self.boot_failures >= MAX_BOOT_FAILURES:
-                self.abort()
-                raise ParmapError(
-                    f"worker processes {describe_exit(returncode)} before they started; "
-                    f"their error output is above. Can {describe(_executable())} import "
-                    "ipyparmap?"
-                )
-        if not self.stopping and (self.requeue or not self.exhausted):
-            self._replace_worker()
-
-    def _replace_worker(self) -> None:
-        worker = self.pool.spawn(self.env)
-        self.stats.restarts += 1
-        self.workers.append(worker)
-        self._progress_worker(worker, IDLE)
-        if self.progress is not None:
-            self.progress.worker(worker.pid).restarts = self.stats.restarts
-
-    def _crashed_chunk(self, chunk, worker, returncode, board, timed_out_position) -> None:
-        remaining = list(range(chunk.reported, len(chunk.items)))
-        if not remaining:
-            return
-        board_chunk, position, _ = board
-        if board_chunk != chunk.id:  # it died before it even looked at the chunk
-            blame = None
-        elif 0 <= position < len(chunk.items):
-            blame = position
-        elif chunk.solo or len(remaining) == 1:  # died loading items or sending results
-            blame = remaining[0]
-        else:  # which item? run each alone to find out
-            for pos in reversed(remaining):
-                self._requeue_position(chunk, pos, solo=True)
-            return
-        for pos in reversed(remaining):
-            if pos != blame:
-                self._requeue_position(chunk, pos, solo=chunk.solo)
-        if blame is None:
-            return
-        index = chunk.indices[blame]
-        if timed_out_position == blame:
-            exc: TaskError = TaskTimeout(
-                f"item {index} ran longer than the timeout of {self.options.timeout:g} s; "
-                f"its worker (pid {worker.pid}) was killed",
-                self.options.timeout,
-            )
-            kind = "timeout"
-        else:
-            exc = WorkerCrashed(
-                f"the worker running item {index} (pid {worker.pid}) {describe_exit(returncode)}",
-                returncode if returncode is None or returncode >= 0 else None,
-                signal_name(returncode),
-            )
-            kind = "crashed"
-        self._item_failed(chunk, blame, kind, exc, "")
-
     def _requeue_position(self, chunk: _Chunk, pos: int, solo: bool) -> None:
         self.requeue.appendleft(
             _Pending(chunk.indices[pos], chunk.items[pos], chunk.attempts_at(pos), solo)
         )
 
-    def _check_timeouts(self) -> None:
-        limit = self.options.timeout
-        if limit is None:
-            return
-        now = time.monotonic()
-        for worker, chunk in self.in_flight.items():
-            if worker in self.timed_out:
-                continue
-            board_chunk, position, started = worker.board.read()
-            running = board_chunk == chunk.id and 0 <= position < len(chunk.items)
-            if running and now - started > limit:
-                self.timed_out[worker] = position
-                worker.kill()
-
     # ------------------------------------------------------------------ progress
-    def _progress_worker(self, worker: WorkerHandle, state: str, current: int | None = None):
+    def _progress_worker(self, worker_id: Any, state: str, current: int | None = None):
         if self.progress is not None:
-            record = self.progress.worker(worker.pid)
+            record = self.progress.worker(worker_id)
             record.state = state
             record.current = current
-
-    def _refresh_progress(self) -> None:
-        if self.progress is None or not self.progress.listeners:
-            return
-        for worker, chunk in self.in_flight.items():
-            board_chunk, position, _ = worker.board.read()
-            if board_chunk == chunk.id and 0 <= position < len(chunk.indices):
-                self.progress.worker(worker.pid).current = chunk.indices[position]
-        self.progress.maybe_refresh()
 
     # ------------------------------------------------------------------ building results
     def _build(self) -> Results:
@@ -757,9 +585,3 @@ def _traceback_text(exc: BaseException | None) -> str:
 
 def _name(func: Any) -> str:
     return repr(getattr(func, "__qualname__", None) or type(func).__name__)
-
-
-def _executable() -> str:
-    import sys
-
-    return sys.executable

@@ -86,23 +86,33 @@ class _CapturedStream:
 
 
 class _OutputSink:
-    """Captured output waiting to be sent, tagged with the board position of its item."""
+    """Captured output waiting to be sent, tagged with the position of its item.
 
-    def __init__(self, worker: Worker):
-        self._worker = worker
+    ``positions[1]`` is the running item's position (the status board, or a list).
+    """
+
+    def __init__(self, positions):
+        self._positions = positions
         self.lock = threading.Lock()
         self.pending: list = []
         self.chunk_id = P.IDLE
 
     def add(self, stream: str, text: str) -> None:
-        position = self._worker.board.read()[1]
+        position = self._positions[1]
         with self.lock:
             self.pending.append((position, stream, text))
 
     def take(self) -> list:
-        """Pending lines, emptied; call with ``lock`` held."""
-        lines, self.pending = self.pending, []
-        return lines
+        """Pending text, emptied, with adjacent pieces of one item's stream joined
+        (``print`` writes the text and the newline separately); call with ``lock`` held."""
+        pieces, self.pending = self.pending, []
+        merged: list = []
+        for position, stream, text in pieces:
+            if merged and merged[-1][0] == position and merged[-1][1] == stream:
+                merged[-1] = (position, stream, merged[-1][2] + text)
+            else:
+                merged.append((position, stream, text))
+        return merged
 
 
 class Worker:
@@ -111,7 +121,7 @@ class Worker:
         self.board = board
         self.parent_pid = os.getppid()
         self.functions: OrderedDict = OrderedDict()
-        self.sink = _OutputSink(self)
+        self.sink = _OutputSink(board.ints)
         threading.Thread(target=self._watch, args=(lifeline,), daemon=True).start()
 
     # -- sending ---------------------------------------------------------------------
@@ -199,71 +209,148 @@ class Worker:
             board.end_chunk()
 
     def _run_items(self, chunk_id: int, func, items: list, star: bool, stride: int) -> None:
-        """Run the items; read the clock every ``stride`` items.
+        board = self.board
 
-        With ``stride`` 1 each item's duration is exact. For tiny items the parent asks
-        for a larger stride: the clock read would otherwise cost more than the item, and
-        durations are then averaged over each block of ``stride`` items. The board's
-        position is exact either way (a crash is always pinned to its item); its start
-        time is the block's start, so a timeout may fire up to one block early.
-        """
-        if star:
-            plain = func
+        def flush(start, values, errors, durations) -> None:  # a long chunk's finished part
+            self._send_results(chunk_id, start, values, errors, durations, False)
 
-            def func(item):
-                return plain(*(item if type(item) is tuple else _star_args(item)))
-
-        positions, times = self.board.ints, self.board.times
-        clock = time.monotonic
-        values: list = []
-        append = values.append
-        errors: dict = {}
-        durations: list = []
-        start = 0  # position of the first result not sent yet
-        block = 0  # position where the current timing block began
-        last = len(items) - 1
-        now = times[0] = clock()
-        flush_at = now + FLUSH_SECONDS
-        countdown = stride
-        for position, item in enumerate(items):
-            positions[1] = position
-            try:
-                append(func(item))
-            except BaseException as exc:  # SystemExit too: one item must not end the worker
-                append(None)
-                errors[position - start] = exception_info(exc, skip_frames=2 if star else 1)
-            countdown -= 1
-            if not countdown:
-                countdown = stride
-                done = clock()
-                count = position + 1 - block
-                durations.extend([(done - now) / count] * count)
-                now = times[0] = done
-                block = position + 1
-                if now >= flush_at and position < last:
-                    self._send_results(chunk_id, start, values, errors, durations, False)
-                    values, errors, durations = [], {}, []
-                    append = values.append
-                    start = block
-                    flush_at = now + FLUSH_SECONDS
-        if block < len(items):
-            count = len(items) - block
-            durations.extend([(clock() - now) / count] * count)
-        self.board.begin_item(len(items), now)  # position len(items): pickling the results
-        self._send_results(chunk_id, start, values, errors, durations, True)
+        batch = run_items(func, items, star, stride, board.ints, board.times, flush)
+        board.begin_item(len(items), board.times[0])  # position len(items): pickling results
+        self._send_results(chunk_id, *batch, True)
 
     def _send_results(self, chunk_id, start, values, errors, durations, done) -> None:
         with self.sink.lock:
-            try:
-                values_blob = dumps(values)
-            except PICKLING_ERRORS:
-                values, errors = _isolate_unpicklable(values, errors)
-                values_blob = dumps(values)
+            values_blob, errors = pickle_values(values, errors)
             message = (
                 P.RESULTS, chunk_id, start, values_blob, errors, durations,
                 self.sink.take(), _max_rss_kb(), done,
             )  # fmt: skip
             self.conn.send_bytes(dumps(message))
+
+
+def run_items(func, items: list, star: bool, stride: int, positions, times, flush=None):
+    """Run ``func`` over ``items``; return the last batch ``(start, values, errors, durations)``.
+
+    The clock is read every ``stride`` items. With ``stride`` 1 each item's duration is
+    exact; for tiny items the parent asks for a larger stride (a clock read would cost
+    more than the item) and durations are averaged over each block. ``positions[1]`` is
+    set to each item's position before it runs (exact, so a crash is always pinned to its
+    item), ``times[0]`` to the block's start (a timeout may fire up to one block early):
+    the status board in a pool worker, plain lists elsewhere. ``flush(start, values,
+    errors, durations)``, if given, sends finished results every FLUSH_SECONDS.
+    """
+    if star:
+        plain = func
+
+        def func(item):
+            return plain(*(item if type(item) is tuple else _star_args(item)))
+
+    clock = time.monotonic
+    values: list = []
+    append = values.append
+    errors: dict = {}
+    durations: list = []
+    start = 0  # position of the first result not sent yet
+    block = 0  # position where the current timing block began
+    last = len(items) - 1
+    now = times[0] = clock()
+    flush_at = now + FLUSH_SECONDS if flush is not None else float("inf")
+    countdown = stride
+    for position, item in enumerate(items):
+        positions[1] = position
+        try:
+            append(func(item))
+        except BaseException as exc:  # SystemExit too: one item must not end the worker
+            append(None)
+            errors[position - start] = exception_info(exc, skip_frames=2 if star else 1)
+        countdown -= 1
+        if not countdown:
+            countdown = stride
+            done = clock()
+            count = position + 1 - block
+            durations.extend([(done - now) / count] * count)
+            now = times[0] = done
+            block = position + 1
+            if now >= flush_at and position < last:
+                flush(start, values, errors, durations)
+                values, errors, durations = [], {}, []
+                append = values.append
+                start = block
+                flush_at = now + FLUSH_SECONDS
+    if block < len(items):
+        count = len(items) - block
+        durations.extend([(clock() - now) / count] * count)
+    return start, values, errors, durations
+
+
+def pickle_values(values: list, errors: dict) -> tuple[bytes, dict]:
+    """Pickle a batch's values; unpicklable ones become SerializationErrors of their item."""
+    try:
+        return dumps(values), errors
+    except PICKLING_ERRORS:
+        values, errors = _isolate_unpicklable(values, errors)
+        return dumps(values), errors
+
+
+# -- chunks as tasks of a concurrent.futures executor or Dask (see executor.py) ------------
+TASK_DONE = "done"
+TASK_LOAD_ERROR = "load_error"
+_task_functions: OrderedDict = OrderedDict()
+
+
+def run_task(payload, blob: bytes, star: bool, capture: bool) -> tuple:
+    """Run one chunk where an executor put it; never raises for the items' sake.
+
+    ``payload`` is the function itself (thread executors) or the pickled
+    ``(key, blob, sources)`` (process executors, Dask), loaded once per process.
+    Returns ``(TASK_DONE, values_blob, errors, durations, outputs, maxrss_kb, worker)``
+    or ``(TASK_LOAD_ERROR, "func" | "chunk", error_info)``.
+    """
+    try:
+        func = payload if callable(payload) else _task_function(*payload)
+    except PICKLING_ERRORS as exc:
+        return (TASK_LOAD_ERROR, "func", exception_info(exc, skip_frames=0))
+    try:
+        items = loads(blob)
+    except PICKLING_ERRORS as exc:
+        return (TASK_LOAD_ERROR, "chunk", exception_info(exc, skip_frames=0))
+    positions, times = [P.IDLE, P.LOADING], [0.0]
+    sink = _OutputSink(positions)
+    saved = sys.stdout, sys.stderr
+    if capture:  # not in threads: sys.stdout is shared by every thread of the process
+        sys.stdout = _CapturedStream(sink, "stdout", saved[0])
+        sys.stderr = _CapturedStream(sink, "stderr", saved[1])
+    try:
+        _, values, errors, durations = run_items(func, items, star, 1, positions, times)
+    finally:
+        if capture:
+            sys.stdout, sys.stderr = saved
+    values_blob, errors = pickle_values(values, errors)
+    with sink.lock:
+        outputs = sink.take()
+    return (TASK_DONE, values_blob, errors, durations, outputs, _max_rss_kb(), _task_worker())
+
+
+def _task_function(key: bytes, blob: bytes, sources: dict):
+    func = _task_functions.get(key)
+    if func is None:
+        install_sources(sources)
+        func = _task_functions[key] = loads(blob)
+        while len(_task_functions) > P.FUNCTION_CACHE:
+            _task_functions.popitem(last=False)
+    return func
+
+
+def _task_worker() -> str:
+    """Who ran the task: a Dask worker's address, else host and PID."""
+    if "distributed" in sys.modules:  # on a Dask worker it is loaded; never import it here
+        try:
+            return sys.modules["distributed"].get_worker().address
+        except (AttributeError, ValueError):
+            pass
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def _star_args(item) -> tuple:

@@ -29,10 +29,23 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02, what: str
 
 
 def children() -> list[psutil.Process]:
+    """Our child processes, except multiprocessing's resource tracker and forkserver
+    (started by libraries such as Dask, they live as long as the test process)."""
     try:
-        return psutil.Process().children(recursive=True)
+        procs = psutil.Process().children(recursive=True)
     except psutil.NoSuchProcess:
         return []
+    found = []
+    for proc in procs:
+        try:
+            if "multiprocessing" in " ".join(proc.cmdline()):
+                continue
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+        except psutil.AccessDenied:
+            pass
+        found.append(proc)
+    return found
 
 
 @pytest.fixture
@@ -92,3 +105,7 @@ def notebook_function(source: str, name: str, **namespace):
     ns = {"__name__": "__main__", **namespace}
     exec(compile(textwrap.dedent(source), f"<notebook-cell-{name}>", "exec"), ns)
     return ns[name]
+
+
+# Notebooks under tests/ are fixtures for kernel and browser tests, not nbval tests.
+collect_ignore_glob = ["*.ipynb", "**/*.ipynb"]

@@ -58,6 +58,9 @@ def die(how: str):
         sys.exit(3)
     if how == "_exit":
         os._exit(3)
+    if how == "_exit_later":  # let other tasks finish first
+        time.sleep(1)
+        os._exit(3)
     if how == "sigkill":
         os.kill(os.getpid(), signal.SIGKILL)
         time.sleep(10)
@@ -122,3 +125,46 @@ def nested_parmap(n):
     return list(pm.parmap(square, range(n), progress=False)), len(
         __import__("psutil").Process().children()
     )
+
+
+# -- drop-in classes --------------------------------------------------------------------
+_init_calls = []
+
+
+def record_init(tag):
+    """An initializer: remembers that it ran in this process."""
+    _init_calls.append(tag)
+
+
+def init_count(_):
+    return os.getpid(), len(_init_calls)
+
+
+class Payload:
+    """An argument to check that the pool does not keep arguments alive."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+def payload_value(payload):
+    return payload.value
+
+
+def raise_key_error(x):
+    raise KeyError(f"no {x}")
+
+
+def rendezvous(args):
+    """Meet ``n`` tasks in ``folder``: True if all arrived within ``timeout`` seconds.
+
+    Tasks that run one after another never meet, so this proves they ran at once.
+    """
+    folder, name, n, timeout = args
+    Path(folder, name).touch()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if len(list(Path(folder).iterdir())) >= n:
+            return True
+        time.sleep(0.01)
+    return False

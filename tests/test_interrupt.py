@@ -10,7 +10,7 @@ from pathlib import Path
 import helpers
 import psutil
 import pytest
-from conftest import start_python, wait_for
+from conftest import children, start_python, wait_for
 
 import ipyparmap as pm
 
@@ -149,8 +149,8 @@ def test_workers_ignore_sigint_sent_to_them(tmp_path):
 @pytest.mark.usefixtures("no_leaks")
 def test_shutdown_leaves_no_process_behind():
     pm.parmap(helpers.square, range(10), workers=2)
-    pids = {c.pid for c in psutil.Process().children()}
+    pids = {c.pid for c in children()}
     assert len(pids) == 2
     pm.shutdown()
-    assert psutil.Process().children() == []
+    assert children() == []
     assert not any(psutil.pid_exists(p) for p in pids)

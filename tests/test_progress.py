@@ -170,6 +170,17 @@ def test_rss_is_sampled_at_most_once_per_interval_and_skips_dead_workers(clock):
     assert len(asked) == 3 * 3
 
 
+def test_rss_is_not_asked_for_workers_of_other_engines(clock):
+    asked: list = []
+    model = ProgressModel(total=3, clock=clock, rss=lambda pid: asked.append(pid) or 1)
+    model.worker("tcp://10.0.0.5:40123").state = BUSY  # a Dask worker
+    model.worker("host:4242").state = BUSY  # a ProcessPoolExecutor's process
+    model.worker(77).state = BUSY  # the local pool
+    clock.advance(1.0)
+    model.add(1)
+    assert asked == [77]
+
+
 def test_no_rss_sampler_means_no_sampling(clock):
     model = ProgressModel(total=1, clock=clock)
     model.worker(1).state = BUSY
@@ -188,6 +199,28 @@ def test_summary_when_all_done(clock):
     model.add(100)
     model.finish()
     assert model.summary() == "100/100 done, 0 failed, 3.2 s, speedup 2.00x on 2 workers"
+
+
+def test_summary_of_a_short_run_has_no_speedup_and_counts_workers_not_replacements(clock):
+    model = ProgressModel(total=5, clock=clock)
+    model.worker(1).busy = 0.2
+    model.worker(2).state = DEAD  # crashed and replaced
+    model.worker(3).busy = 0.1
+    model.worker(3).restarts = 1
+    clock.advance(0.4)
+    model.add(5, failed=1)
+    model.finish()
+    assert model.summary() == "5/5 done, 1 failed, 0.40 s, on 2 workers"
+
+
+def test_a_worker_killed_at_the_end_still_counts(clock):
+    model = ProgressModel(total=4, clock=clock)
+    model.worker(1).state = IDLE
+    model.worker(2).state = DEAD  # timed out on the last item: nobody replaced it
+    clock.advance(1.0)
+    model.add(4, failed=1)
+    model.finish()
+    assert model.summary() == "4/4 done, 1 failed, 1.0 s, on 2 workers"
 
 
 def test_summary_with_failures_and_an_early_stop(clock):

@@ -1,0 +1,599 @@
+"""Drop-in ``Pool``, ``Process`` and ``ProcessPoolExecutor`` on ipyparmap's engine (L5).
+
+Change ``import multiprocessing`` (or ``from concurrent.futures import
+ProcessPoolExecutor``) to ipyparmap and the code people already have works in a
+notebook: notebook functions, lambdas and closures run in spawned workers, worker
+``print`` shows in the cell, and a worker that dies fails its own task with
+``WorkerCrashed`` instead of hanging the pool.
+
+Where users rely on the standard library's behaviour it is kept: the task's own
+exception is re-raised with a ``multiprocessing.pool.RemoteTraceback`` as its cause,
+``get(timeout)`` raises ``multiprocessing.TimeoutError``, a closed pool raises
+``ValueError``, ``with Pool() as p`` terminates on exit, an input iterable's exception
+is re-raised unchanged, an argument that cannot be pickled raises its own error.
+
+Each ``Pool``/``ProcessPoolExecutor`` owns its worker processes (``processes`` of them,
+recycled after ``maxtasksperchild`` items) and a :class:`~ipyparmap.jobs.JobRunner`
+thread that feeds them, oldest submission first.
+"""
+
+from __future__ import annotations
+
+import atexit
+import concurrent.futures
+import contextvars
+import itertools
+import multiprocessing
+import multiprocessing.pool
+import os
+import signal
+import sys
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from . import protocol as P
+from .calls import PoolCall
+from .errors import SerializationError
+from .jobs import MAP, STREAM, EndOfStream, Job, JobRunner
+from .pool import Pool as ProcessSet
+from .pool import spawn_worker, worker_env
+from .resources import cpu_count, thread_limits
+from .results import Failure
+from .serialize import (
+    ItemPicklingError,
+    dumps,
+    loads,
+    pickle_function,
+    pickle_items,
+    rebuild_exception,
+)
+from .textui import OutputPrinter
+
+TimeoutError = multiprocessing.TimeoutError  # as multiprocessing.TimeoutError
+
+
+def _task_exception(error: BaseException | None) -> BaseException:
+    """The exception a standard-library user expects for a failed task."""
+    if isinstance(error, SerializationError) and isinstance(error.__cause__, BaseException):
+        return error.__cause__  # "cannot pickle '_thread.lock' object": the argument's own
+    cause = getattr(error, "__cause__", None)
+    text = getattr(cause, "tb", None)
+    if text is not None:  # the task's exception: the worker's traceback as its cause
+        error.__cause__ = multiprocessing.pool.RemoteTraceback(text)
+    return error
+
+
+def _check_arguments(item: Any) -> None:
+    """An argument that cannot be pickled raises its own error now, in the caller."""
+    try:
+        pickle_items([item])
+    except ItemPicklingError as bad:
+        raise bad.error from None
+
+
+def _check_chunksize(chunksize: Any) -> int | None:
+    if chunksize is None:
+        return None
+    if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
+        raise ValueError(f"Chunksize must be 1+, not {chunksize!r}")
+    return chunksize
+
+
+class _Engine:
+    """A private set of worker processes and the JobRunner thread feeding them."""
+
+    def __init__(self, workers: int, initializer, initargs, max_tasks: int | None):
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        self.workers = workers
+        self.initializer = initializer
+        self.initargs = tuple(initargs)
+        self.token = uuid.uuid4().hex
+        self.processes = ProcessSet()
+        self.runner = JobRunner(
+            pool=self.processes,
+            workers=workers,
+            env=thread_limits(workers),
+            max_tasks_per_worker=max_tasks,
+            on_output=OutputPrinter(tag=False),
+        )
+        self.runner.start()
+
+    def call(self, func: Callable, mode: str) -> PoolCall:
+        return PoolCall(func, mode, self.initializer, self.initargs, self.token)
+
+    def submit(self, func: Callable, items, mode: str, kind: str, chunksize=None, **hooks) -> Job:
+        job = Job(
+            self.call(func, mode), items, kind=kind, chunksize=chunksize,
+            workers=self.workers, **hooks,
+        )  # fmt: skip
+        self.runner.submit(job)
+        return job
+
+    def close(self) -> None:
+        self.runner.close()
+
+    def terminate(self) -> None:
+        self.runner.terminate()
+        self.runner.thread.join(10)
+        self.processes.shutdown()
+
+    def join(self, timeout: float | None = None) -> None:
+        self.runner.thread.join(timeout)
+        self.processes.shutdown()
+
+
+# ------------------------------------------------------------------------------ results
+class AsyncResult:
+    """What ``apply_async``/``map_async`` return, as in ``multiprocessing.pool``."""
+
+    def __init__(self, pool: Pool, single: bool, callback=None, error_callback=None):
+        self._pool = pool
+        self._single = single
+        self._callback = callback
+        self._error_callback = error_callback
+        self._event = threading.Event()
+        self._value: Any = None
+        self._error: BaseException | None = None
+
+    def _job_done(self, job: Job) -> None:  # runs in the pool's thread
+        if job.error is not None:
+            self._error = _task_exception(job.error)
+            if self._error_callback is not None:
+                self._error_callback(self._error)
+        else:
+            values = job.ordered_results()
+            self._value = values[0] if self._single else values
+            if self._callback is not None:
+                self._callback(self._value)
+        self._pool = None  # the pool and its job need not live as long as this result
+        self._event.set()
+
+    def ready(self) -> bool:
+        return self._event.is_set()
+
+    def successful(self) -> bool:
+        if not self.ready():
+            raise ValueError(f"{self!r} not ready")
+        return self._error is None
+
+    def wait(self, timeout: float | None = None) -> None:
+        self._event.wait(timeout)
+
+    def get(self, timeout: float | None = None) -> Any:
+        self.wait(timeout)
+        if not self.ready():
+            raise TimeoutError
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+ApplyResult = AsyncResult
+MapResult = AsyncResult
+
+
+class IMapIterator:
+    """What ``imap``/``imap_unordered`` return: ``next(timeout)`` as in multiprocessing."""
+
+    def __init__(self, ordered: bool, timeout_error: type[BaseException] = TimeoutError):
+        self._ordered = ordered
+        self._timeout_error = timeout_error
+        self._cond = threading.Condition()
+        self._ready: dict[int, Any] = {}
+        self._next = 0
+        self._end: int | None = None  # how many outcomes there will be, once known
+        self._delivered = 0
+
+    def _outcome(self, index: int, outcome: Any) -> None:  # runs in the pool's thread
+        with self._cond:
+            if isinstance(outcome, EndOfStream):
+                self._ready[index if index >= 0 else -1] = outcome
+                if index >= 0:
+                    self._end = index + 1
+            else:
+                self._ready[index] = outcome
+            self._cond.notify_all()
+
+    def _job_done(self, job: Job) -> None:
+        with self._cond:
+            if self._end is None:
+                self._end = job.pulled
+            self._cond.notify_all()
+
+    def __iter__(self) -> Iterator:
+        return self
+
+    def _available(self):
+        if -1 in self._ready:  # the pool was terminated
+            return -1
+        if self._ordered:
+            return self._next if self._next in self._ready else None
+        return next(iter(self._ready), None)
+
+    def next(self, timeout: float | None = None) -> Any:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while True:
+                key = self._available()
+                if key is not None:
+                    outcome = self._ready.pop(key)
+                    break
+                done = self._ordered and self._end is not None and self._next >= self._end
+                if done or (not self._ordered and self._end is not None
+                            and self._delivered >= self._end):  # fmt: skip
+                    raise StopIteration
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise self._timeout_error
+                self._cond.wait(remaining)
+            self._next += 1
+            self._delivered += 1
+        if isinstance(outcome, EndOfStream):
+            self._end = self._next - 1  # nothing comes after an input error
+            raise outcome.error
+        if isinstance(outcome, Failure):
+            raise _task_exception(outcome.exception)
+        return outcome
+
+    __next__ = next
+
+
+# ------------------------------------------------------------------------------ Pool
+class Pool:
+    """``multiprocessing.pool.Pool`` that works in notebooks and never hangs on a crash.
+
+    ``progress`` is accepted for symmetry with ``parmap`` and reserved: the drop-in draws
+    nothing, like the standard library.
+    """
+
+    def __init__(
+        self,
+        processes: int | None = None,
+        initializer: Callable | None = None,
+        initargs: Iterable = (),
+        maxtasksperchild: int | None = None,
+        context: Any = None,
+    ):
+        if processes is None:
+            processes = cpu_count()
+        if not isinstance(processes, int) or isinstance(processes, bool) or processes < 1:
+            raise ValueError("Number of processes must be at least 1")
+        if maxtasksperchild is not None and (
+            not isinstance(maxtasksperchild, int) or maxtasksperchild < 1
+        ):
+            raise ValueError("maxtasksperchild must be a positive int or None")
+        self._processes = processes
+        self._engine = _Engine(processes, initializer, initargs, maxtasksperchild)
+        self._state = "RUN"
+        # A pool nobody closes still stops its workers when it is garbage collected.
+        self._finalizer = weakref.finalize(self, _Engine.terminate, self._engine)
+
+    def __repr__(self) -> str:
+        return f"<ipyparmap.Pool state={self._state} pool_size={self._processes}>"
+
+    def _check_running(self) -> None:
+        if self._state != "RUN":
+            raise ValueError("Pool not running")
+
+    def _map_result(self, func, iterable, mode, chunksize, callback, error_callback, single=False):
+        self._check_running()
+        if not hasattr(iterable, "__len__"):
+            iterable = list(iterable)  # like multiprocessing: input errors raise here
+        result = AsyncResult(self, single, callback, error_callback)
+        self._engine.submit(
+            func, iterable, mode, MAP, _check_chunksize(chunksize), on_done=result._job_done
+        )
+        return result
+
+    def apply(self, func: Callable, args: Iterable = (), kwds: dict | None = None) -> Any:
+        return self.apply_async(func, args, kwds).get()
+
+    def apply_async(self, func, args=(), kwds=None, callback=None, error_callback=None):
+        item = (tuple(args), dict(kwds or {}))
+        _check_arguments(item)
+        return self._map_result(func, [item], "apply", 1, callback, error_callback, single=True)
+
+    def map(self, func: Callable, iterable: Iterable, chunksize: int | None = None) -> list:
+        return self.map_async(func, iterable, chunksize).get()
+
+    def map_async(self, func, iterable, chunksize=None, callback=None, error_callback=None):
+        return self._map_result(func, iterable, "one", chunksize, callback, error_callback)
+
+    def starmap(self, func: Callable, iterable: Iterable, chunksize: int | None = None) -> list:
+        return self.starmap_async(func, iterable, chunksize).get()
+
+    def starmap_async(self, func, iterable, chunksize=None, callback=None, error_callback=None):
+        return self._map_result(func, iterable, "star", chunksize, callback, error_callback)
+
+    def imap(self, func: Callable, iterable: Iterable, chunksize: int = 1) -> IMapIterator:
+        return self._imap(func, iterable, chunksize, ordered=True)
+
+    def imap_unordered(self, func: Callable, iterable: Iterable, chunksize: int = 1):
+        return self._imap(func, iterable, chunksize, ordered=False)
+
+    def _imap(self, func, iterable, chunksize, ordered: bool) -> IMapIterator:
+        self._check_running()
+        _check_chunksize(chunksize)
+        iterator = IMapIterator(ordered)
+        self._engine.submit(
+            func, iterable, "one", STREAM, None,
+            on_outcome=iterator._outcome, on_done=iterator._job_done,
+        )  # fmt: skip
+        return iterator
+
+    def close(self) -> None:
+        if self._state == "RUN":
+            self._state = "CLOSE"
+            self._engine.close()
+
+    def terminate(self) -> None:
+        self._state = "TERMINATE"
+        self._finalizer()  # stops at once; queued work ends with pm.Cancelled
+
+    def join(self) -> None:
+        if self._state == "RUN":
+            raise ValueError("Pool is still running")
+        self._engine.join()
+
+    def __enter__(self) -> Pool:
+        self._check_running()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.terminate()  # as multiprocessing does
+
+
+# ------------------------------------------------------------------------------ executor
+class ProcessPoolExecutor(concurrent.futures.Executor):
+    """``concurrent.futures.ProcessPoolExecutor`` where a crash fails only its own futures."""
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        mp_context: Any = None,
+        initializer: Callable | None = None,
+        initargs: Iterable = (),
+        *,
+        max_tasks_per_child: int | None = None,
+    ):
+        if max_workers is None:
+            max_workers = cpu_count()
+        elif max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        self._max_workers = max_workers
+        self._engine = _Engine(max_workers, initializer, initargs, max_tasks_per_child)
+        self._shutdown = False
+        self._lock = threading.Lock()
+        self._pending: weakref.WeakSet = weakref.WeakSet()
+        self._finalizer = weakref.finalize(self, _Engine.terminate, self._engine)
+
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            future: concurrent.futures.Future = concurrent.futures.Future()
+            item = (args, kwargs)
+            _check_arguments(item)
+
+            def finished(job: Job) -> None:  # runs in the pool's thread
+                if future.cancelled():
+                    return
+                if job.error is not None:
+                    future.set_exception(_task_exception(job.error))
+                else:
+                    future.set_result(job.results[0])
+
+            self._engine.submit(
+                fn, [item], "apply", MAP, 1, on_done=finished,
+                start=future.set_running_or_notify_cancel,
+            )  # fmt: skip
+            self._pending.add(future)
+            return future
+
+    def map(self, fn: Callable, *iterables: Iterable, timeout: float | None = None,
+            chunksize: int = 1) -> Iterator:  # fmt: skip
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        _check_chunksize(chunksize)
+        items = list(zip(*iterables, strict=False))  # all submitted at once, as the stdlib
+        stream = IMapIterator(ordered=True, timeout_error=concurrent.futures.TimeoutError)
+        self._engine.submit(
+            fn, items, "star", STREAM, chunksize,
+            on_outcome=stream._outcome, on_done=stream._job_done,
+        )  # fmt: skip
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        def results():
+            for _ in range(len(items)):
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                yield stream.next(left)
+
+        return results()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            self._shutdown = True
+        if cancel_futures:
+            for future in list(self._pending):
+                future.cancel()
+        self._engine.close()
+        if wait:
+            self._engine.join()
+        self._finalizer.detach()
+
+
+# ------------------------------------------------------------------------------ Process
+_process_counter = itertools.count(1)
+_live_processes: weakref.WeakSet = weakref.WeakSet()
+
+
+class Process:
+    """``multiprocessing.Process`` for notebook-defined targets, under spawn.
+
+    Its ``print`` output shows in the cell that started it. If the target raises, the
+    traceback goes to stderr and ``exitcode`` is 1 (``sys.exit(n)`` gives ``n``), as with
+    the standard library.
+    """
+
+    def __init__(
+        self,
+        group=None,
+        target: Callable | None = None,
+        name: str | None = None,
+        args: Iterable = (),
+        kwargs: dict | None = None,
+        *,
+        daemon: bool | None = None,
+    ):
+        if group is not None:
+            raise ValueError("group argument must be None for now")
+        self._target = target
+        self._args = tuple(args)
+        self._kwargs = dict(kwargs or {})
+        self.name = name or f"Process-{next(_process_counter)}"
+        self.daemon = bool(daemon)
+        self._worker = None
+        self._reader: threading.Thread | None = None
+        self._target_exitcode: int | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        state = "initial" if self._worker is None else ("started" if self.is_alive() else "stopped")
+        return f"<ipyparmap.Process name={self.name!r} {state}>"
+
+    def run(self) -> None:
+        """What the process runs (override it, or pass ``target``)."""
+        if self._target is not None:
+            self._target(*self._args, **self._kwargs)
+
+    def start(self) -> None:
+        if self._closed:
+            raise ValueError("process object is closed")
+        if self._worker is not None:
+            raise AssertionError("cannot start a process twice")
+        if type(self).run is Process.run:
+            call = PoolCall(self._target or _nothing, "apply")
+        else:  # a subclass overriding run(): send the object itself
+            call = PoolCall(type(self).run, "apply")
+        payload = pickle_function(call)
+        item = ((self,), {}) if type(self).run is not Process.run else (self._args, self._kwargs)
+        blob = dumps([item])
+        self._worker = worker = spawn_worker(worker_env())
+        worker.send((P.FUNC, payload.key, payload.blob, payload.sources))
+        worker.send((P.CHUNK, 0, payload.key, blob, False, 1))
+        worker.send((P.STOP,))
+        self._reader = threading.Thread(
+            target=contextvars.copy_context().run, args=(self._read,), daemon=True,
+            name=f"ipyparmap-{self.name}",
+        )  # fmt: skip
+        self._reader.start()
+        _live_processes.add(self)
+
+    def __getstate__(self):  # a subclass instance travels to its own worker
+        state = dict(self.__dict__)
+        state.update(_worker=None, _reader=None)
+        return state
+
+    def _read(self) -> None:
+        """Forward the target's output to this cell; note how the target ended."""
+        conn = self._worker.conn
+        while True:
+            try:
+                message = loads(conn.recv_bytes())
+            except (EOFError, OSError):
+                return
+            if message[0] == P.OUTPUT:
+                for _, stream, text in message[2]:
+                    (sys.stdout if stream == "stdout" else sys.stderr).write(text)
+            elif message[0] == P.RESULTS:
+                for _, stream, text in message[6]:
+                    (sys.stdout if stream == "stdout" else sys.stderr).write(text)
+                errors = message[4]
+                self._target_exitcode = 0
+                if errors:
+                    self._target_exitcode = self._report(next(iter(errors.values())))
+            elif message[0] == P.LOAD_ERROR:
+                self._target_exitcode = self._report(message[3])
+
+    def _report(self, info) -> int:
+        if info is None:
+            return 1
+        exc = rebuild_exception(info)
+        if isinstance(exc, SystemExit):
+            code = exc.code
+            return code if isinstance(code, int) else (0 if code is None else 1)
+        sys.stderr.write(f"Process {self.name}:\n{info[3]}")
+        return 1
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._worker is None else self._worker.pid
+
+    ident = pid
+
+    @property
+    def exitcode(self) -> int | None:
+        if self._worker is None:
+            return None
+        code = self._worker.proc.poll()
+        if code is None:
+            return None
+        if self._reader is not None:
+            self._reader.join(5)
+        if code == 0 and self._target_exitcode is not None:
+            return self._target_exitcode
+        return code
+
+    def is_alive(self) -> bool:
+        return self._worker is not None and self._worker.proc.poll() is None
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._worker is None:
+            raise AssertionError("can only join a started process")
+        try:
+            self._worker.proc.wait(timeout)
+        except Exception:  # subprocess.TimeoutExpired: still running, as multiprocessing
+            return
+        if self._reader is not None:
+            self._reader.join(5)
+
+    def terminate(self) -> None:
+        if self.is_alive():
+            os.kill(self.pid, signal.SIGTERM)
+
+    def kill(self) -> None:
+        if self.is_alive():
+            self._worker.kill()
+
+    def close(self) -> None:
+        if self.is_alive():
+            raise ValueError("Cannot close a process while it is still running")
+        if self._worker is not None:
+            self._worker.close()
+        self._closed = True
+
+
+def _nothing(*args, **kwargs) -> None:
+    return None
+
+
+def freeze_support() -> None:
+    """Does nothing, as on every platform but frozen Windows programs (API parity)."""
+
+
+current_process = multiprocessing.current_process
+
+
+def _join_non_daemonic() -> None:
+    """At exit, wait for non-daemonic processes, as multiprocessing does."""
+    for proc in list(_live_processes):
+        if not proc.daemon and proc.is_alive():
+            proc.join()
+
+
+atexit.register(_join_non_daemonic)

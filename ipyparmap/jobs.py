@@ -1,0 +1,336 @@
+"""A long-lived local run fed with jobs, each with its own function (layer L3).
+
+The drop-in ``Pool`` and ``ProcessPoolExecutor`` (compat.py) accept work piece by
+piece: ``apply_async`` after ``apply_async``, a ``map`` while another runs. A
+:class:`JobRunner` is a LocalRunner whose input is a FIFO of :class:`Job` objects
+instead of one iterable: chunks never mix jobs, each job has its own pickled function,
+chunk planner and results, and a dispatcher thread drives the loop for the life of the
+pool. Everything the local engine does (one pipe per worker, death sentinels, crash
+attribution to the item, replacement workers) applies unchanged; a crash fails only the
+job item that was running.
+
+Indices are ``(job id, index in job)`` pairs, so outcomes route to their job.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import itertools
+import socket
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from .config import Options
+from .errors import Cancelled
+from .local import LocalRunner
+from .plan import ChunkPlanner
+from .pool import Pool, WorkerHandle
+from .results import Failure
+from .runner import _CancelRun, _Chunk
+from .serialize import FunctionPayload, pickle_function
+
+_job_ids = itertools.count()
+
+#: Job kinds: a "map" fails (and completes) at its first failed item, like the standard
+#: library's map; a "stream" (imap, submit) delivers every item's outcome in turn.
+MAP, STREAM = "map", "stream"
+
+
+class Job:
+    """One submission: a function, its items, and what to do with each outcome."""
+
+    def __init__(
+        self,
+        func: Callable,
+        items: Iterable,
+        *,
+        kind: str = MAP,
+        chunksize: int | None = None,
+        workers: int = 1,
+        on_outcome: Callable[[int, Any], None] | None = None,
+        on_done: Callable[[Job], None] | None = None,
+        start: Callable[[], bool] | None = None,
+    ):
+        self.id = next(_job_ids)
+        self.kind = kind
+        # Pickled here, in the caller's thread: an unpicklable function raises at once.
+        self.payload: FunctionPayload = pickle_function(func)
+        try:
+            self.total: int | None = len(items)  # type: ignore[arg-type]
+        except TypeError:
+            self.total = None
+        self.source = iter(items)
+        self.planner = ChunkPlanner(workers, chunksize, self.total)
+        self.pulled = 0
+        self.finished = 0
+        self.exhausted = False
+        self.results: dict[int, Any] = {}
+        self.error: BaseException | None = None  # map: its first failure, or input error
+        self.failure: Failure | None = None
+        self.on_outcome = on_outcome
+        self.on_done = on_done
+        self.context = contextvars.copy_context()  # worker output goes to the caller's cell
+        self.done = threading.Event()
+        # Called before the first item is sent; False means "cancelled meanwhile, skip"
+        # (how a pending concurrent.futures.Future is cancelled).
+        self.start = start
+
+    def take(self, size: int) -> list:
+        """Up to ``size`` more items; an error from the input ends the job with it."""
+        if self.start is not None:
+            begin, self.start = self.start, None
+            if not begin():
+                self.cancel("cancelled before it started")
+                return []
+        items: list = []
+        try:
+            items.extend(itertools.islice(self.source, size))
+        except Exception as exc:  # the input iterable raised: the job fails with it
+            self.exhausted = True
+            self.pulled += len(items)
+            self.fail_input(exc, self.pulled)
+            return items
+        self.pulled += len(items)
+        if len(items) < size or (self.total is not None and self.pulled >= self.total):
+            self.exhausted = True
+            self._check_done()  # the last items may have come back already
+        return items
+
+    def fail_input(self, exc: BaseException, index: int) -> None:
+        if self.kind == STREAM and self.on_outcome is not None:
+            self.on_outcome(index, EndOfStream(exc))
+        if self.error is None:
+            self.error = exc
+        self._check_done()
+
+    def deliver(self, index: int, outcome: Any) -> None:
+        if self.done.is_set():
+            return
+        self.finished += 1
+        if isinstance(outcome, Failure) and self.failure is None:
+            self.failure = outcome
+            if self.kind == MAP:  # like multiprocessing: the first failure ends the map
+                self.exhausted = True
+                self.error = outcome.exception
+                self._finish()
+                return
+        if self.on_outcome is not None:
+            self.on_outcome(index, outcome)
+        else:
+            self.results[index] = outcome
+        self._check_done()
+
+    def cancel(self, reason: str) -> None:
+        if not self.done.is_set():
+            self.exhausted = True
+            self.error = Cancelled(reason)
+            if self.on_outcome is not None:
+                self.on_outcome(-1, EndOfStream(self.error))
+            self._finish()
+
+    def _check_done(self) -> None:
+        if self.exhausted and self.finished >= self.pulled:
+            self._finish()
+
+    def _finish(self) -> None:
+        if self.done.is_set():
+            return
+        self.done.set()
+        if self.on_done is not None:
+            self.on_done(self)
+
+    def ordered_results(self) -> list:
+        return [self.results[i] for i in range(self.pulled)]
+
+
+class EndOfStream:
+    """A stream outcome that ends it with an exception (input error, cancellation)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+class JobRunner(LocalRunner):
+    """A local run, driven by its own thread, whose input is a queue of jobs."""
+
+    def __init__(
+        self,
+        *,
+        pool: Pool,
+        workers: int,
+        env: dict[str, str] | None = None,
+        max_tasks_per_worker: int | None = None,
+        on_output: Callable[[Any, str, str], None] | None = None,
+    ):
+        super().__init__(
+            None, (), Options(workers=workers, errors="collect"), pool=pool, workers=workers,
+            env=env, keep_details=False,
+        )  # fmt: skip
+        self.total = None  # an open-ended stream of jobs
+        self.sequence = None
+        self.n_workers = workers
+        self.jobs: dict[int, Job] = {}
+        self.queue: deque[Job] = deque()  # jobs with items still to send, oldest first
+        self.closing = False
+        self.job_lock = threading.Lock()
+        self.max_tasks = max_tasks_per_worker
+        self.task_counts: dict[WorkerHandle, int] = {}
+        self.print_output = on_output
+        self.on_output = self._route_output
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self.thread = threading.Thread(target=self._serve, name="ipyparmap-pool", daemon=True)
+
+    # ------------------------------------------------------------------ public side
+    def start(self) -> None:
+        self.thread.start()
+
+    def submit(self, job: Job) -> None:
+        with self.job_lock:
+            if self.closing or self.closed:
+                raise ValueError("Pool not running")
+            self.jobs[job.id] = job
+            self.queue.append(job)
+        self._wake()
+
+    def close(self) -> None:
+        """Take no more jobs; the thread ends once the submitted ones are done."""
+        with self.job_lock:
+            self.closing = True
+        self._wake()
+
+    def terminate(self) -> None:
+        """Kill the workers now; unfinished jobs end with ``pm.Cancelled``."""
+        self.close()
+        self.cancel()
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass
+
+    def _serve(self) -> None:
+        try:
+            for _ in self.events():  # outcomes are routed to jobs, nothing is yielded
+                pass
+        except _CancelRun:
+            pass
+        except BaseException as exc:  # the engine itself broke: fail every job with it
+            for job in list(self.jobs.values()):
+                if not job.done.is_set():
+                    job.error = exc
+                    job._finish()
+        finally:
+            self.abort()
+            for job in list(self.jobs.values()):
+                job.cancel("the pool was terminated")
+            self._wake_r.close()
+            self._wake_w.close()
+
+    # ------------------------------------------------------------------ engine hooks
+    def _start(self) -> None:
+        self._start_engine()  # no function of its own: each job brings one
+
+    def _drained(self) -> bool:
+        return not self.requeue and (self.exhausted or self.stopping)
+
+    def _extra_waitables(self) -> dict:
+        return {self._wake_r: self._drain_wakeups}
+
+    def _drain_wakeups(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    def _take_new(self):
+        with self.job_lock:
+            while self.queue and (self.queue[0].exhausted or self.queue[0].done.is_set()):
+                self.queue.popleft()
+            if not self.queue:
+                if self.closing and not self.in_flight:
+                    self.exhausted = True
+                return None
+            job = self.queue[0]
+        remaining = None if job.total is None else job.total - job.pulled
+        start = job.pulled
+        items = job.take(job.planner.next_size(remaining))
+        if not items:
+            return None
+        return [(job.id, start + i) for i in range(len(items))], items, None, False
+
+    def _take_requeued(self):
+        first = self.requeue[0]
+        if first.solo:
+            pending = [self.requeue.popleft()]
+        else:
+            job_id = first.index[0]
+            pending = []
+            while self.requeue and not self.requeue[0].solo and self.requeue[0].index[0] == job_id:
+                pending.append(self.requeue.popleft())
+        return (
+            [p.index for p in pending],
+            [p.item for p in pending],
+            [p.attempts for p in pending],
+            len(pending) == 1 and pending[0].solo,
+        )
+
+    def _label(self, index: Any) -> str:
+        return str(index[1])  # (job, index in job): users know the latter
+
+    def _payload_for(self, chunk: _Chunk) -> FunctionPayload:
+        return self.jobs[chunk.indices[0][0]].payload
+
+    def _planner_for(self, chunk: _Chunk) -> ChunkPlanner:
+        job = self.jobs.get(chunk.indices[0][0])
+        return job.planner if job is not None else self.planner
+
+    def _chunk_done(self, worker: WorkerHandle, chunk: _Chunk) -> None:
+        if self.max_tasks is None:
+            return
+        count = self.task_counts.get(worker, 0) + len(chunk.items)
+        self.task_counts[worker] = count
+        if count >= self.max_tasks:  # recycle it, like maxtasksperchild
+            self.task_counts.pop(worker, None)
+            self.workers.remove(worker)
+            self.pool.release([worker], keep=0)  # stops it
+            self._replace_worker(planned=True)
+
+    # ------------------------------------------------------------------ outcomes
+    def _succeeded(self, indices, values: list, worker_id: Any) -> None:
+        for (job_id, index), value in zip(indices, values, strict=True):
+            job = self.jobs.get(job_id)
+            if job is not None:
+                job.deliver(index, value)
+                self._forget_if_done(job)
+
+    def _final_failure(self, index, item, kind, exc, pid, attempts, tb_text: str = "") -> None:
+        job_id, local = index
+        job = self.jobs.get(job_id)
+        if job is None:
+            return
+        if not tb_text and exc is not None:
+            tb_text = getattr(exc.__cause__, "tb", "")
+        job.deliver(local, Failure(local, item, kind, exc, tb_text, pid, attempts))
+        self._forget_if_done(job)
+
+    def _forget_if_done(self, job: Job) -> None:
+        if job.done.is_set():
+            with self.job_lock:
+                self.jobs.pop(job.id, None)  # its results live on in the caller's handle
+
+    def _route_output(self, index: Any, stream: str, text: str) -> None:
+        if self.print_output is None:
+            return
+        job = self.jobs.get(index[0]) if isinstance(index, tuple) else None
+        if job is None:
+            self.print_output(index, stream, text)
+        else:
+            job.context.run(self.print_output, index, stream, text)

@@ -1,0 +1,307 @@
+"""The local engine: chunks go to leased workers of the warm process pool (layer L3).
+
+The generic run state and loop live in runner.py; this module adds what only local
+worker processes have: one pipe each (chunks go to a specific idle worker, so we
+always know who holds what), death sentinels (a dead worker fails only the item it was
+running; the rest of its chunk is requeued and a replacement starts), the status board
+(per-item timeouts kill only the stuck worker), and boot-failure detection.
+"""
+
+from __future__ import annotations
+
+import time
+from multiprocessing.connection import wait
+from typing import Any
+
+from . import protocol as P
+from .config import Options, describe
+from .errors import ParmapError, SerializationError, TaskError, TaskTimeout, WorkerCrashed
+from .pool import Pool, WorkerHandle
+from .progress import BUSY, DEAD, IDLE, ProgressModel
+from .resources import describe_exit, signal_name
+from .runner import OutputCallback, Runner, _Chunk, _name
+from .serialize import loads, rebuild_exception
+
+#: Workers that die before they ever start, in a row, before the run gives up.
+MAX_BOOT_FAILURES = 3
+
+
+class LocalRunner(Runner):
+    """Runs ``func`` over ``iterable`` on leased workers of ``pool``."""
+
+    def __init__(
+        self,
+        func,
+        iterable,
+        options: Options,
+        *,
+        pool: Pool,
+        workers: int,
+        env: dict[str, str] | None = None,
+        progress: ProgressModel | None = None,
+        on_output: OutputCallback | None = None,
+        keep_details: bool = True,
+    ):
+        super().__init__(
+            func, iterable, options, workers=workers, progress=progress,
+            on_output=on_output, keep_details=keep_details,
+        )  # fmt: skip
+        self.pool = pool
+        self.env = env
+        self.workers: list[WorkerHandle] = []
+        self.timed_out: dict[WorkerHandle, int] = {}  # worker -> position killed for
+        self.boot_failures = 0
+
+    def _start_engine(self) -> None:
+        self.workers = self.pool.acquire(self.n_workers, self.env)
+        for worker in self.workers:
+            self._progress_worker(worker.pid, IDLE)
+
+    def _kill_busy(self) -> None:
+        busy = [w for w in self.in_flight if not w.closed]
+        for worker in busy:
+            worker.kill()
+        for worker in busy:
+            worker.reap(5.0)
+            self._cancel_rest(self.in_flight.pop(worker))
+            self._forget(worker)
+
+    def _close_engine(self) -> None:
+        keep = max(self.n_workers, len(self.workers))
+        self.pool.release([w for w in self.workers if w not in self.in_flight], keep=keep)
+
+    def _forget(self, worker: WorkerHandle) -> None:
+        if worker in self.workers:
+            self.workers.remove(worker)
+        self.timed_out.pop(worker, None)
+        self.pool.discard(worker)
+        self._progress_worker(worker.pid, DEAD)
+
+    def _dispatch(self) -> None:
+        if self.stopping:
+            return
+        for worker in list(self.workers):
+            if worker in self.in_flight or worker.closed:
+                continue
+            chunk = self._next_chunk(worker)
+            if chunk is None:
+                return
+            self._send(chunk)
+
+    def _send(self, chunk: _Chunk) -> None:
+        worker = chunk.owner
+        chunk.worker_id = worker.pid
+        self.in_flight[worker] = chunk
+        self._progress_worker(worker.pid, BUSY, chunk.indices[0])
+        payload = self._payload_for(chunk)
+        try:
+            worker.send_function(payload.key, payload.blob, payload.sources)
+            stride = self.planner.timing_stride()
+            worker.send((P.CHUNK, chunk.id, payload.key, chunk.blob, self.options.star, stride))
+        except OSError:
+            pass  # it died; its sentinel fires and _on_death requeues the chunk
+        chunk.blob = None
+
+    def _wait(self, timeout: float) -> None:
+        owners: dict[Any, WorkerHandle] = {}
+        for worker in self.workers:
+            owners[worker.conn] = worker
+            owners[worker.sentinel] = worker
+        extra = self._extra_waitables()
+        if self.options.timeout is not None:
+            timeout = min(timeout, max(0.01, self.options.timeout / 10))
+        for ready in wait([*owners, *extra], timeout):
+            if ready in extra:
+                extra[ready]()
+                continue
+            worker = owners[ready]
+            if worker.closed:
+                continue
+            if ready is worker.conn:
+                self._receive(worker)
+            else:
+                self._on_death(worker)
+        self._check_timeouts()
+        self._refresh_progress()
+
+    def _receive(self, worker: WorkerHandle) -> None:
+        try:
+            data = worker.conn.recv_bytes()
+        except (EOFError, OSError):
+            self._on_death(worker)
+            return
+        self._handle(worker, loads(data))
+
+    def _handle(self, worker: WorkerHandle, message: tuple) -> None:
+        tag = message[0]
+        if tag == P.RESULTS:
+            self._on_results(worker, *message[1:])
+        elif tag == P.OUTPUT:
+            chunk = self.in_flight.get(worker)
+            if chunk is not None and chunk.id == message[1]:
+                self._on_output(chunk, message[2])
+        elif tag == P.READY:
+            worker.ready = True
+            self.boot_failures = 0
+        elif tag == P.LOAD_ERROR:
+            self._on_load_error(worker, *message[1:])
+
+    def _on_results(self, worker, chunk_id, start, values_blob, errors, durations,
+                    outputs, maxrss_kb, done) -> None:  # fmt: skip
+        chunk = self.in_flight.get(worker)
+        if chunk is None or chunk.id != chunk_id:
+            return
+        if outputs:
+            self._on_output(chunk, outputs)
+        self._fold(chunk, start, values_blob, errors, durations, maxrss_kb)
+        if done:
+            del self.in_flight[worker]
+            self._progress_worker(worker.pid, IDLE)
+            self._chunk_done(worker, chunk)
+
+    def _payload_for(self, chunk: _Chunk):
+        """Hook: the pickled function this chunk runs."""
+        return self.payload
+
+    def _chunk_done(self, worker: WorkerHandle, chunk: _Chunk) -> None:
+        """Hook: ``worker`` finished ``chunk`` and is idle again."""
+
+    def _extra_waitables(self) -> dict:
+        """Hook: more objects for the wait, each mapped to what to call when it is ready."""
+        return {}
+
+    def _on_load_error(self, worker: WorkerHandle, what: str, ident, info) -> None:
+        if what == "func":
+            cause = rebuild_exception(info) if info is not None else None
+            error = SerializationError(
+                f"the function {_name(self.func)} could not be unpickled in a worker"
+                + (f": {type(cause).__name__}: {cause}" if cause is not None else "")
+            )
+            error.__cause__ = cause
+            self.abort()
+            raise error
+        chunk = self.in_flight.pop(worker, None)
+        self._progress_worker(worker.pid, IDLE)
+        if chunk is None:
+            return
+        if len(chunk.items) == 1:
+            cause = rebuild_exception(info)
+            error = SerializationError(
+                f"item {self._label(chunk.indices[0])} could not be unpickled in the worker: "
+                f"{type(cause).__name__}: {cause}"
+            )
+            error.__cause__ = cause
+            self._item_failed(chunk, 0, "error", error, "")
+        else:  # find the bad item: send each alone
+            for position in reversed(range(len(chunk.items))):
+                self._requeue_position(chunk, position, solo=True)
+
+    def _on_death(self, worker: WorkerHandle) -> None:
+        if worker.closed:
+            return
+        # Messages it sent before dying are still in the pipe: read them first.
+        while True:
+            try:
+                if not worker.conn.poll(0):
+                    break
+                data = worker.conn.recv_bytes()
+            except (EOFError, OSError):
+                break
+            self._handle(worker, loads(data))
+        if worker.closed:  # handling a message may have closed it
+            return
+        returncode = worker.reap(5.0)
+        booted = worker.ready
+        timed_out = self.timed_out.get(worker)
+        board = worker.board.read()  # what it was doing when it died
+        chunk = self.in_flight.pop(worker, None)
+        self._forget(worker)
+        if chunk is not None:
+            self._crashed_chunk(chunk, worker, returncode, board, timed_out)
+        if not booted:
+            self.boot_failures += 1
+            if self.boot_failures >= MAX_BOOT_FAILURES:
+                self.abort()
+                raise ParmapError(
+                    f"worker processes {describe_exit(returncode)} before they started; "
+                    f"their error output is above. Can {describe(_executable())} import "
+                    "ipyparmap?"
+                )
+        if not self.stopping and (self.requeue or not self.exhausted):
+            self._replace_worker()
+
+    def _replace_worker(self, planned: bool = False) -> None:
+        """Start a worker in place of one that died (or, ``planned``, was retired)."""
+        worker = self.pool.spawn(self.env)
+        if not planned:
+            self.stats.restarts += 1
+        self.workers.append(worker)
+        self._progress_worker(worker.pid, IDLE)
+        if self.progress is not None:
+            self.progress.worker(worker.pid).restarts = self.stats.restarts
+
+    def _crashed_chunk(self, chunk, worker, returncode, board, timed_out_position) -> None:
+        remaining = list(range(chunk.reported, len(chunk.items)))
+        if not remaining:
+            return
+        board_chunk, position, _ = board
+        if board_chunk != chunk.id:  # it died before it even looked at the chunk
+            blame = None
+        elif 0 <= position < len(chunk.items):
+            blame = position
+        elif chunk.solo or len(remaining) == 1:  # died loading items or sending results
+            blame = remaining[0]
+        else:  # which item? run each alone to find out
+            for pos in reversed(remaining):
+                self._requeue_position(chunk, pos, solo=True)
+            return
+        for pos in reversed(remaining):
+            if pos != blame:
+                self._requeue_position(chunk, pos, solo=chunk.solo)
+        if blame is None:
+            return
+        label = self._label(chunk.indices[blame])
+        if timed_out_position == blame:
+            exc: TaskError = TaskTimeout(
+                f"item {label} ran longer than the timeout of {self.options.timeout:g} s; "
+                f"its worker (pid {worker.pid}) was killed",
+                self.options.timeout,
+            )
+            kind = "timeout"
+        else:
+            exc = WorkerCrashed(
+                f"the worker running item {label} (pid {worker.pid}) {describe_exit(returncode)}",
+                returncode if returncode is None or returncode >= 0 else None,
+                signal_name(returncode),
+            )
+            kind = "crashed"
+        self._item_failed(chunk, blame, kind, exc, "")
+
+    def _check_timeouts(self) -> None:
+        limit = self.options.timeout
+        if limit is None:
+            return
+        now = time.monotonic()
+        for worker, chunk in self.in_flight.items():
+            if worker in self.timed_out:
+                continue
+            board_chunk, position, started = worker.board.read()
+            running = board_chunk == chunk.id and 0 <= position < len(chunk.items)
+            if running and now - started > limit:
+                self.timed_out[worker] = position
+                worker.kill()
+
+    def _refresh_progress(self) -> None:
+        if self.progress is None or not self.progress.listeners:
+            return
+        for worker, chunk in self.in_flight.items():
+            board_chunk, position, _ = worker.board.read()
+            if board_chunk == chunk.id and 0 <= position < len(chunk.indices):
+                self.progress.worker(worker.pid).current = chunk.indices[position]
+        self.progress.maybe_refresh()
+
+
+def _executable() -> str:
+    import sys
+
+    return sys.executable

@@ -1,0 +1,386 @@
+"""The IPython extension: ``%%parmap``, ``%parmap`` and ``%parmap_pool`` (layer L5).
+
+``%load_ext ipyparmap`` registers the :class:`Parmap` magics. Options are declared
+once with ``magic_arguments`` (which generates ``%%parmap?`` help and turns argparse
+errors into ``UsageError``); defaults come from traitlets config
+(``%config Parmap.workers = 4`` or ``c.Parmap.workers = 4`` in a profile).
+
+Everything that can be wrong with an invocation is checked before any work starts:
+the option values, TARGET, EXPR (evaluated in the user namespace), and the body
+(compiled in the kernel). See BAD_INPUTS.md section 4.1.
+"""
+
+from __future__ import annotations
+
+import difflib
+import io
+import tokenize
+import warnings
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments
+from traitlets import Enum, Float, Integer
+
+from . import api
+from .cellcode import (
+    CELL_FUNCTION,
+    CellError,
+    check_target,
+    compile_body,
+    is_identifier,
+    options_start,
+    split_func_expr,
+    split_line,
+)
+from .config import describe
+from .errors import ParmapError
+
+_OPTION_NAMES = (
+    "--out",
+    "--workers",
+    "--chunksize",
+    "--errors",
+    "--timeout",
+    "--retries",
+    "--no-progress",
+    "--backend",
+    "--bg",
+)
+
+
+@magics_class
+class Parmap(Magics):
+    """Parallel map magics. Configure defaults with ``%config Parmap.<name> = value``."""
+
+    workers = Integer(
+        None, allow_none=True, min=1, help="Worker processes (None: every usable CPU)."
+    ).tag(config=True)
+    chunksize = Integer(
+        None, allow_none=True, min=1, help="Items per message (None: adaptive)."
+    ).tag(config=True)
+    errors = Enum(
+        ["raise", "collect"], default_value="raise", help="Stop at the first failure, or not."
+    ).tag(config=True)
+    timeout = Float(
+        None, allow_none=True, min=0.0, help="Seconds one item may run (None: no limit)."
+    ).tag(config=True)
+    retries = Integer(0, min=0, help="Extra attempts for a failed item.").tag(config=True)
+    progress = Enum(
+        ["auto", "widget", "text", False],
+        default_value="auto",
+        help="'auto', 'widget', 'text' or False.",
+    ).tag(config=True)
+
+    # ---------------------------------------------------------------------- %%parmap
+    @magic_arguments()
+    @argument("-o", "--out", metavar="NAME", help="Also bind the Results to NAME (kept on errors).")
+    @argument("-w", "--workers", metavar="N", help="Worker processes (default: usable CPUs).")
+    @argument("--chunksize", metavar="N", help="Items per message (default: adaptive).")
+    @argument("--errors", metavar="MODE", help="raise (default): stop at the first failure; "
+              "collect: record failures and go on.")  # fmt: skip
+    @argument("--timeout", metavar="S", help="Seconds one item may run; its worker is killed.")
+    @argument("--retries", metavar="N", help="Extra attempts for an item that failed.")
+    @argument("--no-progress", action="store_true", help="Draw no progress bar.")
+    @argument("--backend", metavar="NAME", help="local (default) or dask.")
+    @argument("--bg", action="store_true", help="Run in the background: the cell returns "
+              "a Run at once; -o NAME is bound when it ends.")  # fmt: skip
+    @line_cell_magic
+    def parmap(self, line: str, cell: str | None = None):
+        """Run the cell body for every item of EXPR, in parallel worker processes.
+
+        Cell form::
+
+            %%parmap TARGET in EXPR [options]
+            BODY
+
+        TARGET (any assignment target, e.g. ``a, b``) is bound to each item of EXPR
+        (evaluated in the notebook namespace). The value of BODY's last expression is the
+        item's result (``return value`` works too). Names BODY assigns stay local to the
+        item; free names (data, functions, classes, modules from earlier cells) are sent
+        to the workers by value. The Results is the cell's value; a trailing ``;`` hides
+        it. Options may stand before TARGET or after EXPR.
+
+        Line form::
+
+            res = %parmap FUNC EXPR [options]
+        """
+        if cell is None:
+            return self._run_line(line)
+        return self._run_cell(line, cell)
+
+    # ---------------------------------------------------------------------- %parmap_pool
+    @magic_arguments()
+    @argument("action", nargs="?", default="show", choices=["show", "restart", "shutdown"],
+              help="show (default), restart or shutdown the warm worker pool.")  # fmt: skip
+    @argument("--force", action="store_true", help="Restart even while a run uses the pool.")
+    @line_magic
+    def parmap_pool(self, line: str) -> None:
+        """Show the warm worker pool (PIDs, state, memory), or restart / shut it down."""
+        args = self.parmap_pool.parser.parse_argstring(line)
+        from .pool import default_pool
+
+        pool = default_pool()
+        if args.action == "shutdown":
+            api.shutdown()
+            print("worker pool stopped")
+            return
+        if args.action == "restart":
+            busy = [w for w, state in pool.workers() if state == "busy"]
+            if busy and not args.force:
+                raise UsageError(
+                    f"a run is using {len(busy)} workers; wait for it or cancel it first, "
+                    "or use %parmap_pool restart --force"
+                )
+            api.shutdown()
+            from .resources import resolve_workers, thread_limits
+
+            count = resolve_workers(self.workers)
+            pool = default_pool()
+            pool.release(pool.acquire(count, thread_limits(count)))
+            print(f"worker pool restarted with {count} workers")
+        print(_pool_table(pool))
+
+    # ---------------------------------------------------------------------- internals
+    def _run_cell(self, line: str, cell: str):
+        try:
+            split = split_line(line)
+        except CellError as exc:
+            raise UsageError(str(exc)) from None
+        head, unknown = self.parmap.parser.parse_argstring(split.head, partial=True)
+        _reject_unknown_options(unknown)
+        target = " ".join(unknown)
+        args = _merge(head, _parse_options(self.parmap.parser, split.options))
+        try:
+            check_target(target)
+        except CellError as exc:
+            raise UsageError(str(exc)) from None
+        settings, out = self._settings(args)
+        iterable = self._evaluate(split.expr, "EXPR")
+        _check_iterable(iterable, split.expr)
+        source = f"%%parmap {line}\n{cell}"
+        filename = self.shell.compile.cache(source, self.shell.execution_count)
+        try:
+            compiled = compile_body(target, cell, filename)
+        except CellError as exc:
+            raise UsageError(str(exc)) from None
+        if compiled.global_names:
+            names = ", ".join(compiled.global_names)
+            warnings.warn(
+                f"%%parmap: the body assigns globals ({names}); each worker changes its own "
+                "copy, and the changes do not reach the notebook",
+                stacklevel=2,
+            )
+        namespace: dict[str, Any] = {}
+        exec(compiled.code, self.shell.user_ns, namespace)  # defines the cell's function
+        func = namespace[CELL_FUNCTION]
+        results = self._map(func, iterable, settings, out, background=args.bg)
+        return None if _ends_with_semicolon(cell) else results
+
+    def _run_line(self, line: str):
+        cut = options_start(line)
+        head, options = line[:cut], line[cut:]
+        args = _parse_options(self.parmap.parser, options)
+        try:
+            func_text, expr_text = split_func_expr(head)
+        except CellError as exc:
+            raise UsageError(str(exc)) from None
+        settings, out = self._settings(args)
+        func = self._evaluate(func_text, "FUNC")
+        if not callable(func):
+            raise TypeError(f"{func_text} is not callable (it is {describe(func)})")
+        iterable = self._evaluate(expr_text, "EXPR")
+        _check_iterable(iterable, expr_text)
+        return self._map(func, iterable, settings, out, background=args.bg)
+
+    def _map(self, func, iterable, settings: dict, out: str | None, background: bool = False):
+        if background:
+            user_ns = self.shell.user_ns
+
+            def bind(results) -> None:  # runs in the Run's thread when it ends
+                if out is not None:
+                    user_ns[out] = results
+
+            return api.parmap_async(func, iterable, on_finish=bind, **settings)
+        try:
+            results = api.parmap(func, iterable, **settings)
+        except BaseException as exc:
+            partial = getattr(exc, "results", None)
+            if out is not None and partial is not None:
+                self.shell.user_ns[out] = partial
+                if isinstance(exc, ParmapError):
+                    exc.bound_as = out
+            raise
+        if out is not None:
+            self.shell.user_ns[out] = results
+        return results
+
+    def _evaluate(self, text: str, role: str) -> Any:
+        try:
+            return self.shell.ev(text)
+        except NameError as exc:
+            raise NameError(f"{exc} (in the {role} of %parmap: {text!r})", name=exc.name) from None
+
+    def _settings(self, args) -> tuple[dict, str | None]:
+        """Validated keyword arguments for api.parmap, and the -o name."""
+        out = args.out
+        if out is not None and not is_identifier(out):
+            raise UsageError(f"-o needs a Python identifier, got {out!r}")
+        workers = _positive_int("-w/--workers", args.workers, self.workers)
+        if workers is not None:
+            from .resources import resolve_workers
+
+            try:
+                resolve_workers(workers)
+            except ValueError as exc:
+                raise UsageError(f"-w/--workers: {exc}") from None
+        errors = self.errors if args.errors is None else args.errors
+        if errors not in ("raise", "collect"):
+            raise UsageError(f"--errors must be one of: raise, collect; got {errors!r}")
+        backend = args.backend
+        if backend not in (None, "local", "dask"):
+            raise UsageError(f"--backend must be local or dask, got {backend!r}")
+        if backend == "dask":
+            from .executor import resolve_backend
+
+            try:
+                resolve_backend("dask")
+            except ValueError as exc:
+                raise UsageError(f"--backend dask: {exc}") from None
+        settings = {
+            "workers": workers,
+            "chunksize": _positive_int("--chunksize", args.chunksize, self.chunksize),
+            "errors": errors,
+            "timeout": _timeout(args.timeout, self.timeout),
+            "retries": _non_negative_int("--retries", args.retries, self.retries),
+            "progress": False if args.no_progress else self.progress,
+            "backend": backend,
+        }
+        return settings, out
+
+
+# A typo such as --worker must be an error, not a silent abbreviation of --workers.
+Parmap.parmap.parser.allow_abbrev = False
+
+
+# ---------------------------------------------------------------------------- helpers
+def _parse_options(parser, text: str):
+    """Parse option text; unknown words get a one-line error with a "did you mean"."""
+    args, unknown = parser.parse_argstring(text, partial=True)
+    _reject_unknown_options(unknown)
+    if unknown:
+        raise UsageError(f"unexpected text after the options: {' '.join(unknown)!r}")
+    return args
+
+
+def _merge(head, tail):
+    """Options given before TARGET and after EXPR; the later ones win."""
+    for name, value in vars(tail).items():
+        if value not in (None, False):
+            setattr(head, name, value)
+    return head
+
+
+def _reject_unknown_options(words: list[str]) -> None:
+    for word in words:
+        if word.startswith("-") and len(word) > 1 and not word[1].isdigit():
+            name = word.split("=", 1)[0]
+            close = difflib.get_close_matches(name, _OPTION_NAMES, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise UsageError(f"unrecognized option {name}{hint}")
+
+
+def _positive_int(name: str, text: str | None, default: int | None) -> int | None:
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1 or str(value) != text.strip().lstrip("+"):
+        raise UsageError(f"{name} must be a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_int(name: str, text: str | None, default: int) -> int:
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0 or str(value) != text.strip().lstrip("+"):
+        raise UsageError(f"{name} must be a non-negative integer, got {text!r}")
+    return value
+
+
+def _timeout(text: str | None, default: float | None) -> float | None:
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:  # also rejects nan
+        raise UsageError(f"--timeout must be a positive number of seconds, got {text!r}")
+    return value
+
+
+def _check_iterable(value: Any, expr: str) -> None:
+    try:
+        iter(value)
+    except TypeError:
+        raise TypeError(f"EXPR {expr!r} is not iterable (got {type(value).__name__})") from None
+    if isinstance(value, str):
+        warnings.warn(
+            f"%parmap: EXPR {expr!r} is a string: each item will be one character",
+            stacklevel=3,
+        )
+    elif type(value).__name__ == "DataFrame":
+        warnings.warn(
+            "%parmap: iterating a DataFrame yields its column names; use "
+            "df.itertuples() or df.iterrows()",
+            stacklevel=3,
+        )
+
+
+def _ends_with_semicolon(cell: str) -> bool:
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(cell).readline))
+    except (tokenize.TokenError, SyntaxError):
+        return False
+    skip = (tokenize.ENDMARKER, tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT)
+    for tok in reversed(tokens):
+        if tok.type in skip:
+            continue
+        return tok.type == tokenize.OP and tok.string == ";"
+    return False
+
+
+def _pool_table(pool) -> str:
+    from .resources import rss_bytes
+
+    rows = pool.workers()
+    if not rows:
+        return "no worker processes are running (the pool starts on first use)"
+    lines = [f"{'PID':>8}  {'state':6}  {'RSS':>9}"]
+    for worker, state in rows:
+        rss = rss_bytes(worker.pid)
+        size = "?" if rss is None else f"{rss / 2**20:.1f} MB"
+        lines.append(f"{worker.pid:>8}  {state:6}  {size:>9}")
+    return "\n".join(lines)
+
+
+def load_ipython_extension(ip) -> None:
+    ip.register_magics(Parmap)
+
+
+def unload_ipython_extension(ip) -> None:
+    manager = ip.magics_manager
+    for kind, names in (("line", ("parmap", "parmap_pool")), ("cell", ("parmap",))):
+        for name in names:
+            manager.magics[kind].pop(name, None)
+    instance = manager.registry.pop("Parmap", None)
+    if instance is not None and instance in getattr(ip, "configurables", []):
+        ip.configurables.remove(instance)

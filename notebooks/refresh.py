@@ -1,0 +1,189 @@
+"""Rebuild the tutorial notebooks from the cells below and store fresh outputs.
+
+    .venv/bin/python notebooks/refresh.py
+
+The notebooks double as tests (pytest --nbval compares a re-run with the stored
+outputs), so after changing a cell or the library's output, refresh and review the diff.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+HERE = Path(__file__).resolve().parent
+
+IGNORE = {"tags": ["nbval-ignore-output"]}
+RAISES = {"tags": ["raises-exception"]}
+
+GETTING_STARTED = [
+    (
+        "md",
+        "# Getting started with ipyparmap\n\nRun a function over many inputs on all your "
+        "cores, straight from a notebook: functions, lambdas and classes defined here work.",
+    ),
+    ("code", "%load_ext ipyparmap\nimport ipyparmap as pm"),
+    (
+        "md",
+        "## The Python API\n\nDefine a function in a cell, then map it. `pm.parmap` returns a "
+        "`Results`: a list in input order.",
+    ),
+    (
+        "code",
+        "import time\n\ndef slow_square(x):\n    time.sleep(0.05)  # pretend to work\n"
+        "    return x * x",
+    ),
+    ("code", "res = pm.parmap(slow_square, range(20))\nres[:5]"),
+    ("code", "res.ok, len(res), res.stats.items"),
+    (
+        "md",
+        "## The `%%parmap` cell magic\n\nThe cell body is the function: `x` is bound to "
+        "each item, the last expression is the item's result. `-o NAME` also binds the "
+        "results to a name.",
+    ),
+    ("code", "%%parmap -o squares x in range(10)\nx * x"),
+    ("code", "squares.values()"),
+    (
+        "md",
+        "Tuple targets work, and names from earlier cells (data, functions, modules) are "
+        "sent to the workers. Names assigned in the body stay local to each item.",
+    ),
+    ("code", "offset = 100"),
+    ("code", "%%parmap a, b in zip(range(3), range(3, 6))\nproduct = a * b\nproduct + offset"),
+    (
+        "md",
+        "## Worker output\n\n`print` in a worker shows up here, tagged with its item, and "
+        "is kept per item in `.outputs` (one worker here, so the order is fixed).",
+    ),
+    (
+        "code",
+        "%%parmap -o shouted -w 1 word in ['spam', 'eggs']\nprint(f'working on {word}')\n"
+        "word.upper()",
+    ),
+    ("code", "shouted.outputs[1].stdout"),
+    ("md", "## The line magic and `imap`"),
+    ("code", "cubes = %parmap lambda x: x ** 3 range(6)\ncubes"),
+    (
+        "code",
+        "total = 0\nfor value in pm.imap(slow_square, range(10), ordered=False):\n"
+        "    total += value  # results arrive as they finish\ntotal",
+    ),
+    ("md", "## The warm pool\n\nWorkers stay up between cells; `%parmap_pool` shows them."),
+    ("code", "%parmap_pool", IGNORE),
+]
+
+ERROR_HANDLING = [
+    (
+        "md",
+        "# When things go wrong\n\nFailures, crashes and timeouts never hang the notebook "
+        "and never lose finished results.",
+    ),
+    ("code", "%load_ext ipyparmap\nimport os\nimport time\nimport ipyparmap as pm"),
+    (
+        "code",
+        "def risky(x):\n    if x == 3:\n        raise ValueError(f'cannot handle {x}')\n"
+        "    return x * 10",
+    ),
+    ("md", '## `errors="collect"`: keep going\n\nA failed slot holds a `Failure`.'),
+    (
+        "code",
+        "res = pm.parmap(risky, range(6), errors='collect')\nres.ok, [f.index for f in res.failures]",
+    ),
+    ("code", "print(res.failures[0].describe())"),
+    ("code", "res.values(default=None)"),
+    (
+        "md",
+        '## `errors="raise"` (the default): stop at the first failure\n\nThe error shows the '
+        "failing item and the cell line that raised, and `-o` keeps the partial results.",
+    ),
+    ("code", "%%parmap -o partial x in range(6)\nrisky(x)", RAISES),
+    ("code", "partial[:3], partial[3].kind"),
+    (
+        "md",
+        "## A worker that dies\n\nA segfault, `os._exit` or the OOM killer fails only the item "
+        "that was running; a fresh worker takes over.",
+    ),
+    ("code", "%%parmap -o crashed --errors collect x in range(5)\nif x == 2:\n    os._exit(1)\nx"),
+    ("code", "crashed.values(), crashed[2].kind, crashed[2].exception.exitcode"),
+    ("md", "## Timeouts and retries\n\n`--timeout` kills only the worker running a stuck item."),
+    (
+        "code",
+        "%%parmap -o slow --errors collect --timeout 1 x in range(4)\n"
+        "time.sleep(30 if x == 1 else 0.01)\nx",
+    ),
+    ("code", "slow.values(), slow[1].kind"),
+    ("code", "flaky = pm.parmap(risky, range(6), errors='collect', retries=2)\nflaky[3].attempts"),
+]
+
+
+FROM_MULTIPROCESSING = [
+    ("md", "# Coming from `multiprocessing`\n\nThe classic example, in a notebook. Under the "
+           "`spawn` start method (the default on macOS and Windows, and on Linux from Python "
+           "3.14) it fails: workers cannot import a function defined in the notebook."),
+    ("code", "def square(x):\n    return x * x\n\nnumbers = range(10)"),
+    ("md", "With the standard library the workers die while unpickling `square`, and "
+           "`Pool.map` would wait forever; here the wait is bounded to show it."),
+    ("code", "import multiprocessing\n\nctx = multiprocessing.get_context('spawn')\n"
+             "with ctx.Pool(2) as pool:\n    pending = pool.map_async(square, numbers)\n"
+             "    try:\n        pending.get(timeout=5)\n    except multiprocessing.TimeoutError:\n"
+             "        print('the standard library pool never answered')", IGNORE),
+    ("md", "## Change only the import\n\n`ipyparmap` has the same `Pool`, `Process` and "
+           "`ProcessPoolExecutor`, and they work with notebook functions and lambdas."),
+    ("code", "import ipyparmap as multiprocessing\n\nwith multiprocessing.Pool(2) as pool:\n"
+             "    print(pool.map(square, numbers))\n"
+             "    print(pool.apply_async(lambda x: x + 1, (41,)).get())"),
+    ("code", "def greet(name):\n    print(f'hello {name} from a worker')\n\n"
+             "p = multiprocessing.Process(target=greet, args=('notebook',))\np.start()\np.join()\n"
+             "p.exitcode"),
+    ("code", "with multiprocessing.ProcessPoolExecutor(2) as executor:\n"
+             "    print(list(executor.map(square, numbers)))"),
+    ("md", "A worker that dies fails its own task instead of hanging the pool:"),
+    ("code", "import os\n\ndef fragile(x):\n    if x == 3:\n        os._exit(1)\n    return x\n\n"
+             "with multiprocessing.Pool(2) as pool:\n    try:\n        pool.map(fragile, range(6))\n"
+             "    except multiprocessing.WorkerCrashed as crash:\n        print('crashed:', type(crash).__name__)"),
+    ("md", "## Then grow into `%%parmap`\n\nThe same work as a cell magic, with failures "
+           "collected, per-item output and timings:"),
+    ("code", "%load_ext ipyparmap"),
+    ("code", "%%parmap -o squares x in numbers\nsquare(x)"),
+    ("code", "squares.ok, squares.values()"),
+]
+
+
+def build(name: str, cells: list) -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    for entry in cells:
+        kind, source, *meta = entry
+        cell = (nbformat.v4.new_markdown_cell if kind == "md" else nbformat.v4.new_code_cell)(
+            source
+        )
+        if meta:
+            cell.metadata.update(meta[0])
+        nb.cells.append(cell)
+    env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
+    client = NotebookClient(
+        nb,
+        timeout=120,
+        kernel_name="python3",
+        allow_errors=False,
+        resources={"metadata": {"path": str(HERE)}},
+    )
+    client.km = client.create_kernel_manager()
+    client.km.kernel_cmd = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    client.execute(env=env)
+    nbformat.write(nb, HERE / f"{name}.ipynb")
+    print("wrote", HERE / f"{name}.ipynb")
+
+
+if __name__ == "__main__":
+    build("getting-started", GETTING_STARTED)
+    build("error-handling", ERROR_HANDLING)
+    build("from-multiprocessing", FROM_MULTIPROCESSING)

@@ -1,0 +1,210 @@
+"""backend=: concurrent.futures executors and a real Dask LocalCluster."""
+
+from __future__ import annotations
+
+import _thread
+import os
+import threading
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+
+import helpers
+import pytest
+from conftest import children, notebook_function, wait_for
+
+import ipyparmap as pm
+
+
+# -- concurrent.futures -------------------------------------------------------------------------
+@pytest.fixture(params=["thread", "process"])
+def executor(request, no_leaks):
+    ex = ThreadPoolExecutor(3) if request.param == "thread" else ProcessPoolExecutor(2)
+    yield ex
+    ex.shutdown(wait=True, cancel_futures=True)
+
+
+def test_executor_runs_notebook_functions_and_collects_failures(executor):
+    func = notebook_function("scale = 3\ndef f(x):\n    return x * scale\n", "f")
+    assert pm.parmap(func, range(10), backend=executor) == [x * 3 for x in range(10)]
+    res = pm.parmap(helpers.fail_on, range(6), backend=executor, errors="collect")
+    assert res.values(default=-1) == [0, 1, 2, -1, 4, 5]
+    assert isinstance(res[3].exception, ValueError) and "bad item 3" in res[3].traceback
+    with pytest.raises(pm.TaskError):
+        pm.parmap(helpers.fail_on, range(6), backend=executor)
+    assert list(pm.imap(helpers.square, range(5), backend=executor)) == [0, 1, 4, 9, 16]
+
+
+@pytest.mark.usefixtures("no_leaks")
+def test_process_executor_captures_worker_output(capfd):
+    with ProcessPoolExecutor(2) as ex:
+        res = pm.parmap(helpers.shout, range(3), backend=ex)
+    out = capfd.readouterr().out
+    assert res.outputs[1].stdout == "hello 1\n" and "[1] hello 1" in out
+
+
+@pytest.mark.usefixtures("no_leaks")
+def test_process_executor_crash_is_reported_not_hung():
+    with ProcessPoolExecutor(2) as ex:
+        items = [0, ("run", "_exit"), 2, 3]
+        res = pm.parmap(helpers.act, items, backend=ex, errors="collect", chunksize=1)
+    assert res[1].kind == "crashed" and isinstance(res[1].exception, pm.WorkerCrashed)
+    # the standard library's pool breaks as a whole: the rest failed or were cancelled
+    assert all(isinstance(v, pm.Failure) or v == i for i, v in enumerate(res))
+
+
+@pytest.mark.usefixtures("no_leaks")
+def test_bad_backends():
+    with pytest.raises(ValueError, match="backend must be"):
+        pm.parmap(helpers.square, [1], backend=object())
+    ex = ThreadPoolExecutor(1)
+    ex.shutdown()
+    with pytest.raises(ValueError, match="the executor is shut down"):
+        pm.parmap(helpers.square, [1], backend=ex)
+    with ThreadPoolExecutor(1) as live, pytest.raises(ValueError, match="timeout= needs the local"):
+        pm.parmap(helpers.square, [1], backend=live, timeout=5)
+
+
+# -- Dask ------------------------------------------------------------------------------------------
+distributed = pytest.importorskip("distributed")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    import dask
+
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1}), distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+        dashboard_address=None, worker_dashboard_address=None,
+    ) as local:  # fmt: skip
+        yield local
+    pm.shutdown()  # no ipyparmap or Dask process may outlive the cluster
+    wait_for(lambda: not children(), timeout=30, what="cluster processes to exit")
+
+
+@pytest.fixture
+def client(cluster):
+    with distributed.Client(cluster) as c:
+        c.wait_for_workers(2, timeout=60)  # a worker killed by an earlier test is back
+        yield c
+
+
+def test_dask_runs_notebook_functions(client):
+    func = notebook_function(
+        "import math\nbase = 10\ndef f(x):\n    return math.floor(x) + base\n", "f"
+    )
+    res = pm.parmap(func, [0.5, 1.5, 2.5], backend=client)
+    assert res == [10, 11, 12]
+    assert all(str(w).startswith("tcp://127.0.0.1:") for w in res.worker_of)
+    assert pm.parmap(func, [3.5], backend="dask") == [13]  # the current client
+
+
+def test_dask_failures_and_outputs(client, capfd):
+    res = pm.parmap(helpers.fail_on, range(6), backend=client, errors="collect")
+    assert [f.index for f in res.failures] == [3]
+    assert "bad item 3" in str(res[3].exception)
+    res = pm.parmap(helpers.shout, range(2), backend=client)
+    assert res.outputs[0].stdout == "hello 0\n"
+    assert "[0] hello 0" in capfd.readouterr().out
+
+
+def test_dask_killed_worker_is_reported_not_hung(client):
+    items = [0, 1, ("run", "_exit_later"), 3]
+    res = pm.parmap(helpers.act, items, backend=client, errors="collect", chunksize=1)
+    assert res[2].kind == "crashed", res[2]
+    assert "KilledWorker" in str(res[2].exception)
+    assert [res[i] for i in (0, 1, 3)] == [0, 1, 3]
+    wait_for(
+        lambda: len(client.scheduler_info()["workers"]) == 2,
+        timeout=60,
+        what="the nanny to restart the killed worker",
+    )
+
+
+def test_dask_interrupt_cancels_submitted_tasks(client, tmp_path):
+    started = [tmp_path / "long-2", tmp_path / "long-3"]
+
+    def interrupt_when_long_items_run():  # what Ctrl-C does to the caller
+        wait_for(lambda: all(p.exists() for p in started), timeout=60)
+        _thread.interrupt_main()
+
+    # Dask cannot stop a task that already runs: the long items sleep 3 s, not forever
+    items = [(0, "", 0.05), (1, "", 0.05), (2, str(started[0]), 3), (3, str(started[1]), 3)]
+    items += [(i, "", 3) for i in range(4, 8)]
+    timer = threading.Thread(target=interrupt_when_long_items_run)
+    timer.start()
+    try:
+        with pytest.raises(pm.Interrupted) as info:
+            pm.parmap(helpers.write_pid_and_sleep, items, backend=client, chunksize=1)
+    finally:
+        timer.join(60)
+    res = info.value.results
+    # Dask does not keep submission order across workers: what finished is kept, what
+    # did not is cancelled
+    assert all(
+        v == i or (isinstance(v, pm.Failure) and v.kind == "cancelled") for i, v in enumerate(res)
+    ), res
+    assert res.failures, res  # interrupted while items still ran or waited
+    # the queued items never run: the cluster is idle once the two running ones end
+    wait_for(
+        lambda: not any(client.processing().values()),
+        timeout=20,
+        what="the cluster to drop the cancelled tasks",
+    )
+
+
+def test_dask_closed_client(cluster):
+    c = distributed.Client(cluster)
+    c.close()
+    with pytest.raises(ValueError, match="the Dask client is closed"):
+        pm.parmap(helpers.square, [1], backend=c)
+
+
+def test_no_dask_client(cluster):
+    with pytest.raises(ValueError, match=r"needs a running distributed\.Client"):
+        pm.parmap(helpers.square, [1], backend="dask")
+
+
+def test_dask_stays_optional():
+    assert (
+        "distributed"
+        not in __import__("subprocess")
+        .run(
+            [
+                __import__("sys").executable,
+                "-c",
+                "import sys, ipyparmap as pm; pm.parmap(abs, [-1]); print(sorted(sys.modules))",
+            ],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(__import__("conftest").ROOT)},
+        )
+        .stdout
+    )
+
+
+def test_magic_backend_dask(client):
+    from IPython.core.error import UsageError
+    from IPython.core.interactiveshell import InteractiveShell
+
+    ip = InteractiveShell.instance()
+    ip.run_line_magic("load_ext", "ipyparmap")
+    ip.user_ns["offset"] = 5
+    res = ip.run_cell_magic("parmap", "x in range(4) --backend dask", "x + offset")
+    assert res == [5, 6, 7, 8]
+    assert all(str(w).startswith("tcp://") for w in res.worker_of)
+    client.close()
+    with pytest.raises(UsageError, match="--backend dask: "):
+        ip.run_cell_magic("parmap", "x in range(4) --backend dask", "x")
+
+
+def test_dask_cancel_keeps_finished_results(client):
+    items = [(i, 0.01 if i < 3 else 5) for i in range(6)]
+    run = pm.parmap_async(helpers.sleepy, items, backend=client, chunksize=1)
+    wait_for(lambda: run.progress.done >= 3, timeout=60, what="3 items done")
+    assert run.cancel()
+    with pytest.raises(pm.Cancelled) as info:
+        run.result(timeout=30)
+    res = info.value.results
+    done = [v for v in res if not isinstance(v, pm.Failure)]
+    assert len(done) >= 3 and all(res[v] == v for v in done), res  # finished: kept
+    assert res.failures and all(f.kind == "cancelled" for f in res.failures), res
+    wait_for(lambda: not any(client.processing().values()), timeout=20)
