@@ -193,3 +193,60 @@ def test_panel_renders_advances_and_ends_in_success(lab, page):
         assert static.locator(".jp-OutputArea-output").filter(has_text="VBox(").count() == 0
         static.screenshot(path=str(ARTIFACTS / "progress-panel-without-widgets.png"))
         static.close()
+
+
+BACKGROUND_CELLS = [
+    CELLS[0],
+    "run = pm.parmap_async(slow, range(16), workers=2)",
+    "time.sleep(4)\nprint('other cell done')",
+    "print(run.result().summary())",
+]
+
+# The background run's bar is part way while the next cell is still running.
+MOVES_WHILE_ANOTHER_CELL_RUNS = """() => {
+  const cells = document.querySelectorAll('.jp-Notebook .jp-Cell');
+  if (cells.length < 3) return false;
+  const busy = cells[2].querySelector('.jp-InputPrompt').textContent.includes('*');
+  const bar = cells[1].querySelector('.ipyparmap-panel .widget-hprogress .progress-bar');
+  const width = bar ? parseFloat(bar.style.width) : NaN;
+  return busy && width > 0 && width < 100;
+}"""
+
+
+def test_a_background_run_updates_its_panel_while_other_cells_run(lab, page):
+    name = "background.ipynb"
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3 (ipykernel)",
+        "language": "python",
+    }
+    nb.cells = [nbformat.v4.new_code_cell(source) for source in BACKGROUND_CELLS]
+    nbformat.write(nb, lab.notebooks / name)
+
+    page.goto(lab.url(name))
+    page.wait_for_function(KERNEL_IDLE, timeout=90_000)
+    run_all(page)
+    page.wait_for_function(MOVES_WHILE_ANOTHER_CELL_RUNS, timeout=60_000)
+    page.screenshot(path=str(ARTIFACTS / "progress-panel-background.png"))
+
+    cells = page.locator(".jp-Notebook .jp-Cell")
+    panel = cells.nth(1).locator(".ipyparmap-panel")  # in the cell that started the run
+    page.wait_for_function(
+        """() => {
+          const cell = document.querySelectorAll('.jp-Notebook .jp-Cell')[1];
+          const bar = cell.querySelector('.ipyparmap-panel .widget-hprogress .progress-bar');
+          return !!(bar && bar.classList.contains('progress-bar-success')
+            && bar.style.width === '100%');
+        }""",
+        timeout=60_000,
+    )
+    assert re.search(r"16/16 done, 0 failed, \d+\.\d+ s, speedup", panel.inner_text())
+    page.wait_for_function(
+        ALL_CELLS_RUN.replace(f"=== {len(CELLS)}", f"=== {len(BACKGROUND_CELLS)}"),
+        timeout=60_000,
+    )
+    assert "[15] child-out 15" in cells.nth(1).inner_text()  # worker output: its own cell
+    assert "other cell done" in cells.nth(2).inner_text()
+    assert cells.nth(2).locator(".ipyparmap-panel").count() == 0
+    assert "16/16 done, 0 failed" in cells.nth(3).inner_text()
