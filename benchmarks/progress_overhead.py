@@ -10,7 +10,7 @@ Modes:
   off     progress=False (no model at all)
   auto    progress="auto": the panel (it appears after 0.5 s; a faster map only gets
           the summary line)
-  panel   the panel forced visible from the first refresh (delay=0), RSS sampling on:
+  panel   the panel forced visible from the first refresh (delay=0):
           the worst case, every refresh renders and sends widget updates
   text    progress="text" (the kernel's live text bar)
 
@@ -34,16 +34,15 @@ from nbclient import NotebookClient
 CELL = """
 import json, time
 import ipyparmap as pm
-from ipyparmap import api, runner
+from ipyparmap import api, local, runner
 from ipyparmap.progress import ProgressModel
-from ipyparmap.resources import rss_bytes
 from ipyparmap.widget import ProgressPanel
 
 ITEMS, ROUNDS = {items}, {rounds}
 original = api._progress_model
 
 def forced_panel(mode):
-    model = ProgressModel(rss=rss_bytes)
+    model = ProgressModel()
     model.listeners.append(ProgressPanel(delay=0))
     return model
 
@@ -67,7 +66,7 @@ def instrument():
     for owner, name in [(ProgressModel, "add"), (ProgressModel, "maybe_refresh"),
                         (ProgressModel, "finish"), (ProgressModel, "worker"),
                         (runner.Runner, "_progress_worker"),
-                        (runner.Runner, "_refresh_progress")]:
+                        (local.LocalRunner, "_refresh_progress")]:
         setattr(owner, name, timed(getattr(owner, name)))
 
 def run(mode):

@@ -31,6 +31,7 @@ def parmap(
     progress: str | bool = "auto",
     star: bool = False,
     backend: Any = None,
+    max_memory: int | str | None = None,
 ) -> Results:
     """Run ``func(item)`` for every item of ``iterable`` in worker processes.
 
@@ -57,12 +58,19 @@ def parmap(
             ``"widget"`` (the panel where it can be shown, else the text bar), ``"text"``
             or False.
         star: call ``func(*item)``, like ``itertools.starmap``.
-        backend: None or ``"local"`` (the local process pool).
+        backend: None or ``"local"`` (the warm local process pool), ``"dask"`` (the
+            current ``distributed.Client``), a ``distributed.Client``, or any
+            ``concurrent.futures.Executor``.
+        max_memory: recycle a worker whose memory (RSS) exceeds this after an item,
+            in bytes or as ``"2GB"``; it is replaced by a fresh one. Local pool only.
 
     Raises:
         Interrupted: on Ctrl-C / "interrupt kernel", with ``.results``.
     """
-    options = check_options(workers, chunksize, errors, timeout, retries, progress, star, backend)
+    options = check_options(
+        workers, chunksize, errors, timeout, retries, progress, star, backend,
+        max_memory=max_memory,
+    )  # fmt: skip
     _check_call(func, iterable, options)
     if os.environ.get(P.WORKER_ENV):
         from .serial import serial_results
@@ -85,6 +93,7 @@ def imap(
     progress: str | bool = "auto",
     star: bool = False,
     backend: Any = None,
+    max_memory: int | str | None = None,
 ) -> Iterator[Any]:
     """Like :func:`parmap`, but yield results as they come.
 
@@ -96,8 +105,9 @@ def imap(
     Validation errors are raised here, at the call, not at the first ``next()``.
     """
     options = check_options(
-        workers, chunksize, errors, timeout, retries, progress, star, backend, ordered
-    )
+        workers, chunksize, errors, timeout, retries, progress, star, backend, ordered,
+        max_memory,
+    )  # fmt: skip
     _check_call(func, iterable, options)
     if os.environ.get(P.WORKER_ENV):
         from .serial import serial_values
@@ -119,6 +129,7 @@ def parmap_async(
     progress: str | bool = "auto",
     star: bool = False,
     backend: Any = None,
+    max_memory: int | str | None = None,
     on_finish: Callable[[Results], Any] | None = None,
 ) -> Run:
     """Like :func:`parmap`, but return a :class:`~ipyparmap.Run` at once.
@@ -135,7 +146,10 @@ def parmap_async(
     from .background import Run
     from .progress import ProgressModel
 
-    options = check_options(workers, chunksize, errors, timeout, retries, progress, star, backend)
+    options = check_options(
+        workers, chunksize, errors, timeout, retries, progress, star, backend,
+        max_memory=max_memory,
+    )  # fmt: skip
     _check_call(func, iterable, options)
     runner = _runner(func, iterable, options, keep_details=True)
     if runner.progress is None:  # a Run always has a live model, even with no view
@@ -175,6 +189,8 @@ def _runner(func, iterable, options: Options, keep_details: bool):
                 "timeout= needs the local backend: a task in an executor or on a Dask "
                 "cluster cannot be killed"
             )
+        if options.max_memory is not None:
+            raise ValueError("max_memory= needs the local backend (its workers are ours)")
         workers = options.workers or default_concurrency(kind, executor)
         return ExecutorRunner(
             func,
@@ -227,9 +243,7 @@ def _progress_model(mode):
         from .widget import ProgressPanel, widgets_available
 
         if widgets_available(warn=mode == "widget"):
-            from .resources import rss_bytes
-
-            model = ProgressModel(rss=rss_bytes)
+            model = ProgressModel()
             model.listeners.append(ProgressPanel())
             return model
     model = ProgressModel()

@@ -29,6 +29,7 @@ class Options:
     star: bool = False
     backend: Any = None
     ordered: bool = True
+    max_memory: int | None = None  # bytes: recycle a worker whose RSS exceeds this
 
 
 def short_repr(value: Any, limit: int = 60) -> str:
@@ -67,6 +68,7 @@ def check_options(
     star: Any = False,
     backend: Any = None,
     ordered: Any = True,
+    max_memory: Any = None,
 ) -> Options:
     """Validate run options; raise ``TypeError``/``ValueError`` naming the culprit."""
     if workers is not None:
@@ -99,7 +101,37 @@ def check_options(
             f"backend must be None, 'local', 'dask', a distributed.Client or a "
             f"concurrent.futures.Executor, got {short_repr(backend)}"
         )
-    return Options(workers, chunksize, errors, timeout, retries, progress, star, backend, ordered)
+    return Options(
+        workers, chunksize, errors, timeout, retries, progress, star, backend, ordered,
+        parse_memory(max_memory),
+    )  # fmt: skip
+
+
+_UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def parse_memory(value: Any, name: str = "max_memory") -> int | None:
+    """``None``, a number of bytes, or a string like ``"2GB"``, ``"512 MiB"``, ``"1.5g"``."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be bytes (int) or a size like '2GB', got {value!r}")
+    if isinstance(value, (int, float)):
+        size = float(value)
+    elif isinstance(value, str):
+        import re
+
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMgGtT]?)(?:i?[bB])?\s*", value)
+        if match is None:
+            raise ValueError(f"{name} must be a size like '2GB' or '512MB', got {value!r}")
+        size = float(match.group(1)) * _UNITS[match.group(2).upper()]
+    else:
+        raise TypeError(
+            f"{name} must be bytes (int) or a size like '2GB', got {type(value).__name__}"
+        )
+    if not math.isfinite(size) or size <= 0:
+        raise ValueError(f"{name} must be a positive size, got {value!r}")
+    return int(size)
 
 
 def _check_timeout(timeout: Any) -> float | None:

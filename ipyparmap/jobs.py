@@ -299,9 +299,7 @@ class JobRunner(LocalRunner):
         self.task_counts[worker] = count
         if count >= self.max_tasks:  # recycle it, like maxtasksperchild
             self.task_counts.pop(worker, None)
-            self.workers.remove(worker)
-            self.pool.release([worker], keep=0)  # stops it
-            self._replace_worker(planned=True)
+            self._retire(worker)
 
     # ------------------------------------------------------------------ outcomes
     def _succeeded(self, indices, values: list, worker_id: Any) -> None:

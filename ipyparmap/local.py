@@ -18,12 +18,14 @@ from .config import Options, describe
 from .errors import ParmapError, SerializationError, TaskError, TaskTimeout, WorkerCrashed
 from .pool import Pool, WorkerHandle
 from .progress import BUSY, DEAD, IDLE, ProgressModel
-from .resources import describe_exit, signal_name
+from .resources import describe_exit, format_bytes, signal_name
 from .runner import OutputCallback, Runner, _Chunk, _name
 from .serialize import loads, rebuild_exception
 
 #: Workers that die before they ever start, in a row, before the run gives up.
 MAX_BOOT_FAILURES = 3
+#: Seconds between samples of busy workers' memory.
+MEMORY_SAMPLE_SECONDS = 0.5
 
 
 class LocalRunner(Runner):
@@ -51,6 +53,7 @@ class LocalRunner(Runner):
         self.workers: list[WorkerHandle] = []
         self.timed_out: dict[WorkerHandle, int] = {}  # worker -> position killed for
         self.boot_failures = 0
+        self.memory_sampled = time.monotonic()  # when busy workers' RSS was last read
 
     def _start_engine(self) -> None:
         self.workers = self.pool.acquire(self.n_workers, self.env)
@@ -122,7 +125,24 @@ class LocalRunner(Runner):
             else:
                 self._on_death(worker)
         self._check_timeouts()
+        self._sample_memory()
         self._refresh_progress()
+
+    def _sample_memory(self) -> None:
+        """Note busy workers' RSS now and then: an OOM-killed worker's message says how
+        big it was, and the progress view shows it."""
+        now = time.monotonic()
+        if now - self.memory_sampled < MEMORY_SAMPLE_SECONDS or not self.in_flight:
+            return
+        self.memory_sampled = now
+        from .resources import rss_bytes
+
+        for worker in self.in_flight:
+            rss = rss_bytes(worker.pid)
+            if rss is not None:
+                worker.last_rss = rss
+                if self.progress is not None:
+                    self.progress.worker(worker.pid).rss = rss
 
     def _receive(self, worker: WorkerHandle) -> None:
         try:
@@ -147,13 +167,15 @@ class LocalRunner(Runner):
             self._on_load_error(worker, *message[1:])
 
     def _on_results(self, worker, chunk_id, start, values_blob, errors, durations,
-                    outputs, maxrss_kb, done) -> None:  # fmt: skip
+                    outputs, memory_kb, done) -> None:  # fmt: skip
         chunk = self.in_flight.get(worker)
         if chunk is None or chunk.id != chunk_id:
             return
         if outputs:
             self._on_output(chunk, outputs)
-        self._fold(chunk, start, values_blob, errors, durations, maxrss_kb)
+        if memory_kb and memory_kb[1]:
+            worker.last_rss = memory_kb[1] * 1024
+        self._fold(chunk, start, values_blob, errors, durations, memory_kb)
         if done:
             del self.in_flight[worker]
             self._progress_worker(worker.pid, IDLE)
@@ -164,7 +186,18 @@ class LocalRunner(Runner):
         return self.payload
 
     def _chunk_done(self, worker: WorkerHandle, chunk: _Chunk) -> None:
-        """Hook: ``worker`` finished ``chunk`` and is idle again."""
+        """``worker`` finished ``chunk`` and is idle again: recycle it if it grew too big."""
+        limit = self.options.max_memory
+        if limit is not None and worker.last_rss is not None and worker.last_rss > limit:
+            self.stats.recycled += 1
+            self._retire(worker)
+
+    def _retire(self, worker: WorkerHandle) -> None:
+        """Stop an idle worker on purpose and start a fresh one in its place."""
+        self.workers.remove(worker)
+        self.pool.release([worker], keep=0)  # stops it
+        if not self.stopping and (self.requeue or not self.exhausted):
+            self._replace_worker(planned=True)
 
     def _extra_waitables(self) -> dict:
         """Hook: more objects for the wait, each mapped to what to call when it is ready."""
@@ -270,7 +303,12 @@ class LocalRunner(Runner):
             kind = "timeout"
         else:
             exc = WorkerCrashed(
-                f"the worker running item {label} (pid {worker.pid}) {describe_exit(returncode)}",
+                f"the worker running item {label} (pid {worker.pid}) {describe_exit(returncode)}"
+                + (  # with SIGKILL, likely the OOM killer: how big was it?
+                    f"; it used {format_bytes(worker.last_rss)} of memory at the last sample"
+                    if worker.last_rss and signal_name(returncode) == "SIGKILL"
+                    else ""
+                ),
                 returncode if returncode is None or returncode >= 0 else None,
                 signal_name(returncode),
             )

@@ -21,7 +21,7 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
-from traitlets import Enum, Float, Integer
+from traitlets import Enum, Float, Integer, TraitError, Unicode, validate
 
 from . import api
 from .cellcode import (
@@ -47,6 +47,7 @@ _OPTION_NAMES = (
     "--no-progress",
     "--backend",
     "--bg",
+    "--max-memory",
 )
 
 
@@ -67,11 +68,24 @@ class Parmap(Magics):
         None, allow_none=True, min=0.0, help="Seconds one item may run (None: no limit)."
     ).tag(config=True)
     retries = Integer(0, min=0, help="Extra attempts for a failed item.").tag(config=True)
+    max_memory = Unicode(
+        None, allow_none=True, help="Recycle a worker whose memory exceeds this, e.g. '2GB'."
+    ).tag(config=True)
     progress = Enum(
         ["auto", "widget", "text", False],
         default_value="auto",
         help="'auto', 'widget', 'text' or False.",
     ).tag(config=True)
+
+    @validate("max_memory")
+    def _check_max_memory(self, proposal):
+        from .config import parse_memory
+
+        try:
+            parse_memory(proposal["value"], "Parmap.max_memory")
+        except (TypeError, ValueError) as exc:
+            raise TraitError(str(exc)) from None
+        return proposal["value"]
 
     # ---------------------------------------------------------------------- %%parmap
     @magic_arguments()
@@ -82,6 +96,7 @@ class Parmap(Magics):
               "collect: record failures and go on.")  # fmt: skip
     @argument("--timeout", metavar="S", help="Seconds one item may run; its worker is killed.")
     @argument("--retries", metavar="N", help="Extra attempts for an item that failed.")
+    @argument("--max-memory", metavar="SIZE", help="Recycle a worker above this memory (2GB).")
     @argument("--no-progress", action="store_true", help="Draw no progress bar.")
     @argument("--backend", metavar="NAME", help="local (default) or dask.")
     @argument("--bg", action="store_true", help="Run in the background: the cell returns "
@@ -256,6 +271,7 @@ class Parmap(Magics):
             "retries": _non_negative_int("--retries", args.retries, self.retries),
             "progress": False if args.no_progress else self.progress,
             "backend": backend,
+            "max_memory": _memory(args.max_memory, self.max_memory),
         }
         return settings, out
 
@@ -327,6 +343,15 @@ def _timeout(text: str | None, default: float | None) -> float | None:
     return value
 
 
+def _memory(text: str | None, default: str | None) -> int | None:
+    from .config import parse_memory
+
+    try:
+        return parse_memory(text if text is not None else default, "--max-memory")
+    except (TypeError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+
+
 def _check_iterable(value: Any, expr: str) -> None:
     try:
         iter(value)
@@ -377,6 +402,8 @@ def load_ipython_extension(ip) -> None:
 
 
 def unload_ipython_extension(ip) -> None:
+    """Remove the magics and stop the warm workers (nothing outlives the extension)."""
+    api.shutdown()
     manager = ip.magics_manager
     for kind, names in (("line", ("parmap", "parmap_pool")), ("cell", ("parmap",))):
         for name in names:

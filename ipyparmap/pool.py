@@ -60,6 +60,7 @@ class WorkerHandle:
         self.functions: OrderedDict = OrderedDict()  # keys loaded, mirrors the worker's LRU
         self.spawned = time.monotonic()
         self.ready = False  # it said READY: it booted fine
+        self.last_rss: int | None = None  # bytes, as the worker last reported
         self.closed = False
 
     def __repr__(self) -> str:

@@ -5,10 +5,8 @@ render it (a text bar, the ipywidgets panel). Refreshes are throttled to ``max_r
 per second with an injectable clock, so feeding the model per batch costs next to
 nothing: a listener runs at most ``max_rate`` times a second, plus once at the end.
 
-Worker memory is sampled through an injected ``rss(pid)`` callable (the caller passes
-``resources.rss_bytes``; this layer does not import psutil), at most once per
-``rss_interval`` seconds, and only when a refresh actually happens (not at the end: a
-run too short for a refresh shows no memory figures, and does not pay for them).
+Worker memory (``WorkerState.rss``) is sampled by the local engine (``local.py``), which
+also needs it for ``max_memory`` and crash reports.
 """
 
 from __future__ import annotations
@@ -32,7 +30,7 @@ class WorkerState:
     current: int | None = None  # index of the item being run
     done: int = 0  # items this worker finished (successful ones)
     busy: float = 0.0  # seconds spent running items
-    rss: int | None = None  # bytes, last sample
+    rss: int | None = None  # bytes, last sample (set by the local engine)
     restarts: int = 0  # workers replaced during the run when this one started
 
 
@@ -41,8 +39,6 @@ class ProgressModel:
     total: int | None = None
     clock: Callable[[], float] = time.monotonic
     max_rate: float = 10.0  # refreshes per second
-    rss: Callable[[int], int | None] | None = None  # pid -> bytes; None: no sampling
-    rss_interval: float = 1.0  # seconds between RSS samples
     done: int = 0  # finished items, successful or failed
     failed: int = 0
     rate: float = 0.0  # smoothed items per second
@@ -53,7 +49,6 @@ class ProgressModel:
     cancel: Callable[[], None] | None = None  # set while a run can be cancelled
     _last_refresh: float = 0.0
     _last_done: int = 0
-    _last_rss: float | None = None
 
     def __post_init__(self) -> None:
         self.started = self.clock()
@@ -78,7 +73,6 @@ class ProgressModel:
         if now - self._last_refresh < 1.0 / self.max_rate:
             return False
         self._update_rate(now)
-        self._sample_rss(now)
         self._notify(False)
         return True
 
@@ -174,19 +168,6 @@ class ProgressModel:
         self._last_done = self.done
         self._last_refresh = now
 
-    def _sample_rss(self, now: float) -> None:
-        if self.rss is None:
-            return
-        if self._last_rss is not None and now - self._last_rss < self.rss_interval:
-            return
-        self._last_rss = now
-        for state in self.workers.values():
-            if state.state == DEAD or type(state.pid) is not int:  # only local PIDs
-                continue
-            rss = self.rss(state.pid)
-            if rss is not None:
-                state.rss = rss
-
     def _notify(self, final: bool) -> None:
         for listener in list(self.listeners):
             try:
@@ -212,15 +193,3 @@ def format_seconds(seconds: float | None) -> str:
     minutes, secs = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
-
-
-def format_bytes(size: int | None) -> str:
-    """``812 MB`` style (powers of 1024); ``?`` when unknown."""
-    if size is None:
-        return "?"
-    value = float(size)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if value < 1024 or unit == "TB":
-            break
-        value /= 1024
-    return f"{value:.0f} {unit}" if unit in ("B", "KB") else f"{value:.1f} {unit}"

@@ -17,12 +17,13 @@ Parent -> worker::
 Worker -> parent::
 
     (READY, pid)
-    (RESULTS, chunk_id, start, values_blob, errors, durations, outputs, maxrss_kb, done)
+    (RESULTS, chunk_id, start, values_blob, errors, durations, outputs, memory_kb, done)
         results for positions start .. start+len(durations)-1 of the chunk, the values
         pickled on their own (a value that fails to unpickle in the parent can't make
         the rest of the message unreadable); ``errors``
         maps a position to an ErrorInfo tuple, ``durations`` are seconds per item,
-        ``done`` is True on the chunk's last batch
+        ``memory_kb`` is the worker's (peak, current) RSS, ``done`` is True on the
+        chunk's last batch
     (OUTPUT, chunk_id, lines)                 captured print output while items run:
         lines is a list of (position, stream, text)
     (LOAD_ERROR, what, ident, error_info)     the function ("func", key) or a chunk's

@@ -74,6 +74,7 @@ class RunStats:
     retries: int = 0  # extra attempts made
     restarts: int = 0  # workers replaced after a crash or timeout
     chunks: int = 0  # messages of items sent to workers
+    recycled: int = 0  # workers replaced on purpose (max_memory)
 
     @property
     def speedup(self) -> float:

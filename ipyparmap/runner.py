@@ -412,7 +412,7 @@ class Runner:
 
     # ------------------------------------------------------------------ outcomes
     def _fold(self, chunk: _Chunk, start: int, values_blob, errors: dict, durations: list,
-              maxrss_kb: int | None, pickled: bool = True) -> None:  # fmt: skip
+              memory_kb: tuple, pickled: bool = True) -> None:  # fmt: skip
         """Fold one result batch (positions ``start``.. of ``chunk``) into the run."""
         count = len(durations)
         busy = sum(durations)
@@ -422,8 +422,9 @@ class Runner:
         stats.busy[worker_id] = stats.busy.get(worker_id, 0.0) + busy
         if self.progress is not None:
             self.progress.worker(worker_id).busy += busy
-        if maxrss_kb:
-            stats.peak_rss = max(stats.peak_rss or 0, maxrss_kb * 1024)
+        peak_kb = memory_kb[0] if memory_kb else None
+        if peak_kb:
+            stats.peak_rss = max(stats.peak_rss or 0, peak_kb * 1024)
         self._planner_for(chunk).record(count, busy)
         indices = chunk.indices[start : start + count]
         if self.keep_details:

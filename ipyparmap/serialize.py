@@ -111,6 +111,7 @@ def pickle_function(func: Any) -> FunctionPayload:
     Raises SerializationError naming the unpicklable part (a global, a closure variable,
     an attribute of ``self``, a partial's argument...).
     """
+    register_local_modules(func)
     try:
         blob = dumps_function(func)
     except PICKLING_ERRORS:
@@ -248,6 +249,84 @@ def _code_objects(func: Any, depth: int = 0):
         for ref in refs:
             if isinstance(ref, (types.FunctionType, types.MethodType, functools.partial)):
                 yield from _code_objects(ref, depth + 1)
+
+
+# -- local modules travel by value -----------------------------------------------------------
+_by_value: set[str] = set()
+_installed: tuple[str, ...] | None = None
+
+
+def _installed_roots() -> tuple[str, ...]:
+    """Folders of installed code: the standard library and site-packages."""
+    global _installed
+    if _installed is None:
+        import site
+        import sysconfig
+
+        roots = {os.path.dirname(os.__file__)}
+        roots.update(p for p in sysconfig.get_paths().values() if "lib" in p)
+        roots.update(getattr(site, "getsitepackages", list)())
+        if hasattr(site, "getusersitepackages"):
+            roots.add(site.getusersitepackages())
+        _installed = tuple(os.path.realpath(r) + os.sep for r in roots if r)
+    return _installed
+
+
+def is_local_module(module: types.ModuleType) -> bool:
+    """A module of the user's own source files (next to the notebook, on sys.path by
+    hand, an editable install), as opposed to the standard library or installed ones."""
+    name = getattr(module, "__name__", "")
+    if name == "__main__" or name.partition(".")[0] == "ipyparmap":
+        return False
+    path = getattr(module, "__file__", None)
+    if not path or not path.endswith(".py"):  # builtins and C extensions can't go by value
+        return False
+    return not os.path.realpath(path).startswith(_installed_roots())
+
+
+def register_local_modules(func: Any) -> list[str]:
+    """Have cloudpickle pickle the user's own modules that ``func`` uses by value.
+
+    A warm worker imported such a module once; if the file was edited (and reloaded in
+    the kernel) since, pickling by reference would run the stale copy. By value, the
+    worker always runs the code the caller has.
+    """
+    import sys
+
+    added = []
+    for obj in _reachable(func):
+        module = (
+            obj
+            if isinstance(obj, types.ModuleType)
+            else sys.modules.get(getattr(obj, "__module__", None) or "")
+        )
+        if module is None or module.__name__ in _by_value or not is_local_module(module):
+            continue
+        _cp().register_pickle_by_value(module)
+        _by_value.add(module.__name__)
+        added.append(module.__name__)
+    return added
+
+
+def _reachable(func: Any, depth: int = 0):
+    """``func`` and the functions, classes and modules it refers to (a few levels deep)."""
+    yield func
+    if depth >= 2:
+        return
+    inner = getattr(func, "__func__", None) or getattr(func, "func", None)
+    if inner is not None and inner is not func:
+        yield from _reachable(inner, depth + 1)
+    code = getattr(func, "__code__", None)
+    if code is None:
+        return
+    refs = [cell.cell_contents for cell in (func.__closure__ or ()) if _cell_full(cell)]
+    glb = getattr(func, "__globals__", {})
+    refs += [glb[name] for name in _global_names(code) if name in glb]
+    for ref in refs:
+        if isinstance(ref, (types.FunctionType, types.MethodType, functools.partial)):
+            yield from _reachable(ref, depth + 1)
+        elif isinstance(ref, (type, types.ModuleType)):
+            yield ref
 
 
 def _cell_full(cell) -> bool:

@@ -39,7 +39,8 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Any
 
-from .progress import BUSY, ProgressModel, format_bytes, format_seconds
+from .progress import BUSY, ProgressModel, format_seconds
+from .resources import format_bytes
 
 PANEL_CLASS = "ipyparmap-panel"
 EMPTY_HTML = "<div class='ipyparmap-summary'></div>"

@@ -41,13 +41,21 @@ FLUSH_SECONDS = 0.1
 OUTPUT_SECONDS = 0.1
 
 
-def _max_rss_kb() -> int | None:
+def _memory_kb() -> tuple[int | None, int | None]:
+    """(peak, current) resident memory of this process in KiB (None where unknown)."""
     try:
         import resource
     except ImportError:  # Windows
-        return None
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss // 1024 if sys.platform == "darwin" else rss  # macOS reports bytes
+        return None, None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if sys.platform == "darwin":  # macOS reports bytes, and has no /proc
+        return peak // 1024, None
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            current = int(statm.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
+    except (OSError, ValueError, IndexError):
+        current = None
+    return peak, current
 
 
 class _CapturedStream:
@@ -106,13 +114,13 @@ class _OutputSink:
         """Pending text, emptied, with adjacent pieces of one item's stream joined
         (``print`` writes the text and the newline separately); call with ``lock`` held."""
         pieces, self.pending = self.pending, []
-        merged: list = []
+        runs: list = []  # [position, stream, [texts]]: joined once, not text by text
         for position, stream, text in pieces:
-            if merged and merged[-1][0] == position and merged[-1][1] == stream:
-                merged[-1] = (position, stream, merged[-1][2] + text)
+            if runs and runs[-1][0] == position and runs[-1][1] == stream:
+                runs[-1][2].append(text)
             else:
-                merged.append((position, stream, text))
-        return merged
+                runs.append((position, stream, [text]))
+        return [(position, stream, "".join(texts)) for position, stream, texts in runs]
 
 
 class Worker:
@@ -223,7 +231,7 @@ class Worker:
             values_blob, errors = pickle_values(values, errors)
             message = (
                 P.RESULTS, chunk_id, start, values_blob, errors, durations,
-                self.sink.take(), _max_rss_kb(), done,
+                self.sink.take(), _memory_kb(), done,
             )  # fmt: skip
             self.conn.send_bytes(dumps(message))
 
@@ -328,7 +336,7 @@ def run_task(payload, blob: bytes, star: bool, capture: bool) -> tuple:
     values_blob, errors = pickle_values(values, errors)
     with sink.lock:
         outputs = sink.take()
-    return (TASK_DONE, values_blob, errors, durations, outputs, _max_rss_kb(), _task_worker())
+    return (TASK_DONE, values_blob, errors, durations, outputs, _memory_kb(), _task_worker())
 
 
 def _task_function(key: bytes, blob: bytes, sources: dict):

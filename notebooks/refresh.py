@@ -121,32 +121,60 @@ ERROR_HANDLING = [
 
 
 FROM_MULTIPROCESSING = [
-    ("md", "# Coming from `multiprocessing`\n\nThe classic example, in a notebook. Under the "
-           "`spawn` start method (the default on macOS and Windows, and on Linux from Python "
-           "3.14) it fails: workers cannot import a function defined in the notebook."),
+    (
+        "md",
+        "# Coming from `multiprocessing`\n\nThe classic example, in a notebook. Under the "
+        "`spawn` start method (the default on macOS and Windows, and on Linux from Python "
+        "3.14) it fails: workers cannot import a function defined in the notebook.",
+    ),
     ("code", "def square(x):\n    return x * x\n\nnumbers = range(10)"),
-    ("md", "With the standard library the workers die while unpickling `square`, and "
-           "`Pool.map` would wait forever; here the wait is bounded to show it."),
-    ("code", "import multiprocessing\n\nctx = multiprocessing.get_context('spawn')\n"
-             "with ctx.Pool(2) as pool:\n    pending = pool.map_async(square, numbers)\n"
-             "    try:\n        pending.get(timeout=5)\n    except multiprocessing.TimeoutError:\n"
-             "        print('the standard library pool never answered')", IGNORE),
-    ("md", "## Change only the import\n\n`ipyparmap` has the same `Pool`, `Process` and "
-           "`ProcessPoolExecutor`, and they work with notebook functions and lambdas."),
-    ("code", "import ipyparmap as multiprocessing\n\nwith multiprocessing.Pool(2) as pool:\n"
-             "    print(pool.map(square, numbers))\n"
-             "    print(pool.apply_async(lambda x: x + 1, (41,)).get())"),
-    ("code", "def greet(name):\n    print(f'hello {name} from a worker')\n\n"
-             "p = multiprocessing.Process(target=greet, args=('notebook',))\np.start()\np.join()\n"
-             "p.exitcode"),
-    ("code", "with multiprocessing.ProcessPoolExecutor(2) as executor:\n"
-             "    print(list(executor.map(square, numbers)))"),
+    (
+        "md",
+        "With the standard library the workers die while unpickling `square`, and "
+        "`Pool.map` would wait forever; here the wait is bounded to show it.",
+    ),
+    (
+        "code",
+        "import multiprocessing\n\nctx = multiprocessing.get_context('spawn')\n"
+        "with ctx.Pool(2) as pool:\n    pending = pool.map_async(square, numbers)\n"
+        "    try:\n        pending.get(timeout=5)\n    except multiprocessing.TimeoutError:\n"
+        "        print('the standard library pool never answered')",
+        IGNORE,
+    ),
+    (
+        "md",
+        "## Change only the import\n\n`ipyparmap` has the same `Pool`, `Process` and "
+        "`ProcessPoolExecutor`, and they work with notebook functions and lambdas.",
+    ),
+    (
+        "code",
+        "import ipyparmap as multiprocessing\n\nwith multiprocessing.Pool(2) as pool:\n"
+        "    print(pool.map(square, numbers))\n"
+        "    print(pool.apply_async(lambda x: x + 1, (41,)).get())",
+    ),
+    (
+        "code",
+        "def greet(name):\n    print(f'hello {name} from a worker')\n\n"
+        "p = multiprocessing.Process(target=greet, args=('notebook',))\np.start()\np.join()\n"
+        "p.exitcode",
+    ),
+    (
+        "code",
+        "with multiprocessing.ProcessPoolExecutor(2) as executor:\n"
+        "    print(list(executor.map(square, numbers)))",
+    ),
     ("md", "A worker that dies fails its own task instead of hanging the pool:"),
-    ("code", "import os\n\ndef fragile(x):\n    if x == 3:\n        os._exit(1)\n    return x\n\n"
-             "with multiprocessing.Pool(2) as pool:\n    try:\n        pool.map(fragile, range(6))\n"
-             "    except multiprocessing.WorkerCrashed as crash:\n        print('crashed:', type(crash).__name__)"),
-    ("md", "## Then grow into `%%parmap`\n\nThe same work as a cell magic, with failures "
-           "collected, per-item output and timings:"),
+    (
+        "code",
+        "import os\n\ndef fragile(x):\n    if x == 3:\n        os._exit(1)\n    return x\n\n"
+        "with multiprocessing.Pool(2) as pool:\n    try:\n        pool.map(fragile, range(6))\n"
+        "    except multiprocessing.WorkerCrashed as crash:\n        print('crashed:', type(crash).__name__)",
+    ),
+    (
+        "md",
+        "## Then grow into `%%parmap`\n\nThe same work as a cell magic, with failures "
+        "collected, per-item output and timings:",
+    ),
     ("code", "%load_ext ipyparmap"),
     ("code", "%%parmap -o squares x in numbers\nsquare(x)"),
     ("code", "squares.ok, squares.values()"),

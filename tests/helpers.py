@@ -168,3 +168,38 @@ def rendezvous(args):
             return True
         time.sleep(0.01)
     return False
+
+
+_hoard = []
+
+
+def hoard(args):
+    """Keep ``megabytes`` of memory alive in this worker, then return ``value``."""
+    value, megabytes = args
+    if megabytes:
+        _hoard.append(bytearray(megabytes * 2**20))
+    return value, os.getpid()
+
+
+def swell_and_die(megabytes):
+    """Grow, stay a while (long enough to be sampled), then die as the OOM killer does."""
+    block = bytearray(megabytes * 2**20)
+    time.sleep(1.5)
+    os.kill(os.getpid(), signal.SIGKILL)
+    return len(block)
+
+
+def chatter(megabytes):
+    """Print ``megabytes`` of text."""
+    line = "x" * 1023 + "\n"
+    for _ in range(megabytes * 1024):
+        sys.stdout.write(line)
+    return megabytes
+
+
+def big_result(megabytes):
+    return b"r" * (megabytes * 2**20)
+
+
+def fd_count(_):
+    return len(os.listdir("/proc/self/fd"))

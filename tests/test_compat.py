@@ -60,7 +60,9 @@ def test_async_results(pool):
 
 
 def test_apply_async_calls_run_in_parallel(pool, tmp_path):
-    calls = [pool.apply_async(helpers.rendezvous, ((str(tmp_path), str(i), 2, 20),)) for i in range(2)]
+    calls = [
+        pool.apply_async(helpers.rendezvous, ((str(tmp_path), str(i), 2, 20),)) for i in range(2)
+    ]
     assert [r.get(timeout=30) for r in calls] == [True, True]  # both ran at the same time
 
 

@@ -98,6 +98,18 @@ def test_drop_ins_with_notebook_functions_and_lambdas(kernel):
     )
     assert reply.status == "ok", reply.traceback
     out = reply.stdout
-    for text in ("sq 0", "sq 2", "map [0, 1, 4]", "lam 7", "apply 7", "sq 5", "imap [25]",
-                 "from process", "exitcode 0", "sq 9", "submit 81", "exmap [-1, -2]"):
+    for text in (
+        "sq 0",
+        "sq 2",
+        "map [0, 1, 4]",
+        "lam 7",
+        "apply 7",
+        "sq 5",
+        "imap [25]",
+        "from process",
+        "exitcode 0",
+        "sq 9",
+        "submit 81",
+        "exmap [-1, -2]",
+    ):
         assert text in out, (text, out)

@@ -14,7 +14,6 @@ from ipyparmap.progress import (
     DEAD,
     IDLE,
     ProgressModel,
-    format_bytes,
     format_seconds,
 )
 
@@ -145,51 +144,6 @@ def test_worker_states_busy_time_and_speedup(clock):
     assert model.speedup == pytest.approx(2.0)
 
 
-def test_rss_is_sampled_at_most_once_per_interval_and_skips_dead_workers(clock):
-    asked: list[int] = []
-
-    def rss(pid):
-        asked.append(pid)
-        return None if pid == 3 else pid * 1024 * 1024
-
-    # steps of 1/8 s are exact in binary floating point: no refresh is lost to rounding
-    model = ProgressModel(total=100, clock=clock, max_rate=8, rss=rss, rss_interval=1.0)
-    for pid in (1, 2, 3, 4):
-        model.worker(pid).state = IDLE
-    model.worker(4).state = DEAD
-    calls = recorder(model)
-    for _ in range(24):  # 3 s of refreshes at 8/s
-        clock.advance(0.125)
-        model.add(1)
-    assert len(calls) == 24
-    assert len(asked) == 3 * 3  # 3 samples (at 0.125 s, 1.125 s, 2.125 s) of 3 live workers
-    assert 4 not in asked
-    assert model.worker(1).rss == 1024 * 1024
-    assert model.worker(3).rss is None  # gone: no value rather than a wrong one
-    model.finish()  # the end does not sample: a run too short to refresh pays nothing
-    assert len(asked) == 3 * 3
-
-
-def test_rss_is_not_asked_for_workers_of_other_engines(clock):
-    asked: list = []
-    model = ProgressModel(total=3, clock=clock, rss=lambda pid: asked.append(pid) or 1)
-    model.worker("tcp://10.0.0.5:40123").state = BUSY  # a Dask worker
-    model.worker("host:4242").state = BUSY  # a ProcessPoolExecutor's process
-    model.worker(77).state = BUSY  # the local pool
-    clock.advance(1.0)
-    model.add(1)
-    assert asked == [77]
-
-
-def test_no_rss_sampler_means_no_sampling(clock):
-    model = ProgressModel(total=1, clock=clock)
-    model.worker(1).state = BUSY
-    clock.advance(1.0)
-    model.add(1)
-    model.finish()
-    assert model.worker(1).rss is None
-
-
 # -- summary line -----------------------------------------------------------------------------
 def test_summary_when_all_done(clock):
     model = ProgressModel(total=100, clock=clock)
@@ -266,21 +220,6 @@ def test_format_seconds(seconds, text):
     assert textui.format_seconds(seconds) == text  # the text view uses the same
 
 
-@pytest.mark.parametrize(
-    ("size", "text"),
-    [
-        (None, "?"),
-        (512, "512 B"),
-        (2048, "2 KB"),
-        (5 * 1024**2 + 1, "5.0 MB"),
-        (3 * 1024**3, "3.0 GB"),
-        (2 * 1024**5, "2048.0 TB"),
-    ],
-)
-def test_format_bytes(size, text):
-    assert format_bytes(size) == text
-
-
 # -- the text view in its modes ---------------------------------------------------------------
 def test_text_view_live_off_a_terminal_redraws_in_place(monkeypatch, clock):
     stream = io.StringIO()  # not a terminal, like a kernel's stderr
@@ -339,6 +278,7 @@ def test_a_real_run_feeds_counts_workers_and_busy_time():
         assert all(w.state == "idle" for w in model.workers.values())
         assert model.task_time >= 0.95  # 20 x 0.05 s of sleeping
         assert model.speedup is not None
+        assert any(w.rss for w in model.workers.values())  # sampled by the local engine
         # the throttle holds on a real clock: at most 10 refreshes per second, plus the end
         refreshes = sum(1 for _, final, _ in calls if not final)
         assert refreshes <= model.elapsed * 10 + 1, (refreshes, model.elapsed)

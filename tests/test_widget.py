@@ -334,7 +334,6 @@ def test_api_picks_the_panel_only_in_a_kernel_with_ipywidgets(monkeypatch):
     monkeypatch.setattr(widget, "in_kernel", lambda: True)
     model = api._progress_model("auto")
     assert listener_types(model) == ["ProgressPanel"]
-    assert model.rss is not None  # the panel's worker rows show memory
     assert listener_types(api._progress_model("widget")) == ["ProgressPanel"]
     kernel_text = api._progress_model("text")
     assert listener_types(kernel_text) == ["TextProgress"]
