@@ -35,7 +35,7 @@ def parmap(
 ) -> Results:
     """Run ``func(item)`` for every item of ``iterable`` in worker processes.
 
-    Returns a :class:`~ipyparmap.Results` (a list, in input order). Functions, lambdas,
+    Returns a `Results` (a list, in input order). Functions, lambdas,
     closures and classes defined in a notebook or in ``__main__`` work: they are pickled
     with cloudpickle and run in spawned workers.
 
@@ -48,7 +48,7 @@ def parmap(
         errors: ``"raise"`` stops at the first failed item and raises (TaskError,
             WorkerCrashed, TaskTimeout or SerializationError, with the partial results
             in ``.results``); ``"collect"`` runs everything and puts a
-            :class:`~ipyparmap.Failure` in each failed slot.
+            `Failure` in each failed slot.
         timeout: seconds one item may run; its worker is killed after that (the other
             workers carry on). None or ``float("inf")``: no limit.
         retries: how many more times to run an item that raised, crashed its worker or
@@ -95,7 +95,7 @@ def imap(
     backend: Any = None,
     max_memory: int | str | None = None,
 ) -> Iterator[Any]:
-    """Like :func:`parmap`, but yield results as they come.
+    """Like `parmap`, but yield results as they come.
 
     ``ordered=True`` yields in input order, ``ordered=False`` in completion order. The
     input is consumed with a bounded look-ahead, so infinite generators work and memory
@@ -132,7 +132,7 @@ def parmap_async(
     max_memory: int | str | None = None,
     on_finish: Callable[[Results], Any] | None = None,
 ) -> Run:
-    """Like :func:`parmap`, but return a :class:`~ipyparmap.Run` at once.
+    """Like `parmap`, but return a `Run` at once.
 
     The map runs in a background thread; the caller (a notebook) stays free. ``run``
     is a ``concurrent.futures.Future`` look-alike: ``run.done()``, ``run.result()``,

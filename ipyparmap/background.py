@@ -1,4 +1,4 @@
-"""Background runs: ``parmap_async`` returns a :class:`Run` at once (layer L3).
+"""Background runs: ``parmap_async`` returns a `Run` at once (layer L3).
 
 A Run owns one thread that drives a Runner to the end, so the notebook stays free.
 The thread starts with a copy of the caller's context variables: ipykernel keeps the
@@ -24,7 +24,7 @@ from .runner import Runner
 
 
 class Run:
-    """A map running in the background. Create it with :func:`ipyparmap.parmap_async`."""
+    """A map running in the background. Create it with `parmap_async`."""
 
     def __init__(self, runner: Runner, on_finish: Callable[[Results], None] | None = None):
         self._runner = runner

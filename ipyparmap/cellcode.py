@@ -2,15 +2,15 @@
 
 Pure Python (no IPython import), so the rules can be tested on their own:
 
-- :func:`split_line` separates ``[options] TARGET in EXPR [options]`` using the
+- `split_line` separates ``[options] TARGET in EXPR [options]`` using the
   tokenizer, so an option-like ``-w`` inside EXPR's brackets or strings is never taken
   for an option (``%%parmap x in range(-3, 3) -w 2`` works).
-- :func:`split_func_expr` finds where FUNC ends and EXPR starts in ``%parmap FUNC EXPR``.
-- :func:`compile_body` compiles the cell body into ``def <cell>(item)``: TARGET is
+- `split_func_expr` finds where FUNC ends and EXPR starts in ``%parmap FUNC EXPR``.
+- `compile_body` compiles the cell body into ``def <cell>(item)``: TARGET is
   bound to the item, the last expression is the result, names the body assigns stay
   local, and free names resolve to the notebook's globals.
 
-Errors are raised as :class:`CellError` (the magic turns them into ``UsageError``) or as
+Errors are raised as `CellError` (the magic turns them into ``UsageError``) or as
 the user's own ``SyntaxError``, pointing at the cell line.
 """
 

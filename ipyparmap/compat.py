@@ -13,7 +13,7 @@ exception is re-raised with a ``multiprocessing.pool.RemoteTraceback`` as its ca
 is re-raised unchanged, an argument that cannot be pickled raises its own error.
 
 Each ``Pool``/``ProcessPoolExecutor`` owns its worker processes (``processes`` of them,
-recycled after ``maxtasksperchild`` items) and a :class:`~ipyparmap.jobs.JobRunner`
+recycled after ``maxtasksperchild`` items) and a `JobRunner`
 thread that feeds them, oldest submission first.
 """
 
@@ -511,9 +511,9 @@ class Process:
                 for _, stream, text in message[2]:
                     (sys.stdout if stream == "stdout" else sys.stderr).write(text)
             elif message[0] == P.RESULTS:
-                for _, stream, text in message[6]:
+                _, _, _, _, errors, _, _, outputs, _, _ = message
+                for _, stream, text in outputs:
                     (sys.stdout if stream == "stdout" else sys.stderr).write(text)
-                errors = message[4]
                 self._target_exitcode = 0
                 if errors:
                     self._target_exitcode = self._report(next(iter(errors.values())))

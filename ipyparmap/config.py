@@ -1,7 +1,7 @@
 """Run options and their one shared validator (layer L0).
 
 ``parmap``, ``imap``, the magics and the drop-in classes all validate through
-:func:`check_options`, so a bad argument gets the same message wherever it is passed,
+`check_options`, so a bad argument gets the same message wherever it is passed,
 and it is raised before any worker starts (see BAD_INPUTS.md section 4.2).
 """
 

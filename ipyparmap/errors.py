@@ -1,8 +1,8 @@
 """Exception classes of the public API (layer L0: imports nothing from the package).
 
-Every exception ipyparmap raises on purpose is a :class:`ParmapError`. The ones raised
-because an item failed carry the :class:`~ipyparmap.results.Failure` (``.failure``) and
-the partial :class:`~ipyparmap.results.Results` (``.results``), so nothing computed is
+Every exception ipyparmap raises on purpose is a `ParmapError`. The ones raised
+because an item failed carry the `Failure` (``.failure``) and
+the partial `Results` (``.results``), so nothing computed is
 lost when a run stops early.
 """
 

@@ -3,7 +3,7 @@
 ``backend=`` may be a ``concurrent.futures.Executor`` (threads or processes), a
 ``distributed.Client``, or ``"dask"`` (the current client). The generic run state in
 runner.py stays the same; here a chunk is one task running
-:func:`ipyparmap.worker.run_task`, which returns the chunk's results, errors, timings
+`run_task`, which returns the chunk's results, errors, timings
 and captured output in one piece. So progress moves per chunk, and what a task cannot
 tell us (which item a dead process was running) is found out by running again: when
 Dask gives up on a task because its workers died (``KilledWorker``, which also hits
@@ -203,12 +203,12 @@ class ExecutorRunner(Runner):
             self._task_failed(chunk, exc)
             return
         if outcome[0] == TASK_DONE:
-            _, values_blob, errors, durations, outputs, memory_kb, worker = outcome
+            _, values_blob, errors, durations, began, outputs, memory_kb, worker = outcome
             chunk.worker_id = worker
             self._progress_worker(worker, BUSY)
             if outputs:
                 self._on_output(chunk, outputs)
-            self._fold(chunk, 0, values_blob, errors, durations, memory_kb)
+            self._fold(chunk, 0, values_blob, errors, durations, memory_kb, began)
             self._progress_worker(worker, IDLE)
             return
         _, what, info = outcome  # TASK_LOAD_ERROR

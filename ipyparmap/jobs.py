@@ -2,7 +2,7 @@
 
 The drop-in ``Pool`` and ``ProcessPoolExecutor`` (compat.py) accept work piece by
 piece: ``apply_async`` after ``apply_async``, a ``map`` while another runs. A
-:class:`JobRunner` is a LocalRunner whose input is a FIFO of :class:`Job` objects
+`JobRunner` is a LocalRunner whose input is a FIFO of `Job` objects
 instead of one iterable: chunks never mix jobs, each job has its own pickled function,
 chunk planner and results, and a dispatcher thread drives the loop for the life of the
 pool. Everything the local engine does (one pipe per worker, death sentinels, crash

@@ -166,7 +166,7 @@ class LocalRunner(Runner):
         elif tag == P.LOAD_ERROR:
             self._on_load_error(worker, *message[1:])
 
-    def _on_results(self, worker, chunk_id, start, values_blob, errors, durations,
+    def _on_results(self, worker, chunk_id, start, values_blob, errors, durations, began,
                     outputs, memory_kb, done) -> None:  # fmt: skip
         chunk = self.in_flight.get(worker)
         if chunk is None or chunk.id != chunk_id:
@@ -175,7 +175,7 @@ class LocalRunner(Runner):
             self._on_output(chunk, outputs)
         if memory_kb and memory_kb[1]:
             worker.last_rss = memory_kb[1] * 1024
-        self._fold(chunk, start, values_blob, errors, durations, memory_kb)
+        self._fold(chunk, start, values_blob, errors, durations, memory_kb, began)
         if done:
             del self.in_flight[worker]
             self._progress_worker(worker.pid, IDLE)
@@ -277,7 +277,7 @@ class LocalRunner(Runner):
         remaining = list(range(chunk.reported, len(chunk.items)))
         if not remaining:
             return
-        board_chunk, position, _ = board
+        board_chunk, position, started = board
         if board_chunk != chunk.id:  # it died before it even looked at the chunk
             blame = None
         elif 0 <= position < len(chunk.items):
@@ -313,6 +313,9 @@ class LocalRunner(Runner):
                 signal_name(returncode),
             )
             kind = "crashed"
+        if self.keep_details and started > 0:  # the timeline shows it ran until it died
+            ran = max(0.0, time.monotonic() - started)
+            self.slots.timing([chunk.indices[blame]], [ran], worker.pid, time.time() - ran)
         self._item_failed(chunk, blame, kind, exc, "")
 
     def _check_timeouts(self) -> None:

@@ -1,6 +1,6 @@
 """The IPython extension: ``%%parmap``, ``%parmap`` and ``%parmap_pool`` (layer L5).
 
-``%load_ext ipyparmap`` registers the :class:`Parmap` magics. Options are declared
+``%load_ext ipyparmap`` registers the `Parmap` magics. Options are declared
 once with ``magic_arguments`` (which generates ``%%parmap?`` help and turns argparse
 errors into ``UsageError``); defaults come from traitlets config
 (``%config Parmap.workers = 4`` or ``c.Parmap.workers = 4`` in a profile).
@@ -48,6 +48,7 @@ _OPTION_NAMES = (
     "--backend",
     "--bg",
     "--max-memory",
+    "--report",
 )
 
 
@@ -71,6 +72,7 @@ class Parmap(Magics):
     max_memory = Unicode(
         None, allow_none=True, help="Recycle a worker whose memory exceeds this, e.g. '2GB'."
     ).tag(config=True)
+    last_results = None  # the Results of the last run, for %parmap_report
     progress = Enum(
         ["auto", "widget", "text", False],
         default_value="auto",
@@ -99,6 +101,8 @@ class Parmap(Magics):
     @argument("--max-memory", metavar="SIZE", help="Recycle a worker above this memory (2GB).")
     @argument("--no-progress", action="store_true", help="Draw no progress bar.")
     @argument("--backend", metavar="NAME", help="local (default) or dask.")
+    @argument("--report", action="store_true", help="Show the run's report (where the time "
+              "went, failures, timeline) after it.")  # fmt: skip
     @argument("--bg", action="store_true", help="Run in the background: the cell returns "
               "a Run at once; -o NAME is bound when it ends.")  # fmt: skip
     @line_cell_magic
@@ -124,6 +128,21 @@ class Parmap(Magics):
         if cell is None:
             return self._run_line(line)
         return self._run_cell(line, cell)
+
+    # ---------------------------------------------------------------------- %parmap_report
+    @magic_arguments()
+    @argument("name", nargs="?", help="A Results variable (default: the last %%parmap run).")
+    @line_magic
+    def parmap_report(self, line: str):
+        """Show a run's report: where the time went, its failures and its timeline."""
+        args = self.parmap_report.parser.parse_argstring(line)
+        name = args.name
+        results = self.last_results if name is None else self._evaluate(name, "NAME")
+        if results is None:
+            raise UsageError("no %%parmap run yet in this session: nothing to report")
+        if not hasattr(results, "report"):
+            raise UsageError(f"{args.name} is not a Results (it is {describe(results)})")
+        return results.report()
 
     # ---------------------------------------------------------------------- %parmap_pool
     @magic_arguments()
@@ -190,7 +209,7 @@ class Parmap(Magics):
         namespace: dict[str, Any] = {}
         exec(compiled.code, self.shell.user_ns, namespace)  # defines the cell's function
         func = namespace[CELL_FUNCTION]
-        results = self._map(func, iterable, settings, out, background=args.bg)
+        results = self._map(func, iterable, settings, out, args.bg, args.report)
         return None if _ends_with_semicolon(cell) else results
 
     def _run_line(self, line: str):
@@ -207,13 +226,15 @@ class Parmap(Magics):
             raise TypeError(f"{func_text} is not callable (it is {describe(func)})")
         iterable = self._evaluate(expr_text, "EXPR")
         _check_iterable(iterable, expr_text)
-        return self._map(func, iterable, settings, out, background=args.bg)
+        return self._map(func, iterable, settings, out, args.bg, args.report)
 
-    def _map(self, func, iterable, settings: dict, out: str | None, background: bool = False):
+    def _map(self, func, iterable, settings: dict, out: str | None, background: bool = False,
+             report: bool = False):  # fmt: skip
         if background:
             user_ns = self.shell.user_ns
 
             def bind(results) -> None:  # runs in the Run's thread when it ends
+                self.last_results = results
                 if out is not None:
                     user_ns[out] = results
 
@@ -222,13 +243,20 @@ class Parmap(Magics):
             results = api.parmap(func, iterable, **settings)
         except BaseException as exc:
             partial = getattr(exc, "results", None)
+            if partial is not None:
+                self.last_results = partial
             if out is not None and partial is not None:
                 self.shell.user_ns[out] = partial
                 if isinstance(exc, ParmapError):
                     exc.bound_as = out
             raise
+        self.last_results = results
         if out is not None:
             self.shell.user_ns[out] = results
+        if report:
+            from IPython.display import display
+
+            display(results.report())
         return results
 
     def _evaluate(self, text: str, role: str) -> Any:
@@ -405,7 +433,10 @@ def unload_ipython_extension(ip) -> None:
     """Remove the magics and stop the warm workers (nothing outlives the extension)."""
     api.shutdown()
     manager = ip.magics_manager
-    for kind, names in (("line", ("parmap", "parmap_pool")), ("cell", ("parmap",))):
+    for kind, names in (
+        ("line", ("parmap", "parmap_pool", "parmap_report")),
+        ("cell", ("parmap",)),
+    ):
         for name in names:
             manager.magics[kind].pop(name, None)
     instance = manager.registry.pop("Parmap", None)

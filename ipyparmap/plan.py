@@ -3,7 +3,7 @@
 Two forces pull on the chunk size. Tiny tasks drown in per-message costs unless many
 items share a message; long or uneven tasks need small chunks so no worker idles while
 another still holds a long queue. The planner starts with single items to measure,
-grows chunks toward :data:`TARGET_SECONDS` of work (at most :data:`GROWTH` times the
+grows chunks toward `TARGET_SECONDS` of work (at most `GROWTH` times the
 largest chunk so far, so one fast first item can't produce a huge chunk of slow ones),
 and, when the input length is known, never hands out more than a fair share of what is
 left (guided self-scheduling), which shrinks chunks near the end.

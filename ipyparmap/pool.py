@@ -15,8 +15,8 @@ kernel's process group never reaches it. Each worker has:
   filesystem, so it can't leak or be opened by another user.
 
 The pool only manages processes; which chunk goes where is the runner's business. A
-run leases workers with :meth:`Pool.acquire` and gives them back with
-:meth:`Pool.release`; idle workers stay warm for the next call.
+run leases workers with `acquire` and gives them back with
+`release`; idle workers stay warm for the next call.
 """
 
 from __future__ import annotations

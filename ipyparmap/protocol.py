@@ -17,11 +17,13 @@ Parent -> worker::
 Worker -> parent::
 
     (READY, pid)
-    (RESULTS, chunk_id, start, values_blob, errors, durations, outputs, memory_kb, done)
+    (RESULTS, chunk_id, start, values_blob, errors, durations, began, outputs, memory_kb,
+     done)
         results for positions start .. start+len(durations)-1 of the chunk, the values
         pickled on their own (a value that fails to unpickle in the parent can't make
         the rest of the message unreadable); ``errors``
         maps a position to an ErrorInfo tuple, ``durations`` are seconds per item,
+        ``began`` is the wall-clock time the batch's first item started,
         ``memory_kb`` is the worker's (peak, current) RSS, ``done`` is True on the
         chunk's last batch
     (OUTPUT, chunk_id, lines)                 captured print output while items run:
@@ -71,9 +73,9 @@ IDLE = -1
 class Board:
     """One worker's status board: a view over a shared ``mmap``.
 
-    The worker calls :meth:`begin_chunk`, then stores each item's position in
+    The worker calls `begin_chunk`, then stores each item's position in
     ``ints[1]`` (and the start time in ``times[0]``) before running it; position
-    ``len(items)`` marks "pickling the results". The parent calls :meth:`read`. Writes
+    ``len(items)`` marks "pickling the results". The parent calls `read`. Writes
     are aligned 8-byte stores, so a read never sees half a number.
     """
 

@@ -1,13 +1,13 @@
 """Results, failures and run statistics (layer L1).
 
 ``Results`` is a plain ``list`` subclass (one slot per input, in input order) so it
-works everywhere a list does; a failed slot holds a :class:`Failure` instead of a value.
+works everywhere a list does; a failed slot holds a `Failure` instead of a value.
 """
 
 from __future__ import annotations
 
 import copy
-import html
+import itertools
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +21,7 @@ SPEEDUP_MIN_WALL = 0.5
 
 @dataclass(eq=False)
 class Failure:
-    """What went wrong with one item. Sits in the item's slot of :class:`Results`."""
+    """What went wrong with one item. Sits in the item's slot of `Results`."""
 
     index: int
     item: Any
@@ -75,11 +75,29 @@ class RunStats:
     restarts: int = 0  # workers replaced after a crash or timeout
     chunks: int = 0  # messages of items sent to workers
     recycled: int = 0  # workers replaced on purpose (max_memory)
+    worker_peak_rss: dict = field(default_factory=dict)  # worker -> bytes, peak seen
+    started: float | None = None  # wall-clock time (time.time()) the run began
 
     @property
     def speedup(self) -> float:
         """Achieved speedup: task time / wall time (ideal: the number of workers)."""
         return self.task_time / self.wall if self.wall > 0 else 0.0
+
+    @property
+    def ideal_speedup(self) -> int:
+        """What the workers could give at best: their number."""
+        return self.workers
+
+    @property
+    def efficiency(self) -> float:
+        """Achieved / ideal speedup: 1.0 means every worker ran items all the time."""
+        return self.speedup / self.workers if self.workers else 0.0
+
+    @property
+    def overhead(self) -> float:
+        """Worker-seconds not spent running items (start-up, messaging, idle at the end):
+        ``workers * wall - task_time``, an estimate of what parallelism cost."""
+        return max(0.0, self.workers * self.wall - self.task_time)
 
     @property
     def items_per_second(self) -> float:
@@ -94,9 +112,9 @@ class RunStats:
 
 
 class Results(list):
-    """The results of a run, in input order; failed slots hold a :class:`Failure`.
+    """The results of a run, in input order; failed slots hold a `Failure`.
 
-    Extra attributes: ``ok``, ``failures``, ``stats`` (:class:`RunStats`), ``outputs``
+    Extra attributes: ``ok``, ``failures``, ``stats`` (`RunStats`), ``outputs``
     (``{index: ItemOutput}`` for items that printed), ``durations`` (seconds per item,
     None where it did not run).
     """
@@ -114,6 +132,7 @@ class Results(list):
         self.outputs: dict[int, ItemOutput] = outputs if outputs is not None else {}
         self.durations: list = durations if durations is not None else []
         self.worker_of: list = workers if workers is not None else []
+        self.starts: list = []  # wall-clock start per item (None where it did not run)
 
     @property
     def failures(self) -> list[Failure]:
@@ -123,6 +142,35 @@ class Results(list):
     def ok(self) -> bool:
         """True when no item failed."""
         return not any(isinstance(value, Failure) for value in self)
+
+    #: The input sequence (a reference, not a copy) when the input was a list, range...
+    inputs: Any = None
+
+    def outcomes(self) -> list[str]:
+        """Per item: ``"ok"`` or the Failure kind."""
+        return [v.kind if isinstance(v, Failure) else "ok" for v in self]
+
+    def timeline(self, width: int = 880):
+        """A chart of the run: one lane per worker, a bar per item coloured by outcome.
+
+        Shows as SVG in a notebook; ``.svg`` is the text, ``.save(path)`` writes it.
+        """
+        from .report import Timeline
+
+        return Timeline(self, width)
+
+    def report(self):
+        """Summary, where the time went, the first failures and the timeline (HTML)."""
+        from .report import Report
+
+        return Report(self)
+
+    def to_dataframe(self):
+        """A pandas DataFrame, one row per item: item, status, value, error, start,
+        duration, worker, attempts, output (pandas is needed for this one)."""
+        from .report import dataframe
+
+        return dataframe(self)
 
     def values(self, default: Any = None) -> list:
         """The results as a plain list, with ``default`` in place of each failure."""
@@ -147,29 +195,19 @@ class Results(list):
     def __reduce__(self):
         return (
             _rebuild_results,
-            (list(self), self.stats, self.outputs, self.durations, self.worker_of),
+            (list(self), self.stats, self.outputs, self.durations, self.worker_of, self.starts),
         )
 
     def _repr_html_(self) -> str:
-        rows = "".join(
-            f"<tr><td>{f.index}</td><td>{html.escape(f.kind)}</td>"
-            f"<td><code>{html.escape(f.describe())}</code></td></tr>"
-            for f in self.failures[:5]
-        )
-        preview = html.escape(repr(list(self[:10]))[:500]) + (" ..." if len(self) > 10 else "")
-        table = (
-            f"<table><tr><th>item</th><th>kind</th><th>failure</th></tr>{rows}</table>"
-            if rows
-            else ""
-        )
-        return (
-            f"<div class='ipyparmap-results'><b>Results</b>: {html.escape(self.summary())}"
-            f"<br><code>{preview}</code>{table}</div>"
-        )
+        from .report import summary_html
+
+        return summary_html(self)
 
 
-def _rebuild_results(values, stats, outputs, durations, workers) -> Results:
-    return Results(values, stats, outputs, durations, workers)
+def _rebuild_results(values, stats, outputs, durations, workers, starts=()) -> Results:
+    results = Results(values, stats, outputs, durations, workers)
+    results.starts = list(starts)
+    return results
 
 
 _MISSING = object()  # a slot whose outcome has not arrived
@@ -221,15 +259,19 @@ class ResultSlots:
         self.filled = 0
         self.durations: list = []  # seconds per index (None: did not run)
         self.workers: list = []  # worker PID per index
+        self.starts: list = []  # wall-clock start per index
 
     def place(self, indices, values: list) -> None:
         _assign(self.slots, indices, values, _MISSING)
         self.filled += len(values)
 
-    def timing(self, indices, durations: list, worker: int) -> None:
-        """Record how long each item of a batch ran, and on which worker."""
+    def timing(self, indices, durations: list, worker: Any, began: float | None = None) -> None:
+        """Record how long each item of a batch ran, on which worker, and when it began."""
         _assign(self.durations, indices, durations, None)
         _assign(self.workers, indices, [worker] * len(durations), None)
+        if began is not None:
+            starts = list(itertools.accumulate(durations[:-1], initial=began))
+            _assign(self.starts, indices, starts, None)
 
     def snapshot(self, size: int, stats: RunStats) -> Results:
         """A copy of the results so far; unfinished slots hold PENDING."""
@@ -249,4 +291,6 @@ class ResultSlots:
         size = len(slots)
         durations = (self.durations + [None] * size)[:size]
         workers = (self.workers + [None] * size)[:size]
-        return Results(slots, stats, outputs, durations, workers)
+        results = Results(slots, stats, outputs, durations, workers)
+        results.starts = (self.starts + [None] * size)[:size]
+        return results

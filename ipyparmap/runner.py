@@ -27,9 +27,9 @@ errors="raise", cancellation and building the Results. An engine subclass suppli
 The Pool owns processes, never run state; workers hold nothing but their current chunk.
 
 Interrupts: KeyboardInterrupt may arrive anywhere in the caller's thread. Whoever
-catches it calls :meth:`Runner.abort`, which is idempotent: it stops dispatching, kills
+catches it calls `abort`, which is idempotent: it stops dispatching, kills
 busy workers (they may be deep in a C extension), and turns unfinished items into
-``cancelled`` failures. Finished results are never dropped. :meth:`Runner.cancel` asks
+``cancelled`` failures. Finished results are never dropped. `cancel` asks
 the same from another thread (a background Run, a Cancel button).
 """
 
@@ -147,7 +147,7 @@ class Runner:
         self.on_output = on_output
         self.keep_details = keep_details  # per-index durations and outputs, for Results
         self.planner = ChunkPlanner(self.n_workers, options.chunksize, self.total)
-        self.stats = RunStats(workers=self.n_workers)
+        self.stats = RunStats(workers=self.n_workers, started=time.time())
         self.started = time.monotonic()
 
         self.in_flight: dict[Any, _Chunk] = {}  # engine handle -> the chunk it runs
@@ -281,15 +281,15 @@ class Runner:
         raise NotImplementedError
 
     def _dispatch(self) -> None:
-        """Hand chunks (from :meth:`_next_chunk`) to every worker that can take one."""
+        """Hand chunks (from `_next_chunk`) to every worker that can take one."""
         raise NotImplementedError
 
     def _wait(self, timeout: float) -> None:
-        """Wait up to ``timeout`` for news; fold what arrived (:meth:`_fold` etc.)."""
+        """Wait up to ``timeout`` for news; fold what arrived (`_fold` etc.)."""
         raise NotImplementedError
 
     def _kill_busy(self) -> None:
-        """Stop in-flight chunks now; their unreported items go to :meth:`_cancel_rest`."""
+        """Stop in-flight chunks now; their unreported items go to `_cancel_rest`."""
         raise NotImplementedError
 
     def _close_engine(self) -> None:
@@ -412,7 +412,7 @@ class Runner:
 
     # ------------------------------------------------------------------ outcomes
     def _fold(self, chunk: _Chunk, start: int, values_blob, errors: dict, durations: list,
-              memory_kb: tuple, pickled: bool = True) -> None:  # fmt: skip
+              memory_kb: tuple, began: float | None = None) -> None:  # fmt: skip
         """Fold one result batch (positions ``start``.. of ``chunk``) into the run."""
         count = len(durations)
         busy = sum(durations)
@@ -424,13 +424,15 @@ class Runner:
             self.progress.worker(worker_id).busy += busy
         peak_kb = memory_kb[0] if memory_kb else None
         if peak_kb:
-            stats.peak_rss = max(stats.peak_rss or 0, peak_kb * 1024)
+            peak = peak_kb * 1024
+            stats.peak_rss = max(stats.peak_rss or 0, peak)
+            stats.worker_peak_rss[worker_id] = max(stats.worker_peak_rss.get(worker_id, 0), peak)
         self._planner_for(chunk).record(count, busy)
         indices = chunk.indices[start : start + count]
         if self.keep_details:
-            self.slots.timing(indices, durations, worker_id)
+            self.slots.timing(indices, durations, worker_id, began)
         try:
-            values = loads(values_blob) if pickled else values_blob
+            values = loads(values_blob)
         except PICKLING_ERRORS as exc:
             self._unloadable_results(chunk, start, count, exc)
         else:
@@ -546,6 +548,7 @@ class Runner:
             for index in sorted(set(self.stdout) | set(self.stderr))
         }
         results = self.slots.build(size, missing, self.stats, outputs)
+        results.inputs = self.sequence
         self.stats.items = len(results)
         if n_cancelled:
             self.stats.failures["cancelled"] = n_cancelled

@@ -44,11 +44,11 @@ _function_pickler = None
 
 
 def dumps_function(func: Any) -> bytes:
-    """Like :func:`dumps`, but code objects keep their file names.
+    """Like `dumps`, but code objects keep their file names.
 
     cloudpickle 3.1 replaces ``co_filename`` by ``<dynamic-code>`` (for deterministic
     pickles); we need the real name, since a worker's traceback finds the notebook
-    cell's source lines (shipped with :func:`cell_sources`) by that name.
+    cell's source lines (shipped with `cell_sources`) by that name.
     """
     global _function_pickler
     if _function_pickler is None:
@@ -126,7 +126,7 @@ def pickle_function(func: Any) -> FunctionPayload:
 
 
 class ItemPicklingError(Exception):
-    """Raised by :func:`pickle_items`: item number ``position`` of the list can't be pickled."""
+    """Raised by `pickle_items`: item number ``position`` of the list can't be pickled."""
 
     def __init__(self, position: int, error: BaseException):
         super().__init__(position, error)
@@ -358,7 +358,7 @@ def cell_sources(func: Any) -> dict:
 
 
 def install_sources(sources: dict) -> None:
-    """Worker side of :func:`cell_sources`. A ``None`` mtime keeps linecache from dropping them."""
+    """Worker side of `cell_sources`. A ``None`` mtime keeps linecache from dropping them."""
     linecache.cache.update(sources)
 
 

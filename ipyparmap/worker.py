@@ -8,7 +8,7 @@ pools recursively.
 
 Per item the worker only stores its position and start time on the status board (shared
 memory, no syscall); results, errors, durations and captured output go back in one
-message per chunk, or every :data:`FLUSH_SECONDS` for long chunks. A background thread
+message per chunk, or every `FLUSH_SECONDS` for long chunks. A background thread
 watches the lifeline to the parent (the worker exits when the parent is gone) and
 streams captured ``print`` output while an item runs.
 """
@@ -219,33 +219,37 @@ class Worker:
     def _run_items(self, chunk_id: int, func, items: list, star: bool, stride: int) -> None:
         board = self.board
 
-        def flush(start, values, errors, durations) -> None:  # a long chunk's finished part
-            self._send_results(chunk_id, start, values, errors, durations, False)
+        def flush(start, values, errors, durations, began) -> None:  # a long chunk's first part
+            self._send_results(chunk_id, start, values, errors, durations, began, False)
 
         batch = run_items(func, items, star, stride, board.ints, board.times, flush)
         board.begin_item(len(items), board.times[0])  # position len(items): pickling results
         self._send_results(chunk_id, *batch, True)
 
-    def _send_results(self, chunk_id, start, values, errors, durations, done) -> None:
+    def _send_results(self, chunk_id, start, values, errors, durations, began, done) -> None:
         with self.sink.lock:
             values_blob, errors = pickle_values(values, errors)
             message = (
-                P.RESULTS, chunk_id, start, values_blob, errors, durations,
+                P.RESULTS, chunk_id, start, values_blob, errors, durations, began,
                 self.sink.take(), _memory_kb(), done,
             )  # fmt: skip
             self.conn.send_bytes(dumps(message))
 
 
 def run_items(func, items: list, star: bool, stride: int, positions, times, flush=None):
-    """Run ``func`` over ``items``; return the last batch ``(start, values, errors, durations)``.
+    """Run ``func`` over ``items``; return the last batch.
+
+    A batch is ``(start, values, errors, durations, began)``: ``began`` is the wall-clock
+    time (``time.time()``, comparable across machines, unlike the monotonic clock) at
+    which its first item started.
 
     The clock is read every ``stride`` items. With ``stride`` 1 each item's duration is
     exact; for tiny items the parent asks for a larger stride (a clock read would cost
     more than the item) and durations are averaged over each block. ``positions[1]`` is
     set to each item's position before it runs (exact, so a crash is always pinned to its
     item), ``times[0]`` to the block's start (a timeout may fire up to one block early):
-    the status board in a pool worker, plain lists elsewhere. ``flush(start, values,
-    errors, durations)``, if given, sends finished results every FLUSH_SECONDS.
+    the status board in a pool worker, plain lists elsewhere. ``flush(*batch)``, if
+    given, sends finished results every FLUSH_SECONDS.
     """
     if star:
         plain = func
@@ -261,6 +265,7 @@ def run_items(func, items: list, star: bool, stride: int, positions, times, flus
     start = 0  # position of the first result not sent yet
     block = 0  # position where the current timing block began
     last = len(items) - 1
+    began = time.time()
     now = times[0] = clock()
     flush_at = now + FLUSH_SECONDS if flush is not None else float("inf")
     countdown = stride
@@ -280,7 +285,8 @@ def run_items(func, items: list, star: bool, stride: int, positions, times, flus
             now = times[0] = done
             block = position + 1
             if now >= flush_at and position < last:
-                flush(start, values, errors, durations)
+                flush(start, values, errors, durations, began)
+                began = time.time()
                 values, errors, durations = [], {}, []
                 append = values.append
                 start = block
@@ -288,7 +294,7 @@ def run_items(func, items: list, star: bool, stride: int, positions, times, flus
     if block < len(items):
         count = len(items) - block
         durations.extend([(clock() - now) / count] * count)
-    return start, values, errors, durations
+    return start, values, errors, durations, began
 
 
 def pickle_values(values: list, errors: dict) -> tuple[bytes, dict]:
@@ -311,7 +317,7 @@ def run_task(payload, blob: bytes, star: bool, capture: bool) -> tuple:
 
     ``payload`` is the function itself (thread executors) or the pickled
     ``(key, blob, sources)`` (process executors, Dask), loaded once per process.
-    Returns ``(TASK_DONE, values_blob, errors, durations, outputs, maxrss_kb, worker)``
+    Returns ``(TASK_DONE, values_blob, errors, durations, began, outputs, memory, worker)``
     or ``(TASK_LOAD_ERROR, "func" | "chunk", error_info)``.
     """
     try:
@@ -329,14 +335,16 @@ def run_task(payload, blob: bytes, star: bool, capture: bool) -> tuple:
         sys.stdout = _CapturedStream(sink, "stdout", saved[0])
         sys.stderr = _CapturedStream(sink, "stderr", saved[1])
     try:
-        _, values, errors, durations = run_items(func, items, star, 1, positions, times)
+        _, values, errors, durations, began = run_items(func, items, star, 1, positions, times)
     finally:
         if capture:
             sys.stdout, sys.stderr = saved
     values_blob, errors = pickle_values(values, errors)
     with sink.lock:
         outputs = sink.take()
-    return (TASK_DONE, values_blob, errors, durations, outputs, _memory_kb(), _task_worker())
+    return (
+        TASK_DONE, values_blob, errors, durations, began, outputs, _memory_kb(), _task_worker(),
+    )  # fmt: skip
 
 
 def _task_function(key: bytes, blob: bytes, sources: dict):
