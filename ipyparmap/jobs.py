@@ -28,7 +28,7 @@ from .local import LocalRunner
 from .plan import ChunkPlanner
 from .pool import Pool, WorkerHandle
 from .results import Failure
-from .runner import _CancelRun, _Chunk
+from .runner import _CancelRun, _Chunk, _Pending
 from .serialize import FunctionPayload, pickle_function
 
 _job_ids = itertools.count()
@@ -266,21 +266,8 @@ class JobRunner(LocalRunner):
             return None
         return [(job.id, start + i) for i in range(len(items))], items, None, False
 
-    def _take_requeued(self):
-        first = self.requeue[0]
-        if first.solo:
-            pending = [self.requeue.popleft()]
-        else:
-            job_id = first.index[0]
-            pending = []
-            while self.requeue and not self.requeue[0].solo and self.requeue[0].index[0] == job_id:
-                pending.append(self.requeue.popleft())
-        return (
-            [p.index for p in pending],
-            [p.item for p in pending],
-            [p.attempts for p in pending],
-            len(pending) == 1 and pending[0].solo,
-        )
+    def _same_batch(self, first: _Pending, other: _Pending) -> bool:
+        return first.index[0] == other.index[0]  # chunks never mix jobs
 
     def _label(self, index: Any) -> str:
         return str(index[1])  # (job, index in job): users know the latter

@@ -328,6 +328,10 @@ class Runner:
         for pos in range(chunk.reported, len(chunk.items)):
             self.cancelled[chunk.indices[pos]] = chunk.items[pos]
 
+    def _same_batch(self, first: _Pending, other: _Pending) -> bool:
+        """Whether two requeued items may share a chunk (always, with one function)."""
+        return True
+
     def _label(self, index: Any) -> str:
         """How messages name the item at ``index``."""
         return str(index)
@@ -356,12 +360,18 @@ class Runner:
             return _Chunk(next(_chunk_ids), indices, items, attempts, solo, owner, blob)
 
     def _take_requeued(self):
-        if self.requeue[0].solo:
+        first = self.requeue[0]
+        if first.solo:
             pending = [self.requeue.popleft()]
         else:
             size = self.planner.next_size(len(self.requeue))
             pending = []
-            while self.requeue and len(pending) < size and not self.requeue[0].solo:
+            while (
+                self.requeue
+                and len(pending) < size
+                and not self.requeue[0].solo
+                and self._same_batch(first, self.requeue[0])
+            ):
                 pending.append(self.requeue.popleft())
         return (
             [p.index for p in pending],

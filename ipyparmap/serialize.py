@@ -229,26 +229,15 @@ def _global_names(code: types.CodeType) -> set[str]:
     return names
 
 
-def _code_objects(func: Any, depth: int = 0):
-    """Code objects of ``func``, its nested functions, and functions it references."""
-    code = getattr(func, "__code__", None)
-    if code is None:
-        inner = getattr(func, "__func__", None) or getattr(func, "func", None)
-        if inner is not None and depth < 2:
-            yield from _code_objects(inner, depth + 1)
-        return
-    stack = [code]
-    while stack:
-        current = stack.pop()
-        yield current
-        stack.extend(c for c in current.co_consts if isinstance(c, types.CodeType))
-    if depth < 2:
-        refs = [cell.cell_contents for cell in (func.__closure__ or ()) if _cell_full(cell)]
-        glb = getattr(func, "__globals__", {})
-        refs += [glb[name] for name in _global_names(code) if name in glb]
-        for ref in refs:
-            if isinstance(ref, (types.FunctionType, types.MethodType, functools.partial)):
-                yield from _code_objects(ref, depth + 1)
+def _code_objects(func: Any):
+    """Code objects of ``func``, its nested functions, and the functions it refers to."""
+    for obj in _reachable(func):
+        code = getattr(obj, "__code__", None)
+        stack = [code] if isinstance(code, types.CodeType) else []
+        while stack:
+            current = stack.pop()
+            yield current
+            stack.extend(c for c in current.co_consts if isinstance(c, types.CodeType))
 
 
 # -- local modules travel by value -----------------------------------------------------------

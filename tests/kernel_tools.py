@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -10,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from conftest import ROOT
+from conftest import ROOT, wait_for
 
 
 def kernel_env() -> dict[str, str]:
@@ -109,3 +110,20 @@ class Kernel:
     def close(self) -> None:
         self.client.stop_channels()
         self.manager.shutdown_kernel(now=False)
+
+
+@contextlib.contextmanager
+def running_kernel(tmp: Path, setup: str = "%load_ext ipyparmap\n%config Parmap.workers = 2"):
+    """A started kernel with ipyparmap loaded; stopped, with its workers, afterwards."""
+    import psutil
+
+    kernel = Kernel(tmp)
+    try:
+        reply = kernel.run(setup)
+        assert reply.status == "ok", reply
+        yield kernel
+    finally:
+        kernel.run("%parmap_pool shutdown")
+        pid = kernel.pid
+        kernel.close()
+        wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie", 30)

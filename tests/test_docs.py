@@ -18,13 +18,22 @@ def test_docs_build_strict(tmp_path):
         pytest.fail("mkdocs is not installed (pip install -e '.[test]')")
     out = subprocess.run(
         [mkdocs, "build", "--strict", "--site-dir", str(tmp_path / "site")],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode == 0, out.stdout + out.stderr
     site = tmp_path / "site"
-    for page in ("index.html", "api/index.html", "magics/index.html", "how-it-works/index.html",
-                 "troubleshooting/index.html", "benchmarks/index.html",
-                 "notebooks/getting-started/index.html"):
+    for page in (
+        "index.html",
+        "api/index.html",
+        "magics/index.html",
+        "how-it-works/index.html",
+        "troubleshooting/index.html",
+        "benchmarks/index.html",
+        "notebooks/getting-started/index.html",
+    ):
         assert (site / page).exists(), page
     api = (site / "api" / "index.html").read_text()
     assert "parmap_async" in api and "max_memory" in api  # generated from the docstrings

@@ -8,19 +8,13 @@ from conftest import wait_for
 
 pytest.importorskip("ipykernel")
 pytest.importorskip("jupyter_client")
-from kernel_tools import Kernel
+from kernel_tools import running_kernel
 
 
 @pytest.fixture(scope="module")
 def kernel(tmp_path_factory):
-    k = Kernel(tmp_path_factory.mktemp("kernel"))
-    reply = k.run("%load_ext ipyparmap\n%config Parmap.workers = 2")
-    assert reply.status == "ok", reply
-    yield k
-    k.run("%parmap_pool shutdown")
-    pid = k.pid
-    k.close()
-    wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie", 30)
+    with running_kernel(tmp_path_factory.mktemp("kernel")) as k:
+        yield k
 
 
 def test_worker_prints_arrive_in_the_cell_and_the_value_is_out(kernel):

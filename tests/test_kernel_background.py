@@ -4,23 +4,16 @@ from __future__ import annotations
 
 import time
 
-import psutil
 import pytest
-from conftest import wait_for
 
 pytest.importorskip("ipykernel")
-from kernel_tools import Kernel
+from kernel_tools import running_kernel
 
 
 @pytest.fixture(scope="module")
 def kernel(tmp_path_factory):
-    k = Kernel(tmp_path_factory.mktemp("kernel-bg"))
-    assert k.run("%load_ext ipyparmap\n%config Parmap.workers = 2").status == "ok"
-    yield k
-    k.run("%parmap_pool shutdown")
-    pid = k.pid
-    k.close()
-    wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie", 30)
+    with running_kernel(tmp_path_factory.mktemp("kernel-bg")) as k:
+        yield k
 
 
 def test_bg_cell_returns_at_once_binds_results_and_routes_output(kernel):

@@ -72,8 +72,15 @@ def test_dense_timeline_aggregates_and_stays_small():
 
 def test_report_and_summary_html(run, tmp_path):
     html = run.report()._repr_html_()
-    for text in ("10/12 done", "where the time went", "speedup", "overhead", "1 crashed",
-                 "item 5", "<svg"):
+    for text in (
+        "10/12 done",
+        "where the time went",
+        "speedup",
+        "overhead",
+        "1 crashed",
+        "item 5",
+        "<svg",
+    ):
         assert text in html, text
     summary = run._repr_html_()
     assert "where the time went" in summary and "<svg" not in summary
