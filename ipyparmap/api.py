@@ -155,6 +155,7 @@ def parmap_async(
     if runner.progress is None:  # a Run always has a live model, even with no view
         runner.progress = ProgressModel()
     runner.progress.total = runner.total
+    runner.progress.background = True
     return Run(runner, on_finish)
 
 

@@ -47,6 +47,7 @@ class ProgressModel:
     workers: dict = field(default_factory=dict)  # worker id (pid) -> WorkerState
     listeners: list = field(default_factory=list)  # callables(model, final: bool)
     cancel: Callable[[], None] | None = None  # set while a run can be cancelled
+    background: bool = False  # a parmap_async run: the kernel's main thread is free
     _last_refresh: float = 0.0
     _last_done: int = 0
 

@@ -208,6 +208,7 @@ class ProgressPanel:
         self.status: Any = None
         self.workers: Any = None
         self.accordion: Any = None
+        self.cancel_button: Any = None  # background runs only (see _build)
         self._table_at: float | None = None  # elapsed time of the last worker-table update
 
     # -- the listener -----------------------------------------------------------------
@@ -309,11 +310,31 @@ class ProgressPanel:
             selected_index=None,
             layout=plain,
         )
+        row = [self.bar, self.status]
+        if model.background and model.cancel is not None:
+            # Only a background run's panel gets a Cancel button: a blocking run keeps the
+            # kernel's main thread, which would not read the click until the run ended
+            # (interrupt the kernel instead).
+            self.cancel_button = w.Button(
+                description="Cancel",
+                button_style="warning",
+                tooltip="Stop the run; finished results are kept",
+                layout=w.Layout(width="90px", margin="0 0 0 8px"),
+            )
+            self.cancel_button.on_click(self._cancel_clicked)
+            row.append(self.cancel_button)
         self.panel = w.VBox(
-            [w.HBox([self.bar, self.status], layout=plain), self.accordion],
+            [w.HBox(row, layout=plain), self.accordion],
             layout=plain,
             _dom_classes=(PANEL_CLASS,),
         )
+
+    def _cancel_clicked(self, _button) -> None:
+        model = self.model
+        if model is not None and model.cancel is not None:
+            model.cancel()
+        self.cancel_button.disabled = True
+        self.cancel_button.description = "Cancelling"
 
     def _figures(self, model: ProgressModel, final: bool) -> tuple[int, int, str, str]:
         """The bar's max, value and style, and the status HTML."""
@@ -347,6 +368,9 @@ class ProgressPanel:
             # The worker rows are detail: at most twice a second (the frontend does not
             # tell a busy kernel whether they are open, so they are always kept fresh).
             now = model.elapsed
+            if final and self.cancel_button is not None:
+                stack.enter_context(self.cancel_button.hold_sync())
+                self.cancel_button.layout.display = "none"  # nothing left to cancel
             if final or self._table_at is None or now - self._table_at >= TABLE_INTERVAL:
                 self._table_at = now
                 self.workers.value = workers_html(model)

@@ -307,6 +307,39 @@ def test_worker_rows_of_other_engines_show_their_ids(comms, screen):
     assert "<td>host&lt;1&gt;:42</td>" in table  # escaped
 
 
+def test_a_blocking_run_has_no_cancel_button(comms, screen):
+    model, clock, panel = start(screen)
+    model.cancel = lambda: None  # a blocking run can be cancelled only by an interrupt
+    run_items(model, clock, 11, 5, seconds=0.6)
+    assert panel.panel is not None and panel.cancel_button is None
+
+
+def test_the_cancel_button_of_a_background_run_cancels_it(comms, screen, no_leaks):
+    import helpers
+    from conftest import wait_for
+
+    import ipyparmap as pm
+
+    panel = ProgressPanel(delay=0.2, display=screen.display, update_display=screen.update_display)
+    run = pm.parmap_async(
+        helpers.sleepy, [(i, 0.1) for i in range(40)], workers=2, chunksize=1, progress=False
+    )
+    run.progress.listeners.append(panel)
+    wait_for(
+        lambda: panel.cancel_button is not None and run.progress.done >= 2,
+        timeout=30,
+        what="the panel with its Cancel button",
+    )
+    panel.cancel_button.click()  # what a click in the browser does, through the widget model
+    with pytest.raises(pm.Cancelled) as info:
+        run.result(timeout=30)
+    assert panel.cancel_button.disabled
+    assert 2 <= sum(not isinstance(v, pm.Failure) for v in info.value.results) < 40
+    wait_for(lambda: panel.final, timeout=10)
+    assert panel.cancel_button.layout.display == "none"  # gone once the run is over
+    assert panel.bar.bar_style == "warning"
+
+
 def test_a_panel_object_is_displayable_before_anything_ran():
     panel = ProgressPanel()
     assert repr(panel) == "parmap: starting"
