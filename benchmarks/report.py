@@ -99,10 +99,34 @@ class Report:
     seconds: float = 0.0
     rows: dict = field(default_factory=dict)  # key -> list[Row]
 
+    raw: dict = field(default_factory=dict)  # key -> {contender: Samples}
+
     # -------------------------------------------------------------- figures
     def add(self, key: str, samples: dict) -> None:
+        self.raw[key] = samples
         self.rows[key] = _FIGURES[key](samples)
         _mark_wrong_results(self.rows[key], samples)
+
+    def save_json(self, path: str) -> None:
+        import json
+
+        data = {
+            "machine": self.machine,
+            "rounds": self.rounds,
+            "script_rounds": self.script_rounds,
+            "raw": {
+                key: {
+                    name: {"values": s.values, "walls": s.walls, "errors": s.errors}
+                    for name, s in samples.items()
+                }
+                for key, samples in self.raw.items()
+            },
+            "figures": {
+                key: {row.name: row.figure for row in rows} for key, rows in self.rows.items()
+            },
+        }
+        with open(path, "w") as out:
+            json.dump(data, out, indent=1)
 
     def best_peer(self, key: str) -> Row | None:
         spec = SPECS[key]

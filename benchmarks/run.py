@@ -208,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         "--no-write", action="store_true", help=f"print the report only, don't rewrite {DOC}"
     )
     parser.add_argument("--output", default=DOC, help="the markdown file to update")
+    parser.add_argument("--json", metavar="PATH", help="also save every round's raw figures")
     args = parser.parse_args(argv)
 
     rounds = args.rounds or (2 if args.quick else 5)
@@ -310,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     report.seconds = time.perf_counter() - began
     report.machine["load_end"] = describe(ROOT)["load"]
     text = report.markdown()
+    if args.json:
+        report.save_json(args.json)
     print(text)
     if args.no_write or args.only:
         log(f"{args.output} not rewritten (--no-write or --only)")
