@@ -97,6 +97,7 @@ class Report:
     w5_calls: int
     w3_bound: float
     seconds: float = 0.0
+    calm: object = None  # run.Calm: rounds that started under load
     rows: dict = field(default_factory=dict)  # key -> list[Row]
 
     raw: dict = field(default_factory=dict)  # key -> {contender: Samples}
@@ -127,6 +128,16 @@ class Report:
         }
         with open(path, "w") as out:
             json.dump(data, out, indent=1)
+
+    def _calm_text(self) -> str:
+        calm = self.calm
+        if calm is None or not calm.rounds:
+            return " Rounds did not wait for idle CPUs."
+        return (
+            f" Each round first waited for a moment of idle CPUs (< {calm.busy:.0f}% busy; "
+            f"{calm.waited:.0f} s of waiting in all); {calm.loaded} of {calm.rounds} rounds "
+            f"started under load after {calm.patience:.0f} s."
+        )
 
     def best_peer(self, key: str) -> Row | None:
         spec = SPECS[key]
@@ -186,7 +197,7 @@ class Report:
             f"- **Python:** {m['python']}; {m['packages']}.",
             f"- **Load average** (1, 5, 15 min) at the start: {m['load']}; at the end: "
             f"{m.get('load_end', '?')}. The machine is shared: only ratios within this run "
-            "count.",
+            f"count.{self._calm_text()}",
             f"- Every contender uses 2 workers. `spin()` ran {self.spin_rate / 1e6:.2f} M "
             f"turns/s here at calibration; W3's in-order greedy floor (no overhead) is "
             f"{self.w3_bound:.3f}; W5 times {self.w5_calls} calls per round.",
@@ -271,19 +282,31 @@ def _serial(samples: dict) -> float | None:
     return samples["serial"].median() if "serial" in samples else None
 
 
+def _paired(samples: dict, relate: Callable[[float, float], float], reference: str = "serial"):
+    """A figure from each round's pair (this contender, serial in the same round), then
+    the median over rounds: machine load that drifts between rounds cancels out."""
+    ref = samples[reference]
+    serial = dict(zip(ref.rounds, ref.values, strict=True))
+
+    def figure(med, s):
+        pairs = [
+            relate(v, serial[r]) for r, v in zip(s.rounds, s.values, strict=True) if r in serial
+        ]
+        return statistics.median(pairs) if pairs else None
+
+    return figure
+
+
 def _w1(samples):
-    serial = _serial(samples)
-    return _rows(samples, 1e3, lambda med, s: (med - serial) / W.W1_ITEMS * 1e6)
+    return _rows(samples, 1e3, _paired(samples, lambda v, ser: (v - ser) / W.W1_ITEMS * 1e6))
 
 
 def _w2(samples):
-    serial = _serial(samples)
-    return _rows(samples, 1, lambda med, s: serial / med)
+    return _rows(samples, 1, _paired(samples, lambda v, ser: ser / v))
 
 
 def _w3(samples):
-    serial = _serial(samples)
-    return _rows(samples, 1, lambda med, s: med / (serial / W.WORKERS))
+    return _rows(samples, 1, _paired(samples, lambda v, ser: v / (ser / W.WORKERS)))
 
 
 def _w4(samples):
@@ -309,8 +332,7 @@ def _w7(samples):
 
 
 def _progress(samples):
-    off = samples["progress=False"].median()
-    return _rows(samples, 1e3, lambda med, s: med / off if off else None)
+    return _rows(samples, 1e3, _paired(samples, lambda v, off: v / off, "progress=False"))
 
 
 _FIGURES = {
@@ -326,11 +348,14 @@ _FIGURES = {
 }
 
 _FOOTNOTES = {
-    "W1": "Overhead = (median wall − median serial wall) / 100,000. Pools are warm; "
+    "W1": "Overhead = (wall − serial wall of the same round) / 100,000, median over rounds. "
+    "Pools are warm; "
     "`ProcessPoolExecutor` and loky get `Pool.map`'s chunksize (n / 8).",
-    "W2": "Speedup = median serial wall / median wall; the ideal on 2 cores is 2.",
+    "W2": "Speedup = serial wall / wall, both of the same round, median over rounds; the "
+    "ideal on 2 cores is 2.",
     "W3": "Item weights are Pareto(α = 2) quantiles in ascending order (the heaviest, "
-    "~9% of the total, comes last). Figure = median wall / (median serial wall / 2); "
+    "~9% of the total, comes last). Figure = wall / (serial wall / 2), both of the same "
+    "round, median over rounds; "
     "the floor for any in-order dispatcher is the greedy bound in the header.",
     "W4": "Each run is `python script.py` in a fresh interpreter: imports, start 2 "
     "workers, map `f` (defined in the script) over 2 items, print, exit (pool stopped). "
@@ -352,7 +377,8 @@ _FOOTNOTES = {
     "RSS counts pages shared after a fork once per process, which inflates fork-based "
     "rows a little.",
     "P": "`progress='text'` with stderr made to look like a terminal (output discarded), "
-    "against `progress=False`, interleaved.",
+    "against `progress=False`, interleaved; the figure is the median over rounds of the "
+    "ratio within a round.",
 }
 
 
