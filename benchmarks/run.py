@@ -96,16 +96,16 @@ class Calm:
         self.loaded = 0
         self.waited = 0.0
 
-    def wait(self) -> None:
+    def wait(self, count: bool = True) -> None:
         if self.patience <= 0:
             return
         import psutil
 
-        self.rounds += 1
+        self.rounds += count
         started = time.perf_counter()
         while psutil.cpu_percent(interval=0.5) >= self.busy:
             if time.perf_counter() - started > self.patience:
-                self.loaded += 1
+                self.loaded += count
                 break
         self.waited += time.perf_counter() - started
 
@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
 
     began = time.perf_counter()
     machine = describe(ROOT)
-    CALM.wait()
+    CALM.wait(count=False)
     log(f"calibrating spin() on {machine['cpu']} ...")
     rate = W.spin_per_second()
     n20 = max(1, int(rate * W.W2_SECONDS))
