@@ -377,8 +377,8 @@ _FOOTNOTES = {
     "RSS counts pages shared after a fork once per process, which inflates fork-based "
     "rows a little.",
     "P": "`progress='text'` with stderr made to look like a terminal (output discarded), "
-    "against `progress=False`, interleaved; the figure is the median over rounds of the "
-    "ratio within a round.",
+    "against `progress=False`, interleaved, in 4 times as many rounds as the other "
+    "workloads; the figure is the median over rounds of the ratio within a round.",
 }
 
 

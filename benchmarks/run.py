@@ -332,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
                 W.square,
                 tiny,
                 [1, 2, 3, 4],
-                rounds,
+                4 * rounds,  # a small difference in a short call: more pairs
                 60,
                 fake_tty=frozenset([on.name]),
             )
