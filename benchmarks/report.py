@@ -98,6 +98,7 @@ class Report:
     w3_bound: float
     seconds: float = 0.0
     calm: object = None  # run.Calm: rounds that started under load
+    foreign: object = None  # run.Foreign: runs disturbed by other processes
     rows: dict = field(default_factory=dict)  # key -> list[Row]
 
     raw: dict = field(default_factory=dict)  # key -> {contender: Samples}
@@ -130,14 +131,22 @@ class Report:
             json.dump(data, out, indent=1)
 
     def _calm_text(self) -> str:
-        calm = self.calm
-        if calm is None or not calm.rounds:
-            return " Rounds did not wait for idle CPUs."
-        return (
-            f" Each round first waited for a moment of idle CPUs (< {calm.busy:.0f}% busy; "
-            f"{calm.waited:.0f} s of waiting in all); {calm.loaded} of {calm.rounds} rounds "
-            f"started under load after {calm.patience:.0f} s."
-        )
+        calm, foreign = self.calm, self.foreign
+        text = ""
+        if calm is not None and calm.rounds:
+            text += (
+                f" Each round first waited for a moment of idle CPUs (< {calm.busy:.0f}% "
+                f"busy; {calm.waited:.0f} s of waiting in all; {calm.loaded} of "
+                f"{calm.rounds} rounds started under load after {calm.patience:.0f} s)."
+            )
+        if foreign is not None and foreign.runs:
+            text += (
+                f" A run during which other processes used more than {foreign.limit:.0%} "
+                f"of the CPUs was run again (up to {foreign.tries} tries, the least "
+                f"disturbed kept): {foreign.retried} retries; {foreign.kept_disturbed} of "
+                f"{foreign.runs} runs stayed disturbed."
+            )
+        return text
 
     def best_peer(self, key: str) -> Row | None:
         spec = SPECS[key]
