@@ -139,7 +139,13 @@ class Report:
                 f"busy; {calm.waited:.0f} s of waiting in all; {calm.loaded} of "
                 f"{calm.rounds} rounds started under load after {calm.patience:.0f} s)."
             )
-        if foreign is not None and foreign.runs:
+        if foreign is not None and foreign.runs and foreign.tries == 1:
+            text += (
+                f" {foreign.kept_disturbed} of {foreign.runs} runs were disturbed (other "
+                f"processes used more than {foreign.limit:.0%} of the CPUs); none was "
+                "repeated."
+            )
+        elif foreign is not None and foreign.runs:
             text += (
                 f" A run during which other processes used more than {foreign.limit:.0%} "
                 f"of the CPUs was run again (up to {foreign.tries} tries, the least "

@@ -314,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="2 rounds (1 for W4, W6b, W7), W5 with 50 calls a round: under 2 minutes",
+        help="2 rounds (1 for W4, W6b, W7), W5 with 50 calls a round, no waiting for "
+        "idle CPUs and no retries of disturbed runs: under 2 minutes",
     )
     parser.add_argument("--only", help=f"comma-separated workloads of {','.join(ALL)}")
     parser.add_argument(
@@ -324,13 +325,12 @@ def main(argv: list[str] | None = None) -> int:
         "--patience",
         type=float,
         help="seconds to wait before each round for the CPUs to be idle (default 10, "
-        "quick 5, 0: don't wait)",
+        "quick 0: don't wait)",
     )
     parser.add_argument(
         "--tries",
         type=int,
-        default=3,
-        help="attempts per run when other processes took > 10%% of the CPUs (default 3)",
+        help="attempts per run when other processes took > 10%% of the CPUs (default 3, quick 1)",
     )
     parser.add_argument("--output", default=DOC, help="the markdown file to update")
     parser.add_argument("--json", metavar="PATH", help="also save every round's raw figures")
@@ -345,8 +345,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown workloads: {', '.join(sorted(unknown))}")
     w5_calls = 50 if args.quick else W.W5_CALLS
     global CALM, FOREIGN
-    CALM = Calm(args.patience if args.patience is not None else (5 if args.quick else 10))
-    FOREIGN = Foreign(tries=args.tries)
+    CALM = Calm(args.patience if args.patience is not None else (0 if args.quick else 10))
+    FOREIGN = Foreign(tries=args.tries or (1 if args.quick else 3))
 
     os.environ["PYTHONPATH"] = os.pathsep.join(
         [ROOT, *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]]
