@@ -8,6 +8,7 @@ the warm default pool.
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -270,6 +271,23 @@ def _check_call(func: Any, iterable: Any, options: Options) -> None:
         raise TypeError(
             f"iterable must be iterable, got {type(iterable).__name__} ({short_repr(iterable)})"
         ) from None
+    try:
+        if options.star in _checked_functions.get(func, ()):
+            return  # checked before (inspect.signature costs ~35 us a call)
+    except TypeError:  # not weak-referenceable (a builtin...): check every time
+        pass
+    _check_function(func, options.star)
+    try:
+        _checked_functions.setdefault(func, set()).add(options.star)
+    except TypeError:
+        pass
+
+
+# Functions that passed _check_function, with the star modes they passed for.
+_checked_functions: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _check_function(func: Any, star: bool) -> None:
     import inspect
 
     target = func
@@ -284,7 +302,7 @@ def _check_call(func: Any, iterable: Any, options: Options) -> None:
             "func is a generator function: its results would be generators, which "
             "cannot be sent back from a worker; return list(...) instead"
         )
-    if not options.star:
+    if not star:
         _check_arity(func)
 
 

@@ -266,6 +266,9 @@ class JobRunner(LocalRunner):
             return None
         return [(job.id, start + i) for i in range(len(items))], items, None, False
 
+    def _prefetch_allowed(self) -> bool:
+        return self.max_tasks is None  # counting items per worker needs one chunk at a time
+
     def _same_batch(self, first: _Pending, other: _Pending) -> bool:
         return first.index[0] == other.index[0]  # chunks never mix jobs
 

@@ -9,9 +9,8 @@ running; the rest of its chunk is requeued and a replacement starts), the status
 
 from __future__ import annotations
 
+import selectors
 import time
-from multiprocessing.connection import wait
-from typing import Any
 
 from . import protocol as P
 from .config import Options, describe
@@ -26,6 +25,15 @@ from .serialize import loads, rebuild_exception
 MAX_BOOT_FAILURES = 3
 #: Seconds between samples of busy workers' memory.
 MEMORY_SAMPLE_SECONDS = 0.5
+#: A worker whose chunk takes less than this gets its next chunk queued behind it, so it
+#: never waits for the parent's round trip (results in, next chunk out). Longer chunks
+#: are not worth it, and a queued chunk could not go to a worker that frees up first.
+PREFETCH_SECONDS = 0.05
+#: ...and only when chunks batch at least this many items: with single slow items an
+#: estimate says little about the next one, and a chunk queued behind a long item waits.
+PREFETCH_MIN_ITEMS = 8
+#: A queued chunk is sent at once only if it surely fits in the pipe's buffer.
+PREFETCH_MAX_BYTES = 64 * 1024
 
 
 class LocalRunner(Runner):
@@ -52,13 +60,29 @@ class LocalRunner(Runner):
         self.env = env
         self.workers: list[WorkerHandle] = []
         self.timed_out: dict[WorkerHandle, int] = {}  # worker -> position killed for
+        self.queued: dict[WorkerHandle, _Chunk] = {}  # a busy worker's next chunk
+        self.selector = selectors.DefaultSelector()  # every pipe and sentinel, kept
         self.boot_failures = 0
         self.memory_sampled = time.monotonic()  # when busy workers' RSS was last read
 
     def _start_engine(self) -> None:
         self.workers = self.pool.acquire(self.n_workers, self.env)
         for worker in self.workers:
+            self._watch(worker)
             self._progress_worker(worker.pid, IDLE)
+        for waitable, callback in self._extra_waitables().items():
+            self.selector.register(waitable, selectors.EVENT_READ, (None, callback))
+
+    def _watch(self, worker: WorkerHandle) -> None:
+        self.selector.register(worker.conn.fileno(), selectors.EVENT_READ, (worker, "pipe"))
+        self.selector.register(worker.sentinel, selectors.EVENT_READ, (worker, "death"))
+
+    def _unwatch(self, worker: WorkerHandle) -> None:
+        for fd in (worker.conn.fileno(), worker.sentinel):
+            try:
+                self.selector.unregister(fd)
+            except (KeyError, ValueError, OSError):
+                pass
 
     def _kill_busy(self) -> None:
         busy = [w for w in self.in_flight if not w.closed]
@@ -67,15 +91,19 @@ class LocalRunner(Runner):
         for worker in busy:
             worker.reap(5.0)
             self._cancel_rest(self.in_flight.pop(worker))
+            if worker in self.queued:
+                self._cancel_rest(self.queued.pop(worker))
             self._forget(worker)
 
     def _close_engine(self) -> None:
         keep = max(self.n_workers, len(self.workers))
         self.pool.release([w for w in self.workers if w not in self.in_flight], keep=keep)
+        self.selector.close()
 
     def _forget(self, worker: WorkerHandle) -> None:
         if worker in self.workers:
             self.workers.remove(worker)
+            self._unwatch(worker)
         self.timed_out.pop(worker, None)
         self.pool.discard(worker)
         self._progress_worker(worker.pid, DEAD)
@@ -90,13 +118,45 @@ class LocalRunner(Runner):
             if chunk is None:
                 return
             self._send(chunk)
+        for worker, running in list(self.in_flight.items()):
+            if worker in self.queued or not self._prefetch_ok(running):
+                continue
+            chunk = self._next_chunk(worker)
+            if chunk is None:
+                return
+            self._send(chunk, queued=True)
 
-    def _send(self, chunk: _Chunk) -> None:
+    def _prefetch_ok(self, running: _Chunk) -> bool:
+        """Whether to queue a next chunk behind ``running`` (short chunks only)."""
+        per_item = self.planner.per_item
+        return (
+            per_item is not None
+            and len(running.items) >= PREFETCH_MIN_ITEMS
+            and per_item * len(running.items) < PREFETCH_SECONDS
+            and not running.solo
+            and not self.requeue  # suspects and retries go out one at a time
+            and self.options.max_memory is None  # recycling needs an idle worker
+            and self._prefetch_allowed()
+        )
+
+    def _prefetch_allowed(self) -> bool:
+        """Hook: whether this engine may queue chunks behind running ones."""
+        return True
+
+    def _send(self, chunk: _Chunk, queued: bool = False) -> None:
         worker = chunk.owner
         chunk.worker_id = worker.pid
-        self.in_flight[worker] = chunk
-        self._progress_worker(worker.pid, BUSY, chunk.indices[0])
         payload = self._payload_for(chunk)
+        if queued:
+            self.queued[worker] = chunk
+            # A busy worker does not read its pipe: a message bigger than the pipe's
+            # buffer would block us while the worker blocks sending us its results. Such
+            # a chunk stays here, assigned, and goes out when the worker is idle.
+            if len(chunk.blob) > PREFETCH_MAX_BYTES or payload.key not in worker.functions:
+                return
+        else:
+            self.in_flight[worker] = chunk
+            self._progress_worker(worker.pid, BUSY, chunk.indices[0])
         try:
             worker.send_function(payload.key, payload.blob, payload.sources)
             stride = self.planner.timing_stride()
@@ -106,21 +166,15 @@ class LocalRunner(Runner):
         chunk.blob = None
 
     def _wait(self, timeout: float) -> None:
-        owners: dict[Any, WorkerHandle] = {}
-        for worker in self.workers:
-            owners[worker.conn] = worker
-            owners[worker.sentinel] = worker
-        extra = self._extra_waitables()
         if self.options.timeout is not None:
             timeout = min(timeout, max(0.01, self.options.timeout / 10))
-        for ready in wait([*owners, *extra], timeout):
-            if ready in extra:
-                extra[ready]()
+        for key, _ in self.selector.select(timeout):
+            worker, what = key.data
+            if worker is None:  # an extra waitable: what is its callback
+                what()
+            elif worker.closed:
                 continue
-            worker = owners[ready]
-            if worker.closed:
-                continue
-            if ready is worker.conn:
+            elif what == "pipe":
                 self._receive(worker)
             else:
                 self._on_death(worker)
@@ -177,9 +231,20 @@ class LocalRunner(Runner):
             worker.last_rss = memory_kb[1] * 1024
         self._fold(chunk, start, values_blob, errors, durations, memory_kb, began)
         if done:
-            del self.in_flight[worker]
+            self._chunk_finished(worker, chunk)
+
+    def _chunk_finished(self, worker: WorkerHandle, chunk: _Chunk) -> None:
+        """The worker is through with its running chunk: it starts the queued one, if any."""
+        del self.in_flight[worker]
+        following = self.queued.pop(worker, None)
+        if following is not None and following.blob is not None:  # assigned, not yet sent
+            self._send(following)
+        elif following is not None:
+            self.in_flight[worker] = following
+            self._progress_worker(worker.pid, BUSY, following.indices[0])
+        else:
             self._progress_worker(worker.pid, IDLE)
-            self._chunk_done(worker, chunk)
+        self._chunk_done(worker, chunk)
 
     def _payload_for(self, chunk: _Chunk):
         """Hook: the pickled function this chunk runs."""
@@ -195,6 +260,7 @@ class LocalRunner(Runner):
     def _retire(self, worker: WorkerHandle) -> None:
         """Stop an idle worker on purpose and start a fresh one in its place."""
         self.workers.remove(worker)
+        self._unwatch(worker)
         self.pool.release([worker], keep=0)  # stops it
         if not self.stopping and (self.requeue or not self.exhausted):
             self._replace_worker(planned=True)
@@ -213,10 +279,10 @@ class LocalRunner(Runner):
             error.__cause__ = cause
             self.abort()
             raise error
-        chunk = self.in_flight.pop(worker, None)
-        self._progress_worker(worker.pid, IDLE)
+        chunk = self.in_flight.get(worker)
         if chunk is None:
             return
+        self._chunk_finished(worker, chunk)
         if len(chunk.items) == 1:
             cause = rebuild_exception(info)
             error = SerializationError(
@@ -248,7 +314,11 @@ class LocalRunner(Runner):
         timed_out = self.timed_out.get(worker)
         board = worker.board.read()  # what it was doing when it died
         chunk = self.in_flight.pop(worker, None)
+        following = self.queued.pop(worker, None)  # queued behind: it never started
         self._forget(worker)
+        if following is not None:
+            for position in reversed(range(len(following.items))):
+                self._requeue_position(following, position, solo=following.solo)
         if chunk is not None:
             self._crashed_chunk(chunk, worker, returncode, board, timed_out)
         if not booted:
@@ -269,6 +339,7 @@ class LocalRunner(Runner):
         if not planned:
             self.stats.restarts += 1
         self.workers.append(worker)
+        self._watch(worker)
         self._progress_worker(worker.pid, IDLE)
         if self.progress is not None:
             self.progress.worker(worker.pid).restarts = self.stats.restarts

@@ -19,6 +19,9 @@ TARGET_SECONDS = 0.02
 GROWTH = 4
 #: With a known length, a chunk is at most remaining / (TAIL_SHARE * workers).
 TAIL_SHARE = 2
+#: Near the end chunks shrink, but not below this much work: smaller ones cost more in
+#: round trips than any imbalance they could prevent.
+MIN_CHUNK_SECONDS = 0.002
 #: Weight of the newest measurement in the running per-item time estimate.
 SMOOTHING = 0.3
 #: Items faster than this are timed in blocks of FAST_STRIDE (a clock read per item
@@ -48,7 +51,12 @@ class ChunkPlanner:
         else:
             size = min(int(TARGET_SECONDS / self.per_item), self.largest * GROWTH)
         if remaining is not None:
-            size = min(size, math.ceil(remaining / (TAIL_SHARE * self.workers)))
+            tail = math.ceil(remaining / (TAIL_SHARE * self.workers))
+            floor = int(MIN_CHUNK_SECONDS / self.per_item) if self.per_item else 1
+            # ...but never more than an even split of what is left: if the last items
+            # are slower than measured, each worker still gets its share of them
+            floor = min(floor, math.ceil(remaining / self.workers))
+            size = min(size, max(tail, floor))
         size = max(1, size)
         self.largest = max(self.largest, size)
         return size

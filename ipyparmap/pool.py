@@ -33,7 +33,7 @@ from collections import OrderedDict
 from multiprocessing.connection import Connection
 
 from . import protocol as P
-from .serialize import dumps
+from .serialize import dumps_message
 
 #: Seconds a stopping worker gets to exit before it is killed.
 STOP_GRACE = 1.0
@@ -67,7 +67,7 @@ class WorkerHandle:
         return f"<WorkerHandle pid={self.pid}{' closed' if self.closed else ''}>"
 
     def send(self, message: tuple) -> None:
-        self.conn.send_bytes(dumps(message))
+        self.conn.send_bytes(dumps_message(message))
 
     def send_function(self, key: bytes, blob: bytes, sources: dict) -> None:
         """Send the function unless this worker already has it loaded."""
@@ -195,6 +195,8 @@ class Pool:
                 dead.close()
             taken, self._idle = warm[:count], warm[count:]
             self._leased.update(taken)
+        if len(taken) == count:  # all warm: no environment to build, nothing to spawn
+            return taken
         env = worker_env(env_extra)
         try:
             while len(taken) < count:

@@ -30,10 +30,24 @@ def cpu_count() -> int:
         count = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # macOS, Windows
         count = os.cpu_count() or 1
-    quota = cgroup_cpu_limit()
+    quota = _cgroup_limit_cached()
     if quota is not None:
         count = min(count, quota)
     return max(1, count)
+
+
+_NOT_READ = object()
+_cgroup_limit: object = _NOT_READ
+
+
+def _cgroup_limit_cached() -> int | None:
+    """The cgroup quota, read once per process (a handful of file reads, ~0.2 ms, that
+    every parmap call would otherwise pay; quotas do not change under a running
+    process in practice). The affinity mask is re-read every time: it is one syscall."""
+    global _cgroup_limit
+    if _cgroup_limit is _NOT_READ:
+        _cgroup_limit = cgroup_cpu_limit()
+    return _cgroup_limit  # type: ignore[return-value]
 
 
 def cgroup_cpu_limit(

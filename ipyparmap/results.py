@@ -132,7 +132,8 @@ class Results(list):
         self.outputs: dict[int, ItemOutput] = outputs if outputs is not None else {}
         self.durations: list = durations if durations is not None else []
         self.worker_of: list = workers if workers is not None else []
-        self.starts: list = []  # wall-clock start per item (None where it did not run)
+        self._starts: list | None = []
+        self._start_batches: list = []  # (indices, began, durations): starts, when asked
 
     @property
     def failures(self) -> list[Failure]:
@@ -145,6 +146,27 @@ class Results(list):
 
     #: The input sequence (a reference, not a copy) when the input was a list, range...
     inputs: Any = None
+
+    @property
+    def starts(self) -> list:
+        """Wall-clock start (``time.time()``) of each item, None where it did not run.
+
+        Computed on first use from each batch's start and durations: a million-item run
+        should not pay for it unless someone draws its timeline.
+        """
+        if self._starts is None:
+            starts: list = []
+            for indices, began, durations in self._start_batches:
+                times = list(itertools.accumulate(durations[:-1], initial=began))
+                _assign(starts, indices, times, None)
+            self._starts = (starts + [None] * len(self))[: len(self)]
+            self._start_batches = []
+        return self._starts
+
+    @starts.setter
+    def starts(self, values: list) -> None:
+        self._starts = list(values)
+        self._start_batches = []
 
     def outcomes(self) -> list[str]:
         """Per item: ``"ok"`` or the Failure kind."""
@@ -259,7 +281,7 @@ class ResultSlots:
         self.filled = 0
         self.durations: list = []  # seconds per index (None: did not run)
         self.workers: list = []  # worker PID per index
-        self.starts: list = []  # wall-clock start per index
+        self.start_batches: list = []  # (indices, began, durations) per batch
 
     def place(self, indices, values: list) -> None:
         _assign(self.slots, indices, values, _MISSING)
@@ -270,8 +292,7 @@ class ResultSlots:
         _assign(self.durations, indices, durations, None)
         _assign(self.workers, indices, [worker] * len(durations), None)
         if began is not None:
-            starts = list(itertools.accumulate(durations[:-1], initial=began))
-            _assign(self.starts, indices, starts, None)
+            self.start_batches.append((indices, began, durations))
 
     def snapshot(self, size: int, stats: RunStats) -> Results:
         """A copy of the results so far; unfinished slots hold PENDING."""
@@ -292,5 +313,6 @@ class ResultSlots:
         durations = (self.durations + [None] * size)[:size]
         workers = (self.workers + [None] * size)[:size]
         results = Results(slots, stats, outputs, durations, workers)
-        results.starts = (self.starts + [None] * size)[:size]
+        results._starts = None
+        results._start_batches = self.start_batches
         return results

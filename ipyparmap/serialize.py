@@ -84,6 +84,14 @@ def _make_function_pickler():
     return FunctionPickler
 
 
+def dumps_message(message: tuple) -> bytes:
+    """A protocol message: plain data around already pickled blobs, so the C pickler
+    does (cloudpickle would build a Pickler object for every small message)."""
+    import pickle
+
+    return pickle.dumps(message, PROTOCOL)
+
+
 def loads(blob: bytes) -> Any:
     import pickle
 

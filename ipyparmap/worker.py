@@ -30,6 +30,7 @@ from .errors import SerializationError
 from .serialize import (
     PICKLING_ERRORS,
     dumps,
+    dumps_message,
     exception_info,
     install_sources,
     loads,
@@ -135,7 +136,7 @@ class Worker:
     # -- sending ---------------------------------------------------------------------
     def _send_locked(self, message: tuple) -> None:
         """Send one message; the caller holds ``sink.lock`` (it orders all sends)."""
-        self.conn.send_bytes(dumps(message))
+        self.conn.send_bytes(dumps_message(message))
 
     def _send(self, message: tuple) -> None:
         with self.sink.lock:
@@ -233,7 +234,7 @@ class Worker:
                 P.RESULTS, chunk_id, start, values_blob, errors, durations, began,
                 self.sink.take(), _memory_kb(), done,
             )  # fmt: skip
-            self.conn.send_bytes(dumps(message))
+            self.conn.send_bytes(dumps_message(message))
 
 
 def run_items(func, items: list, star: bool, stride: int, positions, times, flush=None):

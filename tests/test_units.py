@@ -83,9 +83,12 @@ def test_growth_is_capped_after_one_fast_item():
 
 
 def test_tail_share_shrinks_chunks_near_the_end():
-    planner = plan.ChunkPlanner(2, total=1000)
-    planner.record(100, 1e-5)
-    assert planner.next_size(remaining=8) == 2  # 8 / (2 * 2 workers)
+    slow = plan.ChunkPlanner(2, total=1000)
+    slow.record(10, 0.1)  # 10 ms items
+    assert slow.next_size(remaining=8) == 2  # 8 / (2 * 2 workers)
+    tiny = plan.ChunkPlanner(2, total=1000)
+    tiny.record(100, 1e-5)  # 0.1 us items: a 2 ms chunk floor, but at most an even split
+    assert tiny.next_size(remaining=8) == 4
 
 
 # -- progress model ----------------------------------------------------------------------------
