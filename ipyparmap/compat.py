@@ -46,7 +46,6 @@ from .results import Failure
 from .serialize import (
     ItemPicklingError,
     dumps,
-    loads,
     pickle_function,
     pickle_items,
     rebuild_exception,
@@ -484,8 +483,9 @@ class Process:
         item = ((self,), {}) if type(self).run is not Process.run else (self._args, self._kwargs)
         blob = dumps([item])
         self._worker = worker = spawn_worker(worker_env())
-        worker.send((P.FUNC, payload.key, payload.blob, payload.sources))
-        worker.send((P.CHUNK, 0, payload.key, blob, False, 1))
+        worker.send_function(payload)
+        worker.send((P.CHUNK, 0, payload.key, blob, False, 1, None))
+        payload.close()
         worker.send((P.STOP,))
         self._reader = threading.Thread(
             target=contextvars.copy_context().run, args=(self._read,), daemon=True,
@@ -501,17 +501,18 @@ class Process:
 
     def _read(self) -> None:
         """Forward the target's output to this cell; note how the target ended."""
-        conn = self._worker.conn
         while True:
             try:
-                message = loads(conn.recv_bytes())
+                message, fds = self._worker.recv()
             except (EOFError, OSError):
                 return
+            for fd in fds:  # shared memory of a result nobody reads
+                os.close(fd)
             if message[0] == P.OUTPUT:
                 for _, stream, text in message[2]:
                     (sys.stdout if stream == "stdout" else sys.stderr).write(text)
             elif message[0] == P.RESULTS:
-                _, _, _, _, errors, _, _, outputs, _, _ = message
+                _, _, _, _, _, errors, _, _, outputs, _, _ = message
                 for _, stream, text in outputs:
                     (sys.stdout if stream == "stdout" else sys.stderr).write(text)
                 self._target_exitcode = 0

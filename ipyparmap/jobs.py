@@ -137,6 +137,7 @@ class Job:
     def _finish(self) -> None:
         if self.done.is_set():
             return
+        self.payload.close()
         self.done.set()
         if self.on_done is not None:
             self.on_done(self)

@@ -19,7 +19,7 @@ from .pool import Pool, WorkerHandle
 from .progress import BUSY, DEAD, IDLE, ProgressModel
 from .resources import describe_exit, format_bytes, signal_name
 from .runner import OutputCallback, Runner, _Chunk, _name
-from .serialize import loads, rebuild_exception
+from .serialize import Incoming, rebuild_exception
 
 #: Workers that die before they ever start, in a row, before the run gives up.
 MAX_BOOT_FAILURES = 3
@@ -38,6 +38,8 @@ PREFETCH_MAX_BYTES = 64 * 1024
 
 class LocalRunner(Runner):
     """Runs ``func`` over ``iterable`` on leased workers of ``pool``."""
+
+    share_buffers = True
 
     def __init__(
         self,
@@ -92,7 +94,9 @@ class LocalRunner(Runner):
             worker.reap(5.0)
             self._cancel_rest(self.in_flight.pop(worker))
             if worker in self.queued:
-                self._cancel_rest(self.queued.pop(worker))
+                following = self.queued.pop(worker)
+                _release(following)
+                self._cancel_rest(following)
             self._forget(worker)
 
     def _close_engine(self) -> None:
@@ -152,17 +156,23 @@ class LocalRunner(Runner):
             # A busy worker does not read its pipe: a message bigger than the pipe's
             # buffer would block us while the worker blocks sending us its results. Such
             # a chunk stays here, assigned, and goes out when the worker is idle.
-            if len(chunk.blob) > PREFETCH_MAX_BYTES or payload.key not in worker.functions:
+            if len(chunk.blob.blob) > PREFETCH_MAX_BYTES or payload.key not in worker.functions:
                 return
         else:
             self.in_flight[worker] = chunk
             self._progress_worker(worker.pid, BUSY, chunk.indices[0])
+        packed = chunk.blob
         try:
-            worker.send_function(payload.key, payload.blob, payload.sources)
+            worker.send_function(payload)
             stride = self.planner.timing_stride()
-            worker.send((P.CHUNK, chunk.id, payload.key, chunk.blob, self.options.star, stride))
+            fds, table = packed.share()  # large buffers: one memfd, mapped by the worker
+            message = (P.CHUNK, chunk.id, payload.key, packed.blob, self.options.star, stride,
+                       table)  # fmt: skip
+            worker.send(message, fds)
         except OSError:
             pass  # it died; its sentinel fires and _on_death requeues the chunk
+        finally:
+            packed.close()  # the worker has its own descriptor
         chunk.blob = None
 
     def _wait(self, timeout: float) -> None:
@@ -200,16 +210,17 @@ class LocalRunner(Runner):
 
     def _receive(self, worker: WorkerHandle) -> None:
         try:
-            data = worker.conn.recv_bytes()
+            message, fds = worker.recv()
         except (EOFError, OSError):
             self._on_death(worker)
             return
-        self._handle(worker, loads(data))
+        self._handle(worker, message, fds)
 
-    def _handle(self, worker: WorkerHandle, message: tuple) -> None:
+    def _handle(self, worker: WorkerHandle, message: tuple, fds: list[int] = ()) -> None:
         tag = message[0]
         if tag == P.RESULTS:
-            self._on_results(worker, *message[1:])
+            chunk_id, start, blob, table, *rest = message[1:]
+            self._on_results(worker, chunk_id, start, Incoming(blob, list(fds), table), *rest)
         elif tag == P.OUTPUT:
             chunk = self.in_flight.get(worker)
             if chunk is not None and chunk.id == message[1]:
@@ -220,16 +231,17 @@ class LocalRunner(Runner):
         elif tag == P.LOAD_ERROR:
             self._on_load_error(worker, *message[1:])
 
-    def _on_results(self, worker, chunk_id, start, values_blob, errors, durations, began,
+    def _on_results(self, worker, chunk_id, start, values: Incoming, errors, durations, began,
                     outputs, memory_kb, done) -> None:  # fmt: skip
         chunk = self.in_flight.get(worker)
         if chunk is None or chunk.id != chunk_id:
+            values.discard()
             return
         if outputs:
             self._on_output(chunk, outputs)
         if memory_kb and memory_kb[1]:
             worker.last_rss = memory_kb[1] * 1024
-        self._fold(chunk, start, values_blob, errors, durations, memory_kb, began)
+        self._fold(chunk, start, values, errors, durations, memory_kb, began)
         if done:
             self._chunk_finished(worker, chunk)
 
@@ -303,10 +315,10 @@ class LocalRunner(Runner):
             try:
                 if not worker.conn.poll(0):
                     break
-                data = worker.conn.recv_bytes()
+                message, fds = worker.recv()
             except (EOFError, OSError):
                 break
-            self._handle(worker, loads(data))
+            self._handle(worker, message, fds)
         if worker.closed:  # handling a message may have closed it
             return
         returncode = worker.reap(5.0)
@@ -317,6 +329,7 @@ class LocalRunner(Runner):
         following = self.queued.pop(worker, None)  # queued behind: it never started
         self._forget(worker)
         if following is not None:
+            _release(following)
             for position in reversed(range(len(following.items))):
                 self._requeue_position(following, position, solo=following.solo)
         if chunk is not None:
@@ -417,3 +430,10 @@ def _executable() -> str:
     import sys
 
     return sys.executable
+
+
+def _release(chunk: _Chunk) -> None:
+    """Close the shared memory of a chunk that was never sent."""
+    if chunk.blob is not None:
+        chunk.blob.close()
+        chunk.blob = None

@@ -4,7 +4,7 @@ A worker is a fresh interpreter started with ``subprocess`` (never a fork of the
 kernel) in its own session, so a terminal Ctrl-C or a Jupyter interrupt aimed at the
 kernel's process group never reaches it. Each worker has:
 
-- a duplex pipe (a socketpair wrapped in ``multiprocessing.connection.Connection``),
+- a duplex pipe (a socketpair framed by ``channel.Channel``, which can pass descriptors),
   so the parent always knows which worker holds which items, and one death never
   corrupts a queue shared with other workers;
 - a death sentinel (a pidfd on Linux; elsewhere the lifeline below), readable once
@@ -26,14 +26,14 @@ import os
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import OrderedDict
-from multiprocessing.connection import Connection
 
 from . import protocol as P
-from .serialize import dumps_message
+from .channel import Channel
+from .serialize import FunctionPayload, dumps_message, loads
+from .sharedmem import anonymous_file
 
 #: Seconds a stopping worker gets to exit before it is killed.
 STOP_GRACE = 1.0
@@ -48,7 +48,7 @@ def _package_root() -> str:
 class WorkerHandle:
     """The parent's side of one worker process."""
 
-    def __init__(self, proc: subprocess.Popen, conn: Connection, lifeline: socket.socket,
+    def __init__(self, proc: subprocess.Popen, conn: Channel, lifeline: socket.socket,
                  board: P.Board, sentinel: int, owns_sentinel: bool):  # fmt: skip
         self.proc = proc
         self.pid = proc.pid
@@ -66,15 +66,22 @@ class WorkerHandle:
     def __repr__(self) -> str:
         return f"<WorkerHandle pid={self.pid}{' closed' if self.closed else ''}>"
 
-    def send(self, message: tuple) -> None:
-        self.conn.send_bytes(dumps_message(message))
+    def send(self, message: tuple, fds: tuple[int, ...] = ()) -> None:
+        self.conn.send(dumps_message(message), fds)
 
-    def send_function(self, key: bytes, blob: bytes, sources: dict) -> None:
+    def recv(self) -> tuple[tuple, list[int]]:
+        """The next message, and the descriptors that came with it (EOFError: gone)."""
+        payload, fds = self.conn.recv()
+        return loads(payload), fds
+
+    def send_function(self, payload: FunctionPayload) -> None:
         """Send the function unless this worker already has it loaded."""
+        key = payload.key
         if key in self.functions:
             self.functions.move_to_end(key)
             return
-        self.send((P.FUNC, key, blob, sources))
+        fds, table = payload.packed.share() if payload.packed is not None else ((), None)
+        self.send((P.FUNC, key, payload.blob, payload.sources, table), fds)
         self.functions[key] = True
         while len(self.functions) > P.FUNCTION_CACHE:
             self.functions.popitem(last=False)
@@ -117,22 +124,11 @@ class WorkerHandle:
                 pass
 
 
-def _board_fd() -> int:
-    """An anonymous shared-memory file of BOARD_SIZE bytes."""
-    if hasattr(os, "memfd_create"):
-        fd = os.memfd_create("ipyparmap-board", os.MFD_CLOEXEC)
-    else:  # macOS: an unlinked temporary file, private to us
-        with tempfile.TemporaryFile() as backing:
-            fd = os.dup(backing.fileno())
-    os.ftruncate(fd, P.BOARD_SIZE)
-    return fd
-
-
 def spawn_worker(env: dict[str, str]) -> WorkerHandle:
     """Start one worker process; returns at once (the worker boots in the background)."""
     parent_sock, child_sock = socket.socketpair()
     parent_life, child_life = socket.socketpair()
-    board_fd = _board_fd()
+    board_fd = anonymous_file("ipyparmap-board", P.BOARD_SIZE)
     child_fds = (child_sock.fileno(), child_life.fileno(), board_fd)
     try:
         proc = subprocess.Popen(
@@ -153,7 +149,7 @@ def spawn_worker(env: dict[str, str]) -> WorkerHandle:
     board = P.Board.from_fd(board_fd)
     board.reset()
     os.close(board_fd)
-    conn = Connection(parent_sock.detach())
+    conn = Channel(parent_sock)
     try:
         sentinel, owns = os.pidfd_open(proc.pid), True
     except (AttributeError, OSError):  # no pidfd: the lifeline reads EOF when it dies

@@ -50,6 +50,7 @@ from .progress import BUSY, IDLE, ProgressModel
 from .results import Failure, ItemOutput, Results, ResultSlots, RunStats
 from .serialize import (
     PICKLING_ERRORS,
+    Incoming,
     ItemPicklingError,
     loads,
     pickle_function,
@@ -125,6 +126,10 @@ def input_length(iterable: Any) -> int | None:
 
 class Runner:
     """Runs ``func`` over ``iterable``; an engine subclass runs the chunks."""
+
+    #: Whether large buffers of items travel in shared memory (engines that can pass
+    #: descriptors to their workers) or inside the pickle.
+    share_buffers = False
 
     def __init__(
         self,
@@ -313,6 +318,8 @@ class Runner:
             return
         self.closed = True
         self._close_engine()
+        if self.payload is not None:
+            self.payload.close()  # workers that loaded it keep their own mapping
         self.stats.wall = time.monotonic() - self.started
         self.stats.items = self.pulled
         if self.progress is not None:
@@ -352,7 +359,7 @@ class Runner:
                 return None
             indices, items, attempts, solo = taken
             try:
-                blob = pickle_items(items)
+                blob = pickle_items(items, share=self.share_buffers)
             except ItemPicklingError as bad:
                 self._unpicklable_item(indices, items, attempts, bad)
                 continue
@@ -442,7 +449,7 @@ class Runner:
         if self.keep_details:
             self.slots.timing(indices, durations, worker_id, began)
         try:
-            values = loads(values_blob)
+            values = values_blob.load() if isinstance(values_blob, Incoming) else loads(values_blob)
         except PICKLING_ERRORS as exc:
             self._unloadable_results(chunk, start, count, exc)
         else:

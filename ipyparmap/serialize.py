@@ -40,10 +40,106 @@ def dumps(obj: Any) -> bytes:
     return _cp().dumps(obj, protocol=PROTOCOL)
 
 
+#: Buffers at least this big (NumPy arrays...) travel in shared memory, not in the pickle.
+SHARE_BYTES = 64 * 1024
+
+
+class Packed:
+    """A pickle whose large buffers are kept apart, to travel in shared memory.
+
+    ``blob`` is the pickle stream; ``buffers`` the out-of-band buffers (views of the
+    pickled objects' own memory: nothing copied yet). :meth:`share` copies them, once,
+    into an anonymous memfd whose descriptor can go to any number of workers.
+    """
+
+    __slots__ = ("blob", "buffers", "fd", "table")
+
+    def __init__(self, blob: bytes, buffers: list | None = None):
+        self.blob = blob
+        self.buffers = buffers or []
+        self.fd: int | None = None
+        self.table: list | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.blob) + sum(b.nbytes for b in self.buffers)
+
+    def share(self) -> tuple[tuple[int, ...], list | None]:
+        """``(descriptors to send, table)``: nothing when there are no large buffers."""
+        if not self.buffers:
+            return (), None
+        if self.fd is None:
+            from .sharedmem import write_buffers
+
+            self.fd, self.table = write_buffers(self.buffers)
+        return (self.fd,), self.table
+
+    def close(self) -> None:
+        """Release our descriptor (receivers that mapped the memory keep theirs)."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        self.buffers = []
+
+
+def _share_large(buffers: list):
+    """A pickle ``buffer_callback``: large contiguous buffers go out of band."""
+
+    def callback(buffer) -> bool:
+        try:
+            raw = buffer.raw()
+        except BufferError:  # not contiguous: in the pickle
+            return True
+        if raw.nbytes < SHARE_BYTES:
+            return True
+        buffers.append(raw)
+        return False
+
+    return callback
+
+
+def dumps_packed(obj: Any) -> Packed:
+    """Pickle ``obj`` with its large buffers apart (see Packed)."""
+    buffers: list = []
+    blob = _cp().dumps(obj, protocol=PROTOCOL, buffer_callback=_share_large(buffers))
+    return Packed(blob, buffers)
+
+
+class Incoming:
+    """A received pickle with its shared-memory descriptors, loaded on demand."""
+
+    __slots__ = ("blob", "fds", "table")
+
+    def __init__(self, blob: bytes, fds: list[int], table: list | None):
+        self.blob, self.fds, self.table = blob, fds, table
+
+    def load(self) -> Any:
+        fds, self.fds = self.fds, []
+        return loads_shared(self.blob, fds, self.table)
+
+    def discard(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds = []
+
+
+def loads_shared(blob: bytes, fds: list[int], table: list | None) -> Any:
+    """Unpickle a Packed that arrived with its shared-memory descriptor."""
+    import pickle
+
+    if not table:
+        for fd in fds:
+            os.close(fd)
+        return pickle.loads(blob)
+    from .sharedmem import map_buffers
+
+    return pickle.loads(blob, buffers=map_buffers(fds[0], table))
+
+
 _function_pickler = None
 
 
-def dumps_function(func: Any) -> bytes:
+def dumps_function(func: Any, buffers: list | None = None) -> bytes:
     """Like `dumps`, but code objects keep their file names.
 
     cloudpickle 3.1 replaces ``co_filename`` by ``<dynamic-code>`` (for deterministic
@@ -55,9 +151,10 @@ def dumps_function(func: Any) -> bytes:
         _function_pickler = _make_function_pickler()
     import io
 
-    buffer = io.BytesIO()
-    _function_pickler(buffer, protocol=PROTOCOL).dump(func)
-    return buffer.getvalue()
+    stream = io.BytesIO()
+    callback = _share_large(buffers) if buffers is not None else None
+    _function_pickler(stream, protocol=PROTOCOL, buffer_callback=callback).dump(func)
+    return stream.getvalue()
 
 
 def _make_function_pickler():
@@ -104,13 +201,22 @@ def loads(blob: bytes) -> Any:
 PICKLING_ERRORS = (Exception, SystemExit)
 
 
-@dataclass(frozen=True)
+@dataclass
 class FunctionPayload:
-    """The pickled function, its content hash, and the notebook source lines it needs."""
+    """The pickled function, its content hash, and the notebook source lines it needs.
+
+    Large buffers among its globals (a big array the function uses) are in ``packed``,
+    shared with every worker through one memfd instead of copied through each pipe.
+    """
 
     key: bytes
     blob: bytes
     sources: dict
+    packed: Packed | None = None
+
+    def close(self) -> None:
+        if self.packed is not None:
+            self.packed.close()
 
 
 def pickle_function(func: Any) -> FunctionPayload:
@@ -120,8 +226,9 @@ def pickle_function(func: Any) -> FunctionPayload:
     an attribute of ``self``, a partial's argument...).
     """
     register_local_modules(func)
+    buffers: list = []
     try:
-        blob = dumps_function(func)
+        blob = dumps_function(func, buffers)
     except PICKLING_ERRORS:
         name = _callable_name(func)
         path, culprit, error = find_unpicklable(func, name)
@@ -129,8 +236,11 @@ def pickle_function(func: Any) -> FunctionPayload:
         raise SerializationError(
             f"cannot pickle the function {name}:{where} {_reason(error)}"
         ) from error
-    key = hashlib.blake2b(blob, digest_size=16).digest()
-    return FunctionPayload(key, blob, cell_sources(func))
+    digest = hashlib.blake2b(blob, digest_size=16)
+    for buffer in buffers:  # the key covers the globals' data: a changed array is resent
+        digest.update(hashlib.sha1(buffer).digest())
+    packed = Packed(blob, buffers) if buffers else None
+    return FunctionPayload(digest.digest(), blob, cell_sources(func), packed)
 
 
 class ItemPicklingError(Exception):
@@ -142,10 +252,11 @@ class ItemPicklingError(Exception):
         self.error = error
 
 
-def pickle_items(items: list) -> bytes:
-    """Pickle a chunk's items; on failure find the first bad one (ItemPicklingError)."""
+def pickle_items(items: list, share: bool = False) -> bytes | Packed:
+    """Pickle a chunk's items (``share``: large buffers apart, as a Packed); on failure
+    find the first bad one (ItemPicklingError)."""
     try:
-        return dumps(items)
+        return dumps_packed(items) if share else dumps(items)
     except PICKLING_ERRORS as exc:
         for position, item in enumerate(items):
             try:

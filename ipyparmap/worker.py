@@ -22,18 +22,20 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from multiprocessing.connection import Connection
 
 from . import protocol as P
+from .channel import Channel
 from .config import describe
 from .errors import SerializationError
 from .serialize import (
     PICKLING_ERRORS,
     dumps,
     dumps_message,
+    dumps_packed,
     exception_info,
     install_sources,
     loads,
+    loads_shared,
 )
 
 #: Send finished results of a long chunk at least this often (seconds).
@@ -125,7 +127,7 @@ class _OutputSink:
 
 
 class Worker:
-    def __init__(self, conn: Connection, lifeline: int, board: P.Board):
+    def __init__(self, conn: Channel, lifeline: int, board: P.Board):
         self.conn = conn
         self.board = board
         self.parent_pid = os.getppid()
@@ -134,9 +136,9 @@ class Worker:
         threading.Thread(target=self._watch, args=(lifeline,), daemon=True).start()
 
     # -- sending ---------------------------------------------------------------------
-    def _send_locked(self, message: tuple) -> None:
+    def _send_locked(self, message: tuple, fds: tuple[int, ...] = ()) -> None:
         """Send one message; the caller holds ``sink.lock`` (it orders all sends)."""
-        self.conn.send_bytes(dumps_message(message))
+        self.conn.send(dumps_message(message), fds)
 
     def _send(self, message: tuple) -> None:
         with self.sink.lock:
@@ -163,14 +165,15 @@ class Worker:
         self._send((P.READY, os.getpid()))
         while True:
             try:
-                message = loads(self.conn.recv_bytes())
+                payload, fds = self.conn.recv()
             except (EOFError, OSError):
                 return
+            message = loads(payload)
             tag = message[0]
             if tag == P.CHUNK:
-                self.run_chunk(*message[1:])
+                self.run_chunk(fds, *message[1:])
             elif tag == P.FUNC:
-                self.load_function(*message[1:])
+                self.load_function(fds, *message[1:])
             elif tag == P.INIT:
                 self.init(message[1])
             elif tag == P.STOP:
@@ -179,10 +182,10 @@ class Worker:
     def init(self, settings: dict) -> None:
         sys.path[:] = settings.get("sys_path", sys.path)
 
-    def load_function(self, key: bytes, blob: bytes, sources: dict) -> None:
+    def load_function(self, fds, key: bytes, blob: bytes, sources: dict, table) -> None:
         install_sources(sources)
         try:
-            func = loads(blob)
+            func = loads_shared(blob, fds, table)  # big globals: mapped, not copied
         except PICKLING_ERRORS as exc:
             self.functions[key] = None
             self._send((P.LOAD_ERROR, "func", key, exception_info(exc, skip_frames=0)))
@@ -192,16 +195,19 @@ class Worker:
         while len(self.functions) > P.FUNCTION_CACHE:
             self.functions.popitem(last=False)
 
-    def run_chunk(self, chunk_id: int, key: bytes, blob: bytes, star: bool, stride: int) -> None:
+    def run_chunk(self, fds, chunk_id: int, key: bytes, blob: bytes, star: bool, stride: int,
+                  table) -> None:  # fmt: skip
         board = self.board
         board.begin_chunk(chunk_id)
         func = self.functions.get(key)
         if func is None:  # the function failed to load (already reported) or was evicted
+            for fd in fds:
+                os.close(fd)
             self._send((P.LOAD_ERROR, "func", key, None))
             board.end_chunk()
             return
         try:
-            items = loads(blob)
+            items = loads_shared(blob, fds, table)  # big buffers: mapped, not copied
         except PICKLING_ERRORS as exc:
             self._send((P.LOAD_ERROR, "chunk", chunk_id, exception_info(exc, skip_frames=0)))
             board.end_chunk()
@@ -229,12 +235,16 @@ class Worker:
 
     def _send_results(self, chunk_id, start, values, errors, durations, began, done) -> None:
         with self.sink.lock:
-            values_blob, errors = pickle_values(values, errors)
+            packed, errors = pickle_values(values, errors, share=True)
+            fds, table = packed.share()
             message = (
-                P.RESULTS, chunk_id, start, values_blob, errors, durations, began,
+                P.RESULTS, chunk_id, start, packed.blob, table, errors, durations, began,
                 self.sink.take(), _memory_kb(), done,
             )  # fmt: skip
-            self.conn.send_bytes(dumps_message(message))
+            try:
+                self._send_locked(message, fds)
+            finally:
+                packed.close()  # the parent has its own descriptor now
 
 
 def run_items(func, items: list, star: bool, stride: int, positions, times, flush=None):
@@ -298,13 +308,15 @@ def run_items(func, items: list, star: bool, stride: int, positions, times, flus
     return start, values, errors, durations, began
 
 
-def pickle_values(values: list, errors: dict) -> tuple[bytes, dict]:
-    """Pickle a batch's values; unpicklable ones become SerializationErrors of their item."""
+def pickle_values(values: list, errors: dict, share: bool = False):
+    """Pickle a batch's values (``share``: a Packed, large buffers apart); unpicklable
+    ones become SerializationErrors of their item."""
+    pickle = dumps_packed if share else dumps
     try:
-        return dumps(values), errors
+        return pickle(values), errors
     except PICKLING_ERRORS:
         values, errors = _isolate_unpicklable(values, errors)
-        return dumps(values), errors
+        return pickle(values), errors
 
 
 # -- chunks as tasks of a concurrent.futures executor or Dask (see executor.py) ------------
@@ -405,7 +417,7 @@ def main(argv: list[str]) -> None:
         os.set_inheritable(fd, False)
     board = P.Board.from_fd(board_fd)
     os.close(board_fd)
-    worker = Worker(Connection(conn_fd), lifeline_fd, board)
+    worker = Worker(Channel.from_fd(conn_fd), lifeline_fd, board)
     import cloudpickle  # noqa: F401  # load it now, while the parent prepares the run
 
     worker.serve()

@@ -23,9 +23,9 @@ def sent(monkeypatch):
     log = []
     original = WorkerHandle.send
 
-    def send(self, message):
-        log.append((self.pid, message[0], len(serialize.dumps(message))))
-        return original(self, message)
+    def send(self, message, fds=()):
+        log.append((self.pid, message[0], len(serialize.dumps(message)), len(fds)))
+        return original(self, message, fds)
 
     monkeypatch.setattr(WorkerHandle, "send", send)
     return log
@@ -46,9 +46,9 @@ def test_function_and_big_global_sent_once_per_worker_chunks_carry_items(sent):
     funcs = [m for m in sent if m[1] == P.FUNC]
     chunks = [m for m in sent if m[1] == P.CHUNK]
     assert len(funcs) == 2 and len({pid for pid, *_ in funcs}) == 2
-    assert all(size > BIG for *_, size in funcs)  # the global travels with the function
+    assert all(size > BIG for _, _, size, _ in funcs)  # the global travels with the function
     assert len(chunks) == 60
-    assert max(size for *_, size in chunks) < 1000  # chunks: items only
+    assert max(size for _, _, size, _ in chunks) < 1000  # chunks: items only
 
     sent.clear()  # a second call with the same function and globals: nothing to resend
     assert pm.parmap(func, range(10), workers=2) == [BIG + i for i in range(10)]
@@ -103,3 +103,40 @@ def test_find_unpicklable_walks_containers_and_attributes():
     assert path == "items[1].options['lock']"
     assert "lock" in type(part).__name__
     assert "pickle" in str(error)
+
+
+def test_large_arrays_travel_in_shared_memory_not_through_the_pipe(sent):
+    np = pytest.importorskip("numpy")
+    big = np.arange(2_000_000, dtype=np.float64)  # 16 MB
+    func = notebook_function(
+        "def shifted(a):\n    return a + offset.sum()\n", "shifted", offset=np.ones(1_000_000)
+    )  # an 8 MB global
+    arrays = [big * k for k in range(4)]
+    res = pm.parmap(func, arrays, workers=2, chunksize=1)
+    for k, out in enumerate(res):
+        assert out.shape == big.shape and out.flags.writeable
+        assert np.array_equal(out, big * k + 1_000_000)
+    funcs = [m for m in sent if m[1] == P.FUNC]
+    chunks = [m for m in sent if m[1] == P.CHUNK]
+    assert all(size < 100_000 and fds == 1 for _, _, size, fds in funcs)  # the 8 MB: shared
+    assert all(size < 10_000 and fds == 1 for _, _, size, fds in chunks)  # 16 MB items: shared
+
+
+def test_shared_memory_is_released(no_leaks):
+    np = pytest.importorskip("numpy")
+    import os
+
+    import psutil
+
+    arrays = [np.ones(500_000) for _ in range(4)]
+    pm.parmap(np.sum, arrays, workers=2)
+    me = psutil.Process()
+    fds = me.num_fds()
+    for _ in range(20):
+        res = pm.parmap(lambda a: a * 2, arrays, workers=2)
+        del res
+    assert me.num_fds() <= fds  # no descriptor kept per call
+    before = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+    pm.parmap(lambda a: a * 2, arrays, workers=2)
+    after = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+    assert after - before == set()  # nothing named, anywhere

@@ -1,0 +1,94 @@
+"""Messages over a socketpair, with file descriptors attached (layer L0).
+
+Why not ``multiprocessing.connection.Connection``: it cannot pass descriptors, and
+receiving a large message costs it an extra copy (``BytesIO`` reassembly). A frame
+here is a 12-byte header (payload length, descriptor count), sent with the descriptors
+as SCM_RIGHTS ancillary data, then the payload, received straight into one buffer.
+
+The descriptors carry shared memory (anonymous ``memfd`` files): large buffers of items,
+results and function globals travel as a descriptor and a table of offsets, and the
+receiver maps them instead of copying them through the socket (see serialize.py).
+"""
+
+from __future__ import annotations
+
+import array
+import os
+import select
+import socket
+import struct
+
+_HEADER = struct.Struct("!QI")  # payload bytes, descriptors
+MAX_FDS = 16
+
+
+class Channel:
+    """One end of a socketpair that sends and receives whole frames."""
+
+    __slots__ = ("sock",)
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+
+    @classmethod
+    def from_fd(cls, fd: int) -> Channel:
+        return cls(socket.socket(fileno=fd))
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def send(self, payload: bytes, fds: tuple[int, ...] = ()) -> None:
+        header = _HEADER.pack(len(payload), len(fds))
+        if fds:
+            ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+            sent = self.sock.sendmsg([header], ancillary)
+        else:
+            sent = self.sock.send(header)
+        if sent < len(header):  # the descriptors went with the first byte
+            self.sock.sendall(header[sent:])
+        self.sock.sendall(payload)
+
+    def recv(self) -> tuple[bytearray, list[int]]:
+        """The next frame's payload and descriptors; EOFError when the peer is gone."""
+        header = bytearray()
+        fds: list[int] = []
+        while len(header) < _HEADER.size:
+            data, ancdata, _flags, _addr = self.sock.recvmsg(
+                _HEADER.size - len(header), socket.CMSG_SPACE(MAX_FDS * 4)
+            )
+            if not data:
+                _close_all(fds)
+                raise EOFError("the other end closed the channel")
+            header += data
+            for level, kind, raw in ancdata:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds.extend(array.array("i", raw[: len(raw) - len(raw) % 4]))
+        size, expected = _HEADER.unpack(header)
+        payload = bytearray(size)
+        view = memoryview(payload)
+        received = 0
+        while received < size:
+            count = self.sock.recv_into(view[received:])
+            if count == 0:
+                _close_all(fds)
+                raise EOFError("the other end closed the channel mid-message")
+            received += count
+        if len(fds) != expected:
+            _close_all(fds)
+            raise OSError(f"expected {expected} descriptors, got {len(fds)}")
+        return payload, fds
+
+    def poll(self, timeout: float = 0.0) -> bool:
+        readable, _, _ = select.select([self.sock], [], [], timeout)
+        return bool(readable)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
