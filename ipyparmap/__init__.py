@@ -7,7 +7,6 @@ imported on first use of one of the names below.
 from __future__ import annotations
 
 from .errors import (
-    Cancelled,
     Interrupted,
     ParmapError,
     SerializationError,
@@ -28,6 +27,7 @@ _LAZY = {
     "RunStats": "results",
     "ItemOutput": "results",
     "PENDING": "results",
+    "Cancelled": "errors",
     "Pool": "compat",
     "Process": "compat",
     "ProcessPoolExecutor": "compat",

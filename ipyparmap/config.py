@@ -8,17 +8,15 @@ and it is raised before any worker starts (see BAD_INPUTS.md section 4.2).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 ERRORS_MODES = ("raise", "collect")
 PROGRESS_MODES = ("auto", "widget", "text", False)
 LOCAL_BACKENDS = (None, "local")
 
 
-@dataclass(frozen=True)
-class Options:
-    """Validated options of one run."""
+class Options(NamedTuple):
+    """Validated options of one run (a NamedTuple: no dataclasses import in workers)."""
 
     workers: int | None = None
     chunksize: int | None = None

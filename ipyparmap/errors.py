@@ -8,7 +8,6 @@ lost when a run stops early.
 
 from __future__ import annotations
 
-from concurrent.futures import CancelledError
 from typing import Any
 
 
@@ -132,21 +131,6 @@ class Interrupted(ParmapError, KeyboardInterrupt):
         return (type(self), (self.args[0] if self.args else "interrupted", self.results))
 
 
-class Cancelled(ParmapError, CancelledError):
-    """The run was cancelled (``run.cancel()``, the panel's Cancel button).
-
-    Also a ``concurrent.futures.CancelledError``, as a cancelled Future raises;
-    ``.results`` holds the partial Results (unfinished slots are ``cancelled``).
-    """
-
-    def __init__(self, message: str = "cancelled", results: Any = None):
-        super().__init__(message)
-        self.results = results
-
-    def __reduce__(self):
-        return (type(self), (self.args[0] if self.args else "cancelled", self.results))
-
-
 class RemoteTraceback(Exception):
     """Carries the formatted traceback of an exception raised in a worker.
 
@@ -173,3 +157,34 @@ class RemoteException(Exception):
 
     def __reduce__(self):
         return (type(self), (self.type_name, self.message))
+
+
+def _make_cancelled():
+    # concurrent.futures imports logging (~10 ms): only when someone needs Cancelled,
+    # which a worker never does.
+    from concurrent.futures import CancelledError
+
+    class Cancelled(ParmapError, CancelledError):
+        """The run was cancelled (``run.cancel()``, the panel's Cancel button).
+
+        Also a ``concurrent.futures.CancelledError``, as a cancelled Future raises;
+        ``.results`` holds the partial Results (unfinished slots are ``cancelled``).
+        """
+
+        def __init__(self, message: str = "cancelled", results: Any = None):
+            super().__init__(message)
+            self.results = results
+
+        def __reduce__(self):
+            return (type(self), (self.args[0] if self.args else "cancelled", self.results))
+
+    Cancelled.__module__ = __name__
+    Cancelled.__qualname__ = "Cancelled"  # pickled by reference, found through __getattr__
+    return Cancelled
+
+
+def __getattr__(name: str):
+    if name == "Cancelled":
+        globals()["Cancelled"] = cls = _make_cancelled()
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -242,17 +242,21 @@ class Pool:
         with self._lock:
             return [(w, "idle") for w in self._idle] + [(w, "busy") for w in self._leased]
 
-    def shutdown(self, kill_busy: bool = True) -> None:
-        """Stop idle workers (and, by default, kill leased ones)."""
+    def shutdown(self, kill_busy: bool = True, wait: bool = True) -> None:
+        """Stop idle workers (and, by default, kill leased ones).
+
+        ``wait=False`` (at interpreter exit) does not wait for them: told to stop, and
+        with our end of their lifeline closed, they are gone within moments anyway.
+        """
         with self._lock:
             idle, self._idle = self._idle, []
             busy = list(self._leased) if kill_busy else []
         for worker in busy:
             worker.kill()
-        _stop_all(idle + busy)
+        _stop_all(idle + busy, wait)
 
 
-def _stop_all(workers: list[WorkerHandle]) -> None:
+def _stop_all(workers: list[WorkerHandle], wait: bool = True) -> None:
     """Ask workers to stop, all at once, then wait; kill those that linger."""
     for worker in workers:
         if worker.alive():
@@ -260,6 +264,10 @@ def _stop_all(workers: list[WorkerHandle]) -> None:
                 worker.send((P.STOP,))
             except OSError:
                 worker.kill()
+    if not wait:
+        for worker in workers:
+            worker.close()
+        return
     deadline = time.monotonic() + STOP_GRACE
     for worker in workers:
         worker.reap(max(0.05, deadline - time.monotonic()))
@@ -276,13 +284,13 @@ def default_pool() -> Pool:
     with _default_lock:
         if _default_pool is None:
             _default_pool = Pool()
-            atexit.register(shutdown_default_pool)
+            atexit.register(shutdown_default_pool, wait=False)
         return _default_pool
 
 
-def shutdown_default_pool() -> None:
+def shutdown_default_pool(wait: bool = True) -> None:
     global _default_pool
     with _default_lock:
         pool, _default_pool = _default_pool, None
     if pool is not None:
-        pool.shutdown()
+        pool.shutdown(wait=wait)

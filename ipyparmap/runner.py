@@ -43,8 +43,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from . import errors
 from .config import Options, describe
-from .errors import Cancelled, Interrupted, ParmapError, SerializationError, TaskError
+from .errors import Interrupted, ParmapError, SerializationError, TaskError
 from .plan import ChunkPlanner
 from .progress import BUSY, IDLE, ProgressModel
 from .results import Failure, ItemOutput, Results, ResultSlots, RunStats
@@ -187,7 +188,7 @@ class Runner:
                 "interrupted; the finished results are in .results", self._build()
             ) from None
         except _CancelRun:
-            raise Cancelled("the run was cancelled", self._build()) from None
+            raise errors.Cancelled("the run was cancelled", self._build()) from None
         except _StopRun as stop:
             raise self._failure_error(stop.failure, self._build()) from _cause(stop.failure)
         except InputError as bad:
@@ -218,7 +219,7 @@ class Runner:
             self.abort()
             raise Interrupted("interrupted") from None
         except _CancelRun:
-            raise Cancelled("the run was cancelled") from None
+            raise errors.Cancelled("the run was cancelled") from None
         except _StopRun as stop:
             raise self._failure_error(stop.failure, None) from _cause(stop.failure)
         except InputError as bad:

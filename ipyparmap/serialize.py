@@ -12,12 +12,9 @@ cloudpickle is imported on first use: ``import ipyparmap`` stays light.
 from __future__ import annotations
 
 import functools
-import hashlib
 import linecache
 import os
-import traceback
 import types
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from .config import describe
@@ -201,7 +198,6 @@ def loads(blob: bytes) -> Any:
 PICKLING_ERRORS = (Exception, SystemExit)
 
 
-@dataclass
 class FunctionPayload:
     """The pickled function, its content hash, and the notebook source lines it needs.
 
@@ -209,10 +205,10 @@ class FunctionPayload:
     shared with every worker through one memfd instead of copied through each pipe.
     """
 
-    key: bytes
-    blob: bytes
-    sources: dict
-    packed: Packed | None = None
+    __slots__ = ("blob", "key", "packed", "sources")
+
+    def __init__(self, key: bytes, blob: bytes, sources: dict, packed: Packed | None = None):
+        self.key, self.blob, self.sources, self.packed = key, blob, sources, packed
 
     def close(self) -> None:
         if self.packed is not None:
@@ -236,6 +232,8 @@ def pickle_function(func: Any) -> FunctionPayload:
         raise SerializationError(
             f"cannot pickle the function {name}:{where} {_reason(error)}"
         ) from error
+    import hashlib
+
     digest = hashlib.blake2b(blob, digest_size=16)
     for buffer in buffers:  # the key covers the globals' data: a changed array is resent
         digest.update(hashlib.sha1(buffer).digest())
@@ -475,6 +473,8 @@ def exception_info(exc: BaseException, skip_frames: int = 1) -> tuple:
 
     ``skip_frames`` drops the worker's own frames, so the traceback starts in user code.
     """
+    import traceback
+
     tb = exc.__traceback__
     for _ in range(skip_frames):
         if tb is not None and tb.tb_next is not None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import mmap
 import os
-import tempfile
 
 #: Buffers start at multiples of this (cache lines; any dtype's alignment).
 ALIGN = 64
@@ -22,6 +21,8 @@ def anonymous_file(name: str, size: int) -> int:
     if hasattr(os, "memfd_create"):
         fd = os.memfd_create(name, os.MFD_CLOEXEC)
     else:  # macOS: an unlinked temporary file, private to us
+        import tempfile
+
         with tempfile.TemporaryFile() as backing:
             fd = os.dup(backing.fileno())
     os.ftruncate(fd, max(1, size))
