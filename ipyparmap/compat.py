@@ -37,7 +37,6 @@ from typing import Any
 
 from . import protocol as P
 from .calls import PoolCall
-from .errors import SerializationError
 from .jobs import MAP, STREAM, EndOfStream, Job, JobRunner
 from .pool import Pool as ProcessSet
 from .pool import spawn_worker, worker_env
@@ -57,7 +56,7 @@ TimeoutError = multiprocessing.TimeoutError  # as multiprocessing.TimeoutError
 
 def _task_exception(error: BaseException | None) -> BaseException:
     """The exception a standard-library user expects for a failed task."""
-    if isinstance(error, SerializationError) and isinstance(error.__cause__, BaseException):
+    if getattr(error, "argument_error", False) and isinstance(error.__cause__, BaseException):
         return error.__cause__  # "cannot pickle '_thread.lock' object": the argument's own
     cause = getattr(error, "__cause__", None)
     text = getattr(cause, "tb", None)

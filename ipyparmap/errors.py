@@ -107,6 +107,10 @@ class TaskTimeout(TaskError):
 class SerializationError(ParmapError):
     """Something could not be pickled or unpickled; the message names what and where."""
 
+    #: True when an item (an argument) could not be pickled in the caller; its own
+    #: pickling error is the ``__cause__`` (the drop-in classes raise that one).
+    argument_error = False
+
     def __init__(self, message: str, failure: Any = None, results: Any = None):
         super().__init__(message)
         self.failure = failure

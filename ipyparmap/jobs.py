@@ -270,14 +270,35 @@ class JobRunner(LocalRunner):
     def _prefetch_allowed(self) -> bool:
         return self.max_tasks is None  # counting items per worker needs one chunk at a time
 
+    def _function_failed(self, worker: WorkerHandle, key: bytes, error: BaseException) -> None:
+        """Only the jobs of that function fail; the pool goes on serving the others."""
+        chunk = self.in_flight.get(worker)
+        if chunk is not None:  # the chunk this report answers
+            self._chunk_finished(worker, chunk)
+        for job in list(self.jobs.values()):
+            if job.payload.key == key and not job.done.is_set():
+                job.error = error
+                job.exhausted = True
+                job._finish()
+                self._forget_if_done(job)
+
+    def _take_requeued(self):
+        # items of jobs that ended meanwhile (a map's first failure) are dropped
+        while self.requeue and self.requeue[0].index[0] not in self.jobs:
+            self.requeue.popleft()
+        if not self.requeue:
+            return self._take_new()
+        return super()._take_requeued()
+
+    def _payload_for(self, chunk: _Chunk) -> FunctionPayload | None:
+        job = self.jobs.get(chunk.indices[0][0])
+        return None if job is None else job.payload  # None: its job ended meanwhile
+
     def _same_batch(self, first: _Pending, other: _Pending) -> bool:
         return first.index[0] == other.index[0]  # chunks never mix jobs
 
     def _label(self, index: Any) -> str:
         return str(index[1])  # (job, index in job): users know the latter
-
-    def _payload_for(self, chunk: _Chunk) -> FunctionPayload:
-        return self.jobs[chunk.indices[0][0]].payload
 
     def _planner_for(self, chunk: _Chunk) -> ChunkPlanner:
         job = self.jobs.get(chunk.indices[0][0])

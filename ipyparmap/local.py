@@ -151,6 +151,9 @@ class LocalRunner(Runner):
         worker = chunk.owner
         chunk.worker_id = worker.pid
         payload = self._payload_for(chunk)
+        if payload is None:  # nothing wants it any more (a drop-in pool's job ended)
+            _release(chunk)
+            return
         if queued:
             self.queued[worker] = chunk
             # A busy worker does not read its pipe: a message bigger than the pipe's
@@ -251,6 +254,8 @@ class LocalRunner(Runner):
         following = self.queued.pop(worker, None)
         if following is not None and following.blob is not None:  # assigned, not yet sent
             self._send(following)
+            if worker not in self.in_flight:  # it was not wanted any more
+                self._progress_worker(worker.pid, IDLE)
         elif following is not None:
             self.in_flight[worker] = following
             self._progress_worker(worker.pid, BUSY, following.indices[0])
@@ -289,8 +294,8 @@ class LocalRunner(Runner):
                 + (f": {type(cause).__name__}: {cause}" if cause is not None else "")
             )
             error.__cause__ = cause
-            self.abort()
-            raise error
+            self._function_failed(worker, ident, error)
+            return
         chunk = self.in_flight.get(worker)
         if chunk is None:
             return
@@ -306,6 +311,11 @@ class LocalRunner(Runner):
         else:  # find the bad item: send each alone
             for position in reversed(range(len(chunk.items))):
                 self._requeue_position(chunk, position, solo=True)
+
+    def _function_failed(self, worker: WorkerHandle, key: bytes, error: BaseException) -> None:
+        """The function could not be loaded in a worker: nothing of this run can run."""
+        self.abort()
+        raise error
 
     def _on_death(self, worker: WorkerHandle) -> None:
         if worker.closed:

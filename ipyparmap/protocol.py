@@ -29,7 +29,8 @@ Worker -> parent::
     (OUTPUT, chunk_id, lines)                 captured print output while items run:
         lines is a list of (position, stream, text)
     (LOAD_ERROR, what, ident, error_info)     the function ("func", key) or a chunk's
-        items ("chunk", chunk_id) could not be unpickled
+        items ("chunk", chunk_id) could not be unpickled; sent in answer to the CHUNK
+        that needed them, so each report ends exactly one chunk
 
 The **status board** is a small shared-memory block per worker, written by the worker
 with plain stores (no syscall, so cheap enough for every item) and read by the parent:

@@ -420,6 +420,7 @@ class Runner:
             f"{type(bad.error).__name__}: {bad.error}"
         )
         error.__cause__ = bad.error
+        error.argument_error = True  # the drop-ins re-raise the pickling error itself
         self._final_failure(index, item, "error", error, None, 1)
         rest = [
             _Pending(indices[p], items[p], 0 if attempts is None else attempts[p])

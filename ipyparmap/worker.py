@@ -126,6 +126,15 @@ class _OutputSink:
         return [(position, stream, "".join(texts)) for position, stream, texts in runs]
 
 
+class _LoadFailure:
+    """Stands in the function cache for a function that could not be unpickled."""
+
+    __slots__ = ("info",)
+
+    def __init__(self, info: tuple):
+        self.info = info
+
+
 class Worker:
     def __init__(self, conn: Channel, lifeline: int, board: P.Board):
         self.conn = conn
@@ -187,9 +196,8 @@ class Worker:
         try:
             func = loads_shared(blob, fds, table)  # big globals: mapped, not copied
         except PICKLING_ERRORS as exc:
-            self.functions[key] = None
-            self._send((P.LOAD_ERROR, "func", key, exception_info(exc, skip_frames=0)))
-            return
+            # reported by each chunk that needs it, so every report answers one chunk
+            func = _LoadFailure(exception_info(exc, skip_frames=0))
         self.functions[key] = func
         self.functions.move_to_end(key)
         while len(self.functions) > P.FUNCTION_CACHE:
@@ -200,10 +208,11 @@ class Worker:
         board = self.board
         board.begin_chunk(chunk_id)
         func = self.functions.get(key)
-        if func is None:  # the function failed to load (already reported) or was evicted
+        if func is None or isinstance(func, _LoadFailure):  # failed to load, or evicted
             for fd in fds:
                 os.close(fd)
-            self._send((P.LOAD_ERROR, "func", key, None))
+            info = func.info if func is not None else None
+            self._send((P.LOAD_ERROR, "func", key, info))
             board.end_chunk()
             return
         try:

@@ -326,3 +326,14 @@ def test_executor_crash_fails_only_its_own_future():
         bad = executor.submit(helpers.act, ("run", "_exit"))
         assert isinstance(bad.exception(30), pm.WorkerCrashed)
         assert [f.result(30) for f in good] == [0, 1, 2, 3]
+
+
+def test_a_function_that_cannot_load_fails_its_job_only(pool):
+    bad = notebook_function(
+        "def uses(x):\n    return (x, guard)\n", "uses", guard=helpers.BadToUnpickle("raise")
+    )
+    with pytest.raises(pm.SerializationError, match="could not be unpickled in a worker"):
+        pool.map(bad, range(4))
+    with pytest.raises(pm.SerializationError):
+        pool.apply(bad, (1,))
+    assert pool.map(helpers.square, range(4)) == [0, 1, 4, 9]  # the pool serves on
