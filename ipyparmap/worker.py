@@ -21,6 +21,7 @@ import signal
 import sys
 import threading
 import time
+from array import array
 from collections import OrderedDict
 
 from . import protocol as P
@@ -247,8 +248,9 @@ class Worker:
             packed, errors = pickle_values(values, errors, share=True)
             fds, table = packed.share()
             message = (
-                P.RESULTS, chunk_id, start, packed.blob, table, errors, durations, began,
-                self.sink.take(), _memory_kb(), done,
+                P.RESULTS, chunk_id, start, packed.blob, table, errors,
+                array("d", durations),  # 8 bytes an item, pickled as one block
+                began, self.sink.take(), _memory_kb(), done,
             )  # fmt: skip
             try:
                 self._send_locked(message, fds)
