@@ -130,10 +130,13 @@ class Results(list):
         super().__init__(values)
         self.stats = stats if stats is not None else RunStats(items=len(self))
         self.outputs: dict[int, ItemOutput] = outputs if outputs is not None else {}
-        self.durations: list = durations if durations is not None else []
-        self.worker_of: list = workers if workers is not None else []
+        self._durations: list | None = durations if durations is not None else []
+        self._workers: list | None = workers if workers is not None else []
         self._starts: list | None = []
-        self._start_batches: list = []  # (indices, began, durations): starts, when asked
+        # (indices, durations, worker, began) per result batch: the three lists above
+        # are built from them on first use (a million-item run should not pay for
+        # per-item timing lists unless someone reads them)
+        self._timing_batches: list = []
 
     @property
     def failures(self) -> list[Failure]:
@@ -147,26 +150,55 @@ class Results(list):
     #: The input sequence (a reference, not a copy) when the input was a list, range...
     inputs: Any = None
 
+    def _timings(self) -> None:
+        """Build durations, worker_of and starts from the batch records."""
+        durations: list = []
+        workers: list = []
+        starts: list = []
+        for indices, spans, worker, began in self._timing_batches:
+            _assign(durations, indices, spans, None)
+            _assign(workers, indices, [worker] * len(spans), None)
+            if began is not None:
+                times = list(itertools.accumulate(spans[:-1], initial=began))
+                _assign(starts, indices, times, None)
+        size = len(self)
+        self._durations = (durations + [None] * size)[:size]
+        self._workers = (workers + [None] * size)[:size]
+        self._starts = (starts + [None] * size)[:size]
+        self._timing_batches = []
+
+    @property
+    def durations(self) -> list:
+        """Seconds each item ran (None where it did not run)."""
+        if self._durations is None:
+            self._timings()
+        return self._durations
+
+    @durations.setter
+    def durations(self, values: list) -> None:
+        self._durations = list(values)
+
+    @property
+    def worker_of(self) -> list:
+        """The worker (PID, or a Dask address) that ran each item."""
+        if self._workers is None:
+            self._timings()
+        return self._workers
+
+    @worker_of.setter
+    def worker_of(self, values: list) -> None:
+        self._workers = list(values)
+
     @property
     def starts(self) -> list:
-        """Wall-clock start (``time.time()``) of each item, None where it did not run.
-
-        Computed on first use from each batch's start and durations: a million-item run
-        should not pay for it unless someone draws its timeline.
-        """
+        """Wall-clock start (``time.time()``) of each item, None where it did not run."""
         if self._starts is None:
-            starts: list = []
-            for indices, began, durations in self._start_batches:
-                times = list(itertools.accumulate(durations[:-1], initial=began))
-                _assign(starts, indices, times, None)
-            self._starts = (starts + [None] * len(self))[: len(self)]
-            self._start_batches = []
+            self._timings()
         return self._starts
 
     @starts.setter
     def starts(self, values: list) -> None:
         self._starts = list(values)
-        self._start_batches = []
 
     def outcomes(self) -> list[str]:
         """Per item: ``"ok"`` or the Failure kind."""
@@ -279,20 +311,16 @@ class ResultSlots:
     def __init__(self) -> None:
         self.slots: list = []
         self.filled = 0
-        self.durations: list = []  # seconds per index (None: did not run)
-        self.workers: list = []  # worker PID per index
-        self.start_batches: list = []  # (indices, began, durations) per batch
+        self.timing_batches: list = []  # (indices, durations, worker, began) per batch
 
     def place(self, indices, values: list) -> None:
         _assign(self.slots, indices, values, _MISSING)
         self.filled += len(values)
 
-    def timing(self, indices, durations: list, worker: Any, began: float | None = None) -> None:
-        """Record how long each item of a batch ran, on which worker, and when it began."""
-        _assign(self.durations, indices, durations, None)
-        _assign(self.workers, indices, [worker] * len(durations), None)
-        if began is not None:
-            self.start_batches.append((indices, began, durations))
+    def timing(self, indices, durations, worker: Any, began: float | None = None) -> None:
+        """Record how long each item of a batch ran, on which worker, and when it began
+        (kept per batch; Results builds per-item lists when they are read)."""
+        self.timing_batches.append((indices, durations, worker, began))
 
     def snapshot(self, size: int, stats: RunStats) -> Results:
         """A copy of the results so far; unfinished slots hold PENDING."""
@@ -309,10 +337,7 @@ class ResultSlots:
             for index, value in enumerate(slots):
                 if value is _MISSING:
                     slots[index] = missing(index)
-        size = len(slots)
-        durations = (self.durations + [None] * size)[:size]
-        workers = (self.workers + [None] * size)[:size]
-        results = Results(slots, stats, outputs, durations, workers)
-        results._starts = None
-        results._start_batches = self.start_batches
+        results = Results(slots, stats, outputs)
+        results._durations = results._workers = results._starts = None  # built when read
+        results._timing_batches = self.timing_batches
         return results
