@@ -13,11 +13,11 @@ import selectors
 import time
 
 from . import protocol as P
-from .config import Options, describe
+from .config import Options, describe, format_bytes
 from .errors import ParmapError, SerializationError, TaskError, TaskTimeout, WorkerCrashed
 from .pool import Pool, WorkerHandle
 from .progress import BUSY, DEAD, IDLE, ProgressModel
-from .resources import describe_exit, format_bytes, signal_name
+from .resources import describe_exit, signal_name
 from .runner import OutputCallback, Runner, _Chunk, _name
 from .serialize import Incoming, rebuild_exception
 

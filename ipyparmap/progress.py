@@ -140,6 +140,17 @@ class ProgressModel:
         elapsed = self.elapsed
         return self.done / elapsed if elapsed > 0 else 0.0
 
+    def status_parts(self) -> list[str]:
+        """The running status in pieces: ``45/100 done``, ``2 failed``, ``12.3 items/s``,
+        ``3.1 s`` and, while running with a known length, ``ETA 4.2 s``."""
+        count = f"{self.done}/{self.total}" if self.total is not None else f"{self.done}"
+        rate = self.average_rate if self.ended is not None else self.rate
+        parts = [f"{count} done", f"{self.failed} failed", f"{rate:.1f} items/s"]
+        parts.append(format_seconds(self.elapsed))
+        if self.ended is None and self.eta is not None:
+            parts.append(f"ETA {format_seconds(self.eta)}")
+        return parts
+
     def summary(self) -> str:
         """One line for the end of a run: ``100/100 done, 0 failed, 3.2 s, speedup 1.9x ...``
 

@@ -1,8 +1,8 @@
-"""Where the time went: the timeline chart and the run report (a leaf module, layer L0).
+"""Where the time went: the timeline chart and the run report (just above layer L0).
 
 Pure functions from a Results' data (per-item start, duration, worker, outcome, read
 through ``results.outcomes()``) to SVG and HTML strings: no plotting library, no
-IPython, no import from the rest of the package. The chart has one lane per
+IPython; from the package only the L0 formatting helpers. The chart has one lane per
 worker and a bar per item, coloured by outcome; idle gaps show as empty lane. With many
 items (more than about two per pixel) bars would be sub-pixel, so each lane is drawn
 as columns whose height is the share of that moment the worker was busy, coloured by
@@ -15,6 +15,8 @@ import html
 import math
 from dataclasses import dataclass
 from typing import Any
+
+from .config import format_bytes
 
 COLORS = {
     "ok": "#4c8bf5",
@@ -195,16 +197,6 @@ def _fmt_seconds(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
 
-def _fmt_bytes(size: float | None) -> str:
-    if not size:
-        return "?"
-    for unit in ("bytes", "KB", "MB", "GB"):
-        if size < 1024:
-            return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TB"
-
-
 def stats_rows(results) -> list[tuple[str, str]]:
     stats = results.stats
     failures = ", ".join(f"{n} {kind}" for kind, n in sorted(stats.failures.items())) or "none"
@@ -220,7 +212,7 @@ def stats_rows(results) -> list[tuple[str, str]]:
         ("overhead", f"{_fmt_seconds(stats.overhead)} of worker time not in items"),
         ("failures", failures),
         ("retries, restarts", f"{stats.retries} retries, {stats.restarts} workers replaced"),
-        ("peak worker memory", _fmt_bytes(stats.peak_rss)),
+        ("peak worker memory", format_bytes(stats.peak_rss) if stats.peak_rss else "?"),
     ]
     return rows
 

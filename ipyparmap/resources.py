@@ -175,15 +175,6 @@ def kill_group(pid: int) -> None:
             continue
 
 
-def format_bytes(size: float) -> str:
-    """``1536`` -> ``"1.5 KB"`` (powers of 1024)."""
-    for unit in ("bytes", "KB", "MB", "GB", "TB"):
-        if size < 1024 or unit == "TB":
-            return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TB"
-
-
 def rss_bytes(pid: int) -> int | None:
     """Resident memory of a process in bytes (None if it is gone)."""
     import psutil

@@ -15,19 +15,11 @@ __all__ = ["OutputPrinter", "TextProgress", "format_seconds", "status_line"]
 
 def status_line(model: ProgressModel, width: int = 24) -> str:
     """``[#######.....] 45/100 done, 2 failed, 12.3 items/s, 3.1 s, ETA 4.2 s``"""
-    parts = []
+    parts = model.status_parts()
     fraction = model.fraction
     if fraction is not None:
         filled = round(fraction * width)
-        parts.append(f"[{'#' * filled}{'.' * (width - filled)}] {model.done}/{model.total} done")
-    else:
-        parts.append(f"{model.done} done")
-    parts.append(f"{model.failed} failed")
-    rate = model.average_rate if model.ended is not None else model.rate
-    parts.append(f"{rate:.1f} items/s")
-    parts.append(format_seconds(model.elapsed))
-    if model.ended is None and model.eta is not None:
-        parts.append(f"ETA {format_seconds(model.eta)}")
+        parts[0] = f"[{'#' * filled}{'.' * (width - filled)}] {parts[0]}"
     return ", ".join(parts)
 
 

@@ -39,8 +39,8 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Any
 
+from .config import format_bytes
 from .progress import BUSY, ProgressModel, format_seconds
-from .resources import format_bytes
 
 PANEL_CLASS = "ipyparmap-panel"
 EMPTY_HTML = "<div class='ipyparmap-summary'></div>"
@@ -83,13 +83,7 @@ def widgets_available(warn: bool = False) -> bool:
 # ------------------------------------------------------------------------ text pieces
 def status_text(model: ProgressModel) -> str:
     """The running status: ``45/100 done · 2 failed · 12.3 items/s · 3.1 s · ETA 4.2 s``."""
-    count = f"{model.done}/{model.total}" if model.total is not None else f"{model.done}"
-    parts = [f"{count} done", f"{model.failed} failed", f"{model.rate:.1f} items/s"]
-    parts.append(format_seconds(model.elapsed))
-    eta = model.eta
-    if eta is not None:
-        parts.append(f"ETA {format_seconds(eta)}")
-    return " · ".join(parts)
+    return " · ".join(model.status_parts())
 
 
 def workers_title(model: ProgressModel) -> str:
