@@ -149,21 +149,22 @@ def _wrap(cls, name: str, before=None, after=None) -> bool:
 def timeline(key: str, show: int) -> None:
     """Print each chunk send and result; sum the gaps where a worker waited for the parent."""
     import ipyparmap as pm
-    from ipyparmap import runner as R
+    from ipyparmap import local as L
 
     events: list = []
     _wrap(
-        R.Runner,
+        L.LocalRunner,
         "_send",
-        before=lambda self, chunk: events.append(
-            (time.perf_counter(), "send", chunk.worker.pid, len(chunk.items))
+        before=lambda self, chunk, queued=False: events.append(
+            (time.perf_counter(), "queue" if queued else "send", chunk.owner.pid,
+             len(chunk.items))
         ),
-    )
+    )  # fmt: skip
     _wrap(
-        R.Runner,
+        L.LocalRunner,
         "_on_results",
-        before=lambda self, worker, chunk_id, start, blob, errors, durations, *rest: events.append(
-            (time.perf_counter(), "result", worker.pid, len(durations))
+        before=lambda self, worker, chunk_id, start, values, errors, durations, *rest: (
+            events.append((time.perf_counter(), "result", worker.pid, len(durations)))
         ),
     )
     func, items, _ = _inputs(key)
@@ -188,7 +189,7 @@ def timeline(key: str, show: int) -> None:
         f"  call -> first send {first * 1e3:.2f} ms; last result -> return {end * 1e3:.2f} ms;\n"
         f"  result -> next send on the same worker, summed over workers {waited * 1e3:.2f} ms"
     )
-    sends = [e for e in events if e[1] == "send"]
+    sends = [e for e in events if e[1] in ("send", "queue")]
     print(f"  chunk sizes: {[e[3] for e in sends]}")
     for when, what, pid, count in events[:show]:
         print(f"  {(when - started) * 1e3:8.2f} ms  {what:6s} worker {pid}  {count} items")

@@ -7,6 +7,7 @@ the warm default pool.
 
 from __future__ import annotations
 
+import functools
 import os
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -213,7 +214,7 @@ def _runner(func, iterable, options: Options, keep_details: bool):
         options,
         pool=default_pool(),
         workers=workers,
-        env=thread_limits(workers, cpus),
+        env=functools.partial(thread_limits, workers, cpus),  # built only to spawn
         progress=progress,
         on_output=_output_forwarder(),
         keep_details=keep_details,

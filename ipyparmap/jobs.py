@@ -26,7 +26,7 @@ from .config import Options
 from .errors import Cancelled
 from .local import LocalRunner
 from .plan import ChunkPlanner
-from .pool import Pool, WorkerHandle
+from .pool import EnvExtra, Pool, WorkerHandle
 from .results import Failure
 from .runner import _CancelRun, _Chunk, _Pending
 from .serialize import FunctionPayload, pickle_function
@@ -163,7 +163,7 @@ class JobRunner(LocalRunner):
         *,
         pool: Pool,
         workers: int,
-        env: dict[str, str] | None = None,
+        env: EnvExtra = None,
         max_tasks_per_worker: int | None = None,
         on_output: Callable[[Any, str, str], None] | None = None,
     ):

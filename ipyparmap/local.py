@@ -15,7 +15,7 @@ import time
 from . import protocol as P
 from .config import Options, describe, format_bytes
 from .errors import ParmapError, SerializationError, TaskError, TaskTimeout, WorkerCrashed
-from .pool import Pool, WorkerHandle
+from .pool import EnvExtra, Pool, WorkerHandle
 from .progress import BUSY, DEAD, IDLE, ProgressModel
 from .resources import describe_exit, signal_name
 from .runner import OutputCallback, Runner, _Chunk, _name
@@ -49,7 +49,7 @@ class LocalRunner(Runner):
         *,
         pool: Pool,
         workers: int,
-        env: dict[str, str] | None = None,
+        env: EnvExtra = None,
         progress: ProgressModel | None = None,
         on_output: OutputCallback | None = None,
         keep_details: bool = True,
@@ -167,7 +167,9 @@ class LocalRunner(Runner):
         packed = chunk.blob
         try:
             worker.send_function(payload)
-            stride = self.planner.timing_stride()
+            # Blocks of tiny items (stride > 1) pin a stuck item only to its block: with
+            # a timeout, every item runs on its own.
+            stride = self.planner.timing_stride() if self.options.timeout is None else 1
             fds, table = packed.share()  # large buffers: one memfd, mapped by the worker
             message = (P.CHUNK, chunk.id, payload.key, packed.blob, self.options.star, stride,
                        table)  # fmt: skip
@@ -371,16 +373,22 @@ class LocalRunner(Runner):
         remaining = list(range(chunk.reported, len(chunk.items)))
         if not remaining:
             return
-        board_chunk, position, started = board
+        board_chunk, position, span, started = board
+        suspects = ()  # positions that may have killed it: each is run alone again
         if board_chunk != chunk.id:  # it died before it even looked at the chunk
             blame = None
         elif 0 <= position < len(chunk.items):
             blame = position
+            if span > 1:  # somewhere in a block of tiny items (see worker.run_items)
+                suspects = [p for p in remaining if position <= p < position + span]
+                blame = suspects[0] if len(suspects) == 1 else None
         elif chunk.solo or len(remaining) == 1:  # died loading items or sending results
             blame = remaining[0]
         else:  # which item? run each alone to find out
+            blame, suspects = None, remaining
+        if blame is None and len(suspects) > 1:
             for pos in reversed(remaining):
-                self._requeue_position(chunk, pos, solo=True)
+                self._requeue_position(chunk, pos, solo=chunk.solo or pos in suspects)
             return
         for pos in reversed(remaining):
             if pos != blame:
@@ -420,7 +428,7 @@ class LocalRunner(Runner):
         for worker, chunk in self.in_flight.items():
             if worker in self.timed_out:
                 continue
-            board_chunk, position, started = worker.board.read()
+            board_chunk, position, _, started = worker.board.read()
             running = board_chunk == chunk.id and 0 <= position < len(chunk.items)
             if running and now - started > limit:
                 self.timed_out[worker] = position
@@ -430,7 +438,7 @@ class LocalRunner(Runner):
         if self.progress is None or not self.progress.listeners:
             return
         for worker, chunk in self.in_flight.items():
-            board_chunk, position, _ = worker.board.read()
+            board_chunk, position, _, _ = worker.board.read()
             if board_chunk == chunk.id and 0 <= position < len(chunk.indices):
                 self.progress.worker(worker.pid).current = chunk.indices[position]
         self.progress.maybe_refresh()

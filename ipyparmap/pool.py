@@ -29,6 +29,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 
 from . import protocol as P
 from .channel import Channel
@@ -159,8 +160,15 @@ def spawn_worker(env: dict[str, str]) -> WorkerHandle:
     return worker
 
 
-def worker_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+#: Extra environment for new workers, or a function that builds it (called only when a
+#: worker is actually spawned: a warm call should not pay for it).
+EnvExtra = dict | Callable[[], dict] | None
+
+
+def worker_env(extra: EnvExtra = None) -> dict[str, str]:
     """The environment of a new worker: ours, plus the worker flag and thread limits."""
+    if callable(extra):
+        extra = extra()
     env = dict(os.environ)
     env[P.WORKER_ENV] = "1"
     # The worker must import this very ipyparmap, also when it was put on sys.path by
@@ -182,13 +190,16 @@ class Pool:
         self._leased: set[WorkerHandle] = set()
         self.restarts = 0
 
-    def acquire(self, count: int, env_extra: dict[str, str] | None = None) -> list[WorkerHandle]:
+    def acquire(self, count: int, env_extra: EnvExtra = None) -> list[WorkerHandle]:
         """Lease ``count`` workers: warm idle ones first, newly spawned for the rest."""
         with self._lock:
-            warm = [w for w in self._idle if w.alive()]
-            for dead in (w for w in self._idle if not w.alive()):
-                dead.reap(0.1)
-                dead.close()
+            warm = []
+            for worker in self._idle:
+                if worker.alive():
+                    warm.append(worker)
+                else:
+                    worker.reap(0.1)
+                    worker.close()
             taken, self._idle = warm[:count], warm[count:]
             self._leased.update(taken)
         if len(taken) == count:  # all warm: no environment to build, nothing to spawn
@@ -205,7 +216,7 @@ class Pool:
             raise
         return taken
 
-    def spawn(self, env_extra: dict[str, str] | None = None) -> WorkerHandle:
+    def spawn(self, env_extra: EnvExtra = None) -> WorkerHandle:
         """A new leased worker (a replacement after a crash or a timeout)."""
         worker = spawn_worker(worker_env(env_extra))
         with self._lock:

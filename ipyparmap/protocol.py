@@ -9,9 +9,10 @@ Parent -> worker::
 
     (INIT, settings)                          once, first message: sys.path etc.
     (FUNC, key, payload, sources)             the pickled function, cached by key
-    (CHUNK, chunk_id, key, items_blob, star, stride)
+    (CHUNK, chunk_id, key, items_blob, star, stride, table)
         run func(item) for every item in the blob, reading the clock every
-        ``stride`` items (1: exact per-item durations)
+        ``stride`` items (1: exact per-item durations; more: blocks of ``stride``
+        items run with map(), see Board)
     (STOP,)                                   exit cleanly
 
 Worker -> parent::
@@ -63,7 +64,7 @@ WORKER_ENV = "IPYPARMAP_WORKER"
 # the blob is the pickled exception, or None when the exception could not be pickled.
 
 BOARD_SIZE = 64
-# Layout: int64 chunk_id, int64 position, float64 item start (time.monotonic()).
+# Layout: int64 chunk_id, int64 position, int64 span, float64 start (time.monotonic()).
 
 #: Board position while the worker unpickles a chunk (no item has started yet).
 LOADING = -1
@@ -76,8 +77,11 @@ class Board:
 
     The worker calls `begin_chunk`, then stores each item's position in
     ``ints[1]`` (and the start time in ``times[0]``) before running it; position
-    ``len(items)`` marks "pickling the results". The parent calls `read`. Writes
-    are aligned 8-byte stores, so a read never sees half a number.
+    ``len(items)`` marks "pickling the results". Tiny items run a block at a time
+    (``map()`` over a slice, without a store per item): then ``ints[1]`` is the block's
+    first position and ``ints[2]`` (the span, else 1) its length, and a crash is pinned
+    to the block, not the item. The parent calls `read`. Writes are aligned 8-byte
+    stores, so a read never sees half a number.
     """
 
     __slots__ = ("_mm", "ints", "times")
@@ -85,8 +89,8 @@ class Board:
     def __init__(self, mm: mmap.mmap):
         self._mm = mm
         view = memoryview(mm)
-        self.ints = view[:16].cast("q")
-        self.times = view[16:24].cast("d")
+        self.ints = view[:24].cast("q")
+        self.times = view[24:32].cast("d")
 
     @classmethod
     def from_fd(cls, fd: int) -> Board:
@@ -95,28 +99,32 @@ class Board:
     def reset(self) -> None:
         """Parent side, before the worker starts: a fresh board reads "idle", not chunk 0."""
         self.times[0] = 0.0
+        self.ints[2] = 1
         self.ints[1] = LOADING
         self.ints[0] = IDLE
 
     def begin_chunk(self, chunk_id: int) -> None:
+        self.ints[2] = 1
         self.ints[1] = LOADING
         self.ints[0] = chunk_id
 
     def begin_item(self, position: int, now: float) -> None:
         self.times[0] = now
+        self.ints[2] = 1
         self.ints[1] = position
 
     def end_chunk(self) -> None:
         self.ints[0] = IDLE
 
-    def read(self) -> tuple[int, int, float]:
-        """Return ``(chunk_id, position, started)``, retrying a read torn by a write."""
+    def read(self) -> tuple[int, int, int, float]:
+        """Return ``(chunk_id, position, span, started)``, retrying a read torn by a
+        write (``span`` > 1: running one of positions ``position .. position+span-1``)."""
         for _ in range(3):
-            chunk_id, position = self.ints[0], self.ints[1]
+            chunk_id, position, span = self.ints[0], self.ints[1], self.ints[2]
             started = self.times[0]
-            if self.ints[1] == position and self.ints[0] == chunk_id:
+            if self.ints[1] == position and self.ints[0] == chunk_id and self.ints[2] == span:
                 break
-        return chunk_id, position, started
+        return chunk_id, position, span, started
 
     def close(self) -> None:
         self.ints.release()

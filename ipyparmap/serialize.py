@@ -215,12 +215,71 @@ class FunctionPayload:
             self.packed.close()
 
 
+#: Payloads of recently pickled functions that have a fingerprint (see fingerprint.py):
+#: id(func) -> (fingerprint, payload). A repeated call with an unchanged function and
+#: unchanged globals then costs a fingerprint check (a few µs) instead of a pickle.
+_payloads: dict = {}
+PAYLOAD_CACHE = 8
+
+
 def pickle_function(func: Any) -> FunctionPayload:
-    """Pickle ``func`` (with the globals it uses) once per run.
+    """Pickle ``func`` (with the globals it uses) once per run, or reuse the payload of
+    an earlier call when nothing it reaches can have changed.
 
     Raises SerializationError naming the unpicklable part (a global, a closure variable,
     an attribute of ``self``, a partial's argument...).
     """
+    from .fingerprint import fingerprint, same
+
+    mark = fingerprint(func, _by_reference)
+    if mark is not None:
+        cached = _payloads.get(id(func))
+        if cached is not None and same(cached[0], mark):
+            return cached[1]
+    payload = _pickle_function(func)
+    if mark is not None and payload.packed is None:  # big buffers are never cached
+        _payloads.pop(id(func), None)
+        _payloads[id(func)] = (mark, payload)  # the mark holds func: its id stays its own
+        while len(_payloads) > PAYLOAD_CACHE:
+            del _payloads[next(iter(_payloads))]
+    return payload
+
+
+def _by_reference(obj: Any) -> bool:
+    """Whether cloudpickle pickles a module or class by its name only (so what it holds
+    is not part of the pickle): importable, and not one of the user's own modules."""
+    import sys
+
+    if isinstance(obj, types.ModuleType):
+        name, module = obj.__name__, obj
+    else:
+        name = getattr(obj, "__module__", None)
+        module = sys.modules.get(name) if isinstance(name, str) else None
+        if module is None or _lookup(module, obj.__qualname__) is not obj:
+            return False
+    if name == "__main__" or sys.modules.get(name) is not module:
+        return False
+    module_of_cloudpickle = getattr(_cp(), "cloudpickle", None)
+    registered = getattr(module_of_cloudpickle, "_is_registered_pickle_by_value", None)
+    if registered is None or registered(module) or name in _by_value:
+        return False
+    known = _local_modules.get(name)
+    if known is None or known[0] is not module:
+        known = _local_modules[name] = (module, is_local_module(module))
+    return not known[1]
+
+
+_local_modules: dict = {}  # module name -> (module, is_local_module(module))
+
+
+def _lookup(module: Any, qualname: str) -> Any:
+    obj = module
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+    return obj
+
+
+def _pickle_function(func: Any) -> FunctionPayload:
     register_local_modules(func)
     buffers: list = []
     try:

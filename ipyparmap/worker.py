@@ -108,9 +108,16 @@ class _OutputSink:
         self.lock = threading.Lock()
         self.pending: list = []
         self.chunk_id = P.IDLE
+        # While a block of tiny items runs (see run_items): (its values list, how long
+        # that list was when the block began); the item printing is the one after the
+        # results produced since.
+        self.block: tuple | None = None
 
     def add(self, stream: str, text: str) -> None:
         position = self._positions[1]
+        block = self.block
+        if block is not None:
+            position += len(block[0]) - block[1]
         with self.lock:
             self.pending.append((position, stream, text))
 
@@ -239,7 +246,7 @@ class Worker:
         def flush(start, values, errors, durations, began) -> None:  # a long chunk's first part
             self._send_results(chunk_id, start, values, errors, durations, began, False)
 
-        batch = run_items(func, items, star, stride, board.ints, board.times, flush)
+        batch = run_items(func, items, star, stride, board.ints, board.times, flush, self.sink)
         board.begin_item(len(items), board.times[0])  # position len(items): pickling results
         self._send_results(chunk_id, *batch, True)
 
@@ -258,20 +265,25 @@ class Worker:
                 packed.close()  # the parent has its own descriptor now
 
 
-def run_items(func, items: list, star: bool, stride: int, positions, times, flush=None):
+def run_items(func, items: list, star: bool, stride: int, positions, times, flush=None,
+              sink: _OutputSink | None = None):  # fmt: skip
     """Run ``func`` over ``items``; return the last batch.
 
     A batch is ``(start, values, errors, durations, began)``: ``began`` is the wall-clock
     time (``time.time()``, comparable across machines, unlike the monotonic clock) at
     which its first item started.
 
-    The clock is read every ``stride`` items. With ``stride`` 1 each item's duration is
-    exact; for tiny items the parent asks for a larger stride (a clock read would cost
-    more than the item) and durations are averaged over each block. ``positions[1]`` is
-    set to each item's position before it runs (exact, so a crash is always pinned to its
-    item), ``times[0]`` to the block's start (a timeout may fire up to one block early):
-    the status board in a pool worker, plain lists elsewhere. ``flush(*batch)``, if
-    given, sends finished results every FLUSH_SECONDS.
+    With ``stride`` 1 each item runs on its own: ``positions[1]`` is set to its position
+    before it runs (so a crash or a timeout is pinned to it) and the clock is read
+    after it. For tiny items the parent asks for a larger stride: the items then run a
+    block of ``stride`` at a time with ``map()`` (what a stored position and a clock read
+    per item would cost is more than such an item), ``positions[1]``/``positions[2]``
+    hold the block's first position and length, durations are averaged over the block,
+    and a failing item is found from how many results the block produced before it.
+    ``times[0]`` is the start of the running item or block. ``positions`` and
+    ``times`` are the status board in a pool worker, plain lists elsewhere.
+    ``flush(*batch)``, if given, sends finished results every FLUSH_SECONDS. ``sink``
+    gets told where a block is, so captured output names its item.
     """
     if star:
         plain = func
@@ -279,18 +291,18 @@ def run_items(func, items: list, star: bool, stride: int, positions, times, flus
         def func(item):
             return plain(*(item if type(item) is tuple else _star_args(item)))
 
+    if stride > 1:
+        return _run_blocks(func, items, star, stride, positions, times, flush, sink)
     clock = time.monotonic
     values: list = []
     append = values.append
     errors: dict = {}
     durations: list = []
     start = 0  # position of the first result not sent yet
-    block = 0  # position where the current timing block began
     last = len(items) - 1
     began = time.time()
     now = times[0] = clock()
     flush_at = now + FLUSH_SECONDS if flush is not None else float("inf")
-    countdown = stride
     for position, item in enumerate(items):
         positions[1] = position
         try:
@@ -298,24 +310,60 @@ def run_items(func, items: list, star: bool, stride: int, positions, times, flus
         except BaseException as exc:  # SystemExit too: one item must not end the worker
             append(None)
             errors[position - start] = exception_info(exc, skip_frames=2 if star else 1)
-        countdown -= 1
-        if not countdown:
-            countdown = stride
-            done = clock()
-            count = position + 1 - block
-            durations.extend([(done - now) / count] * count)
-            now = times[0] = done
-            block = position + 1
-            if now >= flush_at and position < last:
-                flush(start, values, errors, durations, began)
-                began = time.time()
-                values, errors, durations = [], {}, []
-                append = values.append
-                start = block
-                flush_at = now + FLUSH_SECONDS
-    if block < len(items):
-        count = len(items) - block
-        durations.extend([(clock() - now) / count] * count)
+        done = clock()
+        durations.append(done - now)
+        now = times[0] = done
+        if now >= flush_at and position < last:
+            flush(start, values, errors, durations, began)
+            began = time.time()
+            values, errors, durations = [], {}, []
+            append = values.append
+            start = position + 1
+            flush_at = now + FLUSH_SECONDS
+    return start, values, errors, durations, began
+
+
+def _run_blocks(func, items: list, star: bool, stride: int, positions, times, flush, sink):
+    """`run_items` for tiny items: blocks of ``stride`` items through ``map()``."""
+    clock = time.monotonic
+    values: list = []
+    errors: dict = {}
+    durations: list = []
+    start = 0
+    size = len(items)
+    began = time.time()
+    now = times[0] = clock()
+    flush_at = now + FLUSH_SECONDS if flush is not None else float("inf")
+    skip = 2 if star else 1
+    for block in range(0, size, stride):
+        end = min(block + stride, size)
+        position = block
+        while position < end:  # once, unless an item raises
+            base = len(values)
+            if sink is not None:
+                sink.block = (values, base)
+            positions[2] = end - position
+            positions[1] = position
+            try:
+                values.extend(map(func, items[position:end]))
+                position = end
+            except BaseException as exc:  # extend kept the results before the failure
+                position += len(values) - base
+                values.append(None)
+                errors[position - start] = exception_info(exc, skip_frames=skip)
+                position += 1
+        done = clock()
+        durations.extend([(done - now) / (end - block)] * (end - block))
+        now = times[0] = done
+        if now >= flush_at and end < size:
+            flush(start, values, errors, durations, began)
+            began = time.time()
+            values, errors, durations = [], {}, []
+            start = end
+            flush_at = now + FLUSH_SECONDS
+    if sink is not None:
+        sink.block = None
+    positions[2] = 1
     return start, values, errors, durations, began
 
 
@@ -352,7 +400,7 @@ def run_task(payload, blob: bytes, star: bool, capture: bool) -> tuple:
         items = loads(blob)
     except PICKLING_ERRORS as exc:
         return (TASK_LOAD_ERROR, "chunk", exception_info(exc, skip_frames=0))
-    positions, times = [P.IDLE, P.LOADING], [0.0]
+    positions, times = [P.IDLE, P.LOADING, 1], [0.0]
     sink = _OutputSink(positions)
     saved = sys.stdout, sys.stderr
     if capture:  # not in threads: sys.stdout is shared by every thread of the process

@@ -43,6 +43,15 @@ def shout(x):
     return x
 
 
+def tiny_with_events(x):
+    """A tiny item, except a few that raise or print (deep in chunks run in blocks)."""
+    if x in (12_345, 12_346, 29_999):
+        raise ValueError(f"bad item {x}")
+    if x == 20_001:
+        print(f"printed by {x}")
+    return x
+
+
 def fail_on(x, bad=3):
     if x == bad:
         raise ValueError(f"bad item {x}")

@@ -1,0 +1,147 @@
+"""The shortcuts of the hot paths give the same answers as the long way round.
+
+- A function whose pickle can't have changed is not pickled again (fingerprint.py):
+  every way a notebook can change what a function does must still reach the workers.
+- Tiny items run in blocks through ``map()`` in the worker (worker.run_items): errors,
+  crashes and printed output must still be pinned to their own item.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import helpers
+import pytest
+from conftest import notebook_function
+
+import ipyparmap as pm
+from ipyparmap import protocol as P
+from ipyparmap import serialize
+from ipyparmap.fingerprint import fingerprint
+from ipyparmap.worker import _CapturedStream, _OutputSink, run_items
+
+pytestmark = pytest.mark.usefixtures("no_leaks")
+
+
+# -- the function payload cache -----------------------------------------------------------
+def _namespace(source: str) -> dict:
+    ns = {"__name__": "__main__"}
+    exec(compile(source, "<notebook-cell-fast>", "exec"), ns)
+    return ns
+
+
+def test_an_unchanged_function_is_not_pickled_again():
+    ns = _namespace("K = 3\ndef f(x):\n    return x * K\n")
+    first = serialize.pickle_function(ns["f"])
+    assert serialize.pickle_function(ns["f"]) is first  # the cached payload itself
+    ns["K"] = 4
+    changed = serialize.pickle_function(ns["f"])
+    assert changed is not first and changed.key != first.key
+
+
+@pytest.mark.parametrize(
+    "source, change, expected",
+    [
+        # a global rebound
+        ("K = 1\ndef f(x):\n    return x + K\n", "K = 100", [100, 101]),
+        # a global mutated in place: never cached, since nothing would be rebound
+        ("L = [1]\ndef f(x):\n    return x + L[0]\n", "L[0] = 100", [100, 101]),
+        # a helper redefined
+        (
+            "def g(x):\n    return 1\ndef f(x):\n    return x + g(x)\n",
+            "def g(x):\n    return 100",
+            [100, 101],
+        ),
+        # a global of a helper rebound
+        (
+            "K = 1\ndef g(x):\n    return K\ndef f(x):\n    return x + g(x)\n",
+            "K = 100",
+            [100, 101],
+        ),
+        # a builtin shadowed by a new global
+        ("def f(x):\n    return x + abs(-1)\n", "abs = lambda v: 100", [100, 101]),
+        # defaults replaced
+        ("def f(x, k=1):\n    return x + k\n", "f.__defaults__ = (100,)", [100, 101]),
+        # an attribute set on a class the function uses
+        (
+            "class C:\n    k = 1\ndef f(x):\n    return x + C.k\n",
+            "C.k = 100",
+            [100, 101],
+        ),
+        # a tuple global whose element is mutable
+        ("T = ([1],)\ndef f(x):\n    return x + T[0][0]\n", "T[0][0] = 100", [100, 101]),
+    ],
+    ids=["rebound", "mutated", "helper", "helper-glob", "shadowed", "defaults", "class", "tuple"],
+)
+def test_every_change_a_notebook_can_make_reaches_the_workers(source, change, expected):
+    ns = _namespace(source)
+    first = pm.parmap(ns["f"], [0, 1], workers=2)
+    assert first != expected
+    exec(change, ns)
+    assert pm.parmap(ns["f"], [0, 1], workers=2) == expected
+
+
+def test_a_changed_closure_reaches_the_workers():
+    ns = _namespace(
+        "def make():\n    k = 1\n    def f(x):\n        return x + k\n"
+        "    def set_k(v):\n        nonlocal k\n        k = v\n    return f, set_k\n"
+    )
+    f, set_k = ns["make"]()
+    assert pm.parmap(f, [0, 1], workers=2) == [1, 2]
+    set_k(100)
+    assert pm.parmap(f, [0, 1], workers=2) == [100, 101]
+
+
+def test_what_gets_a_fingerprint():
+    def has(source, name="f", **globals_):
+        return fingerprint(notebook_function(source, name, **globals_), serialize._by_reference)
+
+    assert has("def f(x):\n    return x * x\n") is not None
+    assert has("def f(x):\n    return math.sqrt(x) + K\n", math=math, K=(1, 2.5, "s")) is not None
+    assert has("def f(x):\n    return g(x)\ndef g(x):\n    return f(x)\n") is not None  # cycle
+    assert has("def f(x):\n    return L\n", L=[1]) is None  # mutable
+    assert has("def f(x):\n    return D\n", D={}) is None
+    assert has("def f(x):\n    return append(x)\n", append=[].append) is None  # bound
+    assert has("def f(x):\n    return helpers.square(x)\n", helpers=helpers) is None  # local
+    notebook_class = notebook_function("class C:\n    pass\n", "C")
+    assert has("def f(x):\n    return C\n", C=notebook_class) is None
+
+
+# -- tiny items in blocks -------------------------------------------------------------
+def _fail_on_multiples_of_7(x):
+    if x % 7 == 0:
+        raise ValueError(f"bad {x}")
+    if x == 30:
+        print("thirty")
+    return x
+
+
+def test_blocks_pin_errors_and_output_to_their_items():
+    items = list(range(100))
+    positions, times = [P.IDLE, P.LOADING, 1], [0.0]
+    sink = _OutputSink(positions)
+    saved = sys.stdout
+    sys.stdout = _CapturedStream(sink, "stdout", saved)
+    try:
+        start, values, errors, durations, _ = run_items(
+            _fail_on_multiples_of_7, items, False, 16, positions, times, sink=sink
+        )
+    finally:
+        sys.stdout = saved
+    assert start == 0 and len(values) == len(durations) == 100
+    assert sorted(errors) == [x for x in items if x % 7 == 0]
+    assert all(errors[x][2] == f"bad {x}" for x in errors)
+    assert [v for i, v in enumerate(values) if i % 7] == [x for x in items if x % 7]
+    assert [(pos, text) for pos, _, text in sink.take()] == [(30, "thirty\n")]
+    assert positions[2] == 1 and sink.block is None  # left as found
+
+
+def test_blocks_of_tiny_items_in_workers_keep_errors_and_output_per_item():
+    items = list(range(30_000))
+    res = pm.parmap(helpers.tiny_with_events, items, workers=2, errors="collect")
+    assert res.stats.chunks < 1000  # batched, so the later chunks ran in blocks
+    assert [f.index for f in res.failures] == [12_345, 12_346, 29_999]
+    assert res.outputs[20_001].stdout == "printed by 20001\n"
+    assert res.values(default=None)[20_001] == 20_001
+    assert sum(v for v in res.values(default=0)) == sum(items) - 12_345 - 12_346 - 29_999
