@@ -203,12 +203,12 @@ class ExecutorRunner(Runner):
             self._task_failed(chunk, exc)
             return
         if outcome[0] == TASK_DONE:
-            _, values_blob, errors, durations, began, outputs, memory_kb, worker = outcome
+            _, values_blob, errors, timings, began, outputs, memory_kb, worker = outcome
             chunk.worker_id = worker
             self._progress_worker(worker, BUSY)
             if outputs:
                 self._on_output(chunk, outputs)
-            self._fold(chunk, 0, values_blob, errors, durations, memory_kb, began)
+            self._fold(chunk, 0, values_blob, errors, timings, memory_kb, began)
             self._progress_worker(worker, IDLE)
             return
         _, what, info = outcome  # TASK_LOAD_ERROR

@@ -236,7 +236,7 @@ class LocalRunner(Runner):
         elif tag == P.LOAD_ERROR:
             self._on_load_error(worker, *message[1:])
 
-    def _on_results(self, worker, chunk_id, start, values: Incoming, errors, durations, began,
+    def _on_results(self, worker, chunk_id, start, values: Incoming, errors, timings, began,
                     outputs, memory_kb, done) -> None:  # fmt: skip
         chunk = self.in_flight.get(worker)
         if chunk is None or chunk.id != chunk_id:
@@ -246,7 +246,7 @@ class LocalRunner(Runner):
             self._on_output(chunk, outputs)
         if memory_kb and memory_kb[1]:
             worker.last_rss = memory_kb[1] * 1024
-        self._fold(chunk, start, values, errors, durations, memory_kb, began)
+        self._fold(chunk, start, values, errors, timings, memory_kb, began)
         if done:
             self._chunk_finished(worker, chunk)
 
@@ -417,7 +417,9 @@ class LocalRunner(Runner):
             kind = "crashed"
         if self.keep_details and started > 0:  # the timeline shows it ran until it died
             ran = max(0.0, time.monotonic() - started)
-            self.slots.timing([chunk.indices[blame]], [ran], worker.pid, time.time() - ran)
+            self.slots.timing(
+                [chunk.indices[blame]], P.Timings.single(ran), worker.pid, time.time() - ran
+            )
         self._item_failed(chunk, blame, kind, exc, "")
 
     def _check_timeouts(self) -> None:

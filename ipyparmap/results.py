@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import short_repr
+from .protocol import Timings
 
 FAILURE_KINDS = ("error", "crashed", "timeout", "cancelled")
 #: Runs shorter than this (seconds) show no speedup figure: start-up noise dominates it.
@@ -133,7 +134,7 @@ class Results(list):
         self._durations: list | None = durations if durations is not None else []
         self._workers: list | None = workers if workers is not None else []
         self._starts: list | None = []
-        # (indices, durations, worker, began) per result batch: the three lists above
+        # (indices, Timings, worker, began) per result batch: the three lists above
         # are built from them on first use (a million-item run should not pay for
         # per-item timing lists unless someone reads them)
         self._timing_batches: list = []
@@ -155,7 +156,8 @@ class Results(list):
         durations: list = []
         workers: list = []
         starts: list = []
-        for indices, spans, worker, began in self._timing_batches:
+        for indices, timings, worker, began in self._timing_batches:
+            spans = timings.per_item()
             _assign(durations, indices, spans, None)
             _assign(workers, indices, [worker] * len(spans), None)
             if began is not None:
@@ -317,10 +319,10 @@ class ResultSlots:
         _assign(self.slots, indices, values, _MISSING)
         self.filled += len(values)
 
-    def timing(self, indices, durations, worker: Any, began: float | None = None) -> None:
-        """Record how long each item of a batch ran, on which worker, and when it began
-        (kept per batch; Results builds per-item lists when they are read)."""
-        self.timing_batches.append((indices, durations, worker, began))
+    def timing(self, indices, timings: Timings, worker: Any, began: float | None = None) -> None:
+        """Record how long the items of a batch ran, on which worker, and when the batch
+        began (kept per batch; Results builds per-item lists when they are read)."""
+        self.timing_batches.append((indices, timings, worker, began))
 
     def snapshot(self, size: int, stats: RunStats) -> Results:
         """A copy of the results so far; unfinished slots hold PENDING."""

@@ -48,6 +48,7 @@ from .config import Options, describe
 from .errors import Interrupted, ParmapError, SerializationError, TaskError
 from .plan import ChunkPlanner
 from .progress import BUSY, IDLE, ProgressModel
+from .protocol import Timings
 from .results import Failure, ItemOutput, Results, ResultSlots, RunStats
 from .serialize import (
     PICKLING_ERRORS,
@@ -430,11 +431,13 @@ class Runner:
         self.requeue.extendleft(reversed(rest))
 
     # ------------------------------------------------------------------ outcomes
-    def _fold(self, chunk: _Chunk, start: int, values_blob, errors: dict, durations: list,
+    def _fold(self, chunk: _Chunk, start: int, values_blob, errors: dict, timings: tuple,
               memory_kb: tuple, began: float | None = None) -> None:  # fmt: skip
-        """Fold one result batch (positions ``start``.. of ``chunk``) into the run."""
-        count = len(durations)
-        busy = sum(durations)
+        """Fold one result batch (positions ``start``.. of ``chunk``) into the run;
+        ``timings`` is the wire form of a `protocol.Timings`."""
+        timings = Timings(*timings)
+        count = timings.count
+        busy = timings.total()
         stats = self.stats
         stats.task_time += busy
         worker_id = chunk.worker_id
@@ -449,7 +452,7 @@ class Runner:
         self._planner_for(chunk).record(count, busy)
         indices = chunk.indices[start : start + count]
         if self.keep_details:
-            self.slots.timing(indices, durations, worker_id, began)
+            self.slots.timing(indices, timings, worker_id, began)
         try:
             values = values_blob.load() if isinstance(values_blob, Incoming) else loads(values_blob)
         except PICKLING_ERRORS as exc:

@@ -243,21 +243,20 @@ class Worker:
     def _run_items(self, chunk_id: int, func, items: list, star: bool, stride: int) -> None:
         board = self.board
 
-        def flush(start, values, errors, durations, began) -> None:  # a long chunk's first part
-            self._send_results(chunk_id, start, values, errors, durations, began, False)
+        def flush(start, values, errors, timings, began) -> None:  # a long chunk's first part
+            self._send_results(chunk_id, start, values, errors, timings, began, False)
 
         batch = run_items(func, items, star, stride, board.ints, board.times, flush, self.sink)
         board.begin_item(len(items), board.times[0])  # position len(items): pickling results
         self._send_results(chunk_id, *batch, True)
 
-    def _send_results(self, chunk_id, start, values, errors, durations, began, done) -> None:
+    def _send_results(self, chunk_id, start, values, errors, timings, began, done) -> None:
         with self.sink.lock:
             packed, errors = pickle_values(values, errors, share=True)
             fds, table = packed.share()
             message = (
-                P.RESULTS, chunk_id, start, packed.blob, table, errors,
-                array("d", durations),  # 8 bytes an item, pickled as one block
-                began, self.sink.take(), _memory_kb(), done,
+                P.RESULTS, chunk_id, start, packed.blob, table, errors, timings, began,
+                self.sink.take(), _memory_kb(), done,
             )  # fmt: skip
             try:
                 self._send_locked(message, fds)
@@ -269,17 +268,17 @@ def run_items(func, items: list, star: bool, stride: int, positions, times, flus
               sink: _OutputSink | None = None):  # fmt: skip
     """Run ``func`` over ``items``; return the last batch.
 
-    A batch is ``(start, values, errors, durations, began)``: ``began`` is the wall-clock
-    time (``time.time()``, comparable across machines, unlike the monotonic clock) at
-    which its first item started.
+    A batch is ``(start, values, errors, timings, began)``: ``timings`` the plain tuple
+    of a `protocol.Timings`, ``began`` the wall-clock time (``time.time()``, comparable
+    across machines, unlike the monotonic clock) at which its first item started.
 
     With ``stride`` 1 each item runs on its own: ``positions[1]`` is set to its position
     before it runs (so a crash or a timeout is pinned to it) and the clock is read
     after it. For tiny items the parent asks for a larger stride: the items then run a
     block of ``stride`` at a time with ``map()`` (what a stored position and a clock read
     per item would cost is more than such an item), ``positions[1]``/``positions[2]``
-    hold the block's first position and length, durations are averaged over the block,
-    and a failing item is found from how many results the block produced before it.
+    hold the block's first position and length, one duration is kept per block, and a
+    failing item is found from how many results the block produced before it.
     ``times[0]`` is the start of the running item or block. ``positions`` and
     ``times`` are the status board in a pool worker, plain lists elsewhere.
     ``flush(*batch)``, if given, sends finished results every FLUSH_SECONDS. ``sink``
@@ -297,7 +296,7 @@ def run_items(func, items: list, star: bool, stride: int, positions, times, flus
     values: list = []
     append = values.append
     errors: dict = {}
-    durations: list = []
+    seconds = array("d")
     start = 0  # position of the first result not sent yet
     last = len(items) - 1
     began = time.time()
@@ -311,16 +310,16 @@ def run_items(func, items: list, star: bool, stride: int, positions, times, flus
             append(None)
             errors[position - start] = exception_info(exc, skip_frames=2 if star else 1)
         done = clock()
-        durations.append(done - now)
+        seconds.append(done - now)
         now = times[0] = done
         if now >= flush_at and position < last:
-            flush(start, values, errors, durations, began)
+            flush(start, values, errors, (1, len(values), seconds), began)
             began = time.time()
-            values, errors, durations = [], {}, []
+            values, errors, seconds = [], {}, array("d")
             append = values.append
             start = position + 1
             flush_at = now + FLUSH_SECONDS
-    return start, values, errors, durations, began
+    return start, values, errors, (1, len(values), seconds), began
 
 
 def _run_blocks(func, items: list, star: bool, stride: int, positions, times, flush, sink):
@@ -328,7 +327,7 @@ def _run_blocks(func, items: list, star: bool, stride: int, positions, times, fl
     clock = time.monotonic
     values: list = []
     errors: dict = {}
-    durations: list = []
+    seconds = array("d")  # one figure per block
     start = 0
     size = len(items)
     began = time.time()
@@ -353,18 +352,18 @@ def _run_blocks(func, items: list, star: bool, stride: int, positions, times, fl
                 errors[position - start] = exception_info(exc, skip_frames=skip)
                 position += 1
         done = clock()
-        durations.extend([(done - now) / (end - block)] * (end - block))
+        seconds.append(done - now)
         now = times[0] = done
         if now >= flush_at and end < size:
-            flush(start, values, errors, durations, began)
+            flush(start, values, errors, (stride, len(values), seconds), began)
             began = time.time()
-            values, errors, durations = [], {}, []
-            start = end
+            values, errors, seconds = [], {}, array("d")
+            start = end  # a block boundary: the next batch's blocks line up with stride
             flush_at = now + FLUSH_SECONDS
     if sink is not None:
         sink.block = None
     positions[2] = 1
-    return start, values, errors, durations, began
+    return start, values, errors, (stride, len(values), seconds), began
 
 
 def pickle_values(values: list, errors: dict, share: bool = False):
@@ -389,7 +388,7 @@ def run_task(payload, blob: bytes, star: bool, capture: bool) -> tuple:
 
     ``payload`` is the function itself (thread executors) or the pickled
     ``(key, blob, sources)`` (process executors, Dask), loaded once per process.
-    Returns ``(TASK_DONE, values_blob, errors, durations, began, outputs, memory, worker)``
+    Returns ``(TASK_DONE, values_blob, errors, timings, began, outputs, memory, worker)``
     or ``(TASK_LOAD_ERROR, "func" | "chunk", error_info)``.
     """
     try:
@@ -407,7 +406,7 @@ def run_task(payload, blob: bytes, star: bool, capture: bool) -> tuple:
         sys.stdout = _CapturedStream(sink, "stdout", saved[0])
         sys.stderr = _CapturedStream(sink, "stderr", saved[1])
     try:
-        _, values, errors, durations, began = run_items(func, items, star, 1, positions, times)
+        _, values, errors, timings, began = run_items(func, items, star, 1, positions, times)
     finally:
         if capture:
             sys.stdout, sys.stderr = saved
@@ -415,7 +414,7 @@ def run_task(payload, blob: bytes, star: bool, capture: bool) -> tuple:
     with sink.lock:
         outputs = sink.take()
     return (
-        TASK_DONE, values_blob, errors, durations, began, outputs, _memory_kb(), _task_worker(),
+        TASK_DONE, values_blob, errors, timings, began, outputs, _memory_kb(), _task_worker(),
     )  # fmt: skip
 
 

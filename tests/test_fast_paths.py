@@ -124,12 +124,15 @@ def test_blocks_pin_errors_and_output_to_their_items():
     saved = sys.stdout
     sys.stdout = _CapturedStream(sink, "stdout", saved)
     try:
-        start, values, errors, durations, _ = run_items(
+        start, values, errors, timings, _ = run_items(
             _fail_on_multiples_of_7, items, False, 16, positions, times, sink=sink
         )
     finally:
         sys.stdout = saved
-    assert start == 0 and len(values) == len(durations) == 100
+    assert start == 0 and len(values) == 100
+    stride, count, seconds = timings  # one figure per block of 16, the last one of 4
+    assert (stride, count, len(seconds)) == (16, 100, 7)
+    assert len(P.Timings(*timings).per_item()) == 100
     assert sorted(errors) == [x for x in items if x % 7 == 0]
     assert all(errors[x][2] == f"bad {x}" for x in errors)
     assert [v for i, v in enumerate(values) if i % 7] == [x for x in items if x % 7]
