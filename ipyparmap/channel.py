@@ -39,14 +39,27 @@ class Channel:
 
     def send(self, payload: bytes, fds: tuple[int, ...] = ()) -> None:
         header = _HEADER.pack(len(payload), len(fds))
-        if fds:
-            ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
-            sent = self.sock.sendmsg([header], ancillary)
-        else:
-            sent = self.sock.send(header)
-        if sent < len(header):  # the descriptors went with the first byte
+        ancillary = (
+            [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+        )
+        # Header and payload in one system call (no copy); the descriptors go with the
+        # first byte. A big payload may go out in parts: the rest follows.
+        sent = self.sock.sendmsg([header, payload], ancillary)
+        if sent < len(header):
             self.sock.sendall(header[sent:])
-        self.sock.sendall(payload)
+            sent = len(header)
+        if sent - len(header) < len(payload):
+            self.sock.sendall(memoryview(payload)[sent - len(header) :])
+
+    def grow_send_buffer(self, size: int) -> int:
+        """Ask for a send buffer of ``size`` bytes (the system may grant less); return
+        how many bytes surely fit in it while the peer reads nothing."""
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+        except OSError:
+            pass
+        # Linux reports twice what it counts for data (the rest covers bookkeeping)
+        return self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) // 2
 
     def recv(self) -> tuple[bytearray, list[int]]:
         """The next frame's payload and descriptors; EOFError when the peer is gone."""

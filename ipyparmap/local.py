@@ -32,8 +32,6 @@ PREFETCH_SECONDS = 0.05
 #: ...and only when chunks batch at least this many items: with single slow items an
 #: estimate says little about the next one, and a chunk queued behind a long item waits.
 PREFETCH_MIN_ITEMS = 8
-#: A queued chunk is sent at once only if it surely fits in the pipe's buffer.
-PREFETCH_MAX_BYTES = 64 * 1024
 
 
 class LocalRunner(Runner):
@@ -159,7 +157,7 @@ class LocalRunner(Runner):
             # A busy worker does not read its pipe: a message bigger than the pipe's
             # buffer would block us while the worker blocks sending us its results. Such
             # a chunk stays here, assigned, and goes out when the worker is idle.
-            if len(chunk.blob.blob) > PREFETCH_MAX_BYTES or payload.key not in worker.functions:
+            if len(chunk.blob.blob) + 1024 > worker.fits or payload.key not in worker.functions:
                 return
         else:
             self.in_flight[worker] = chunk

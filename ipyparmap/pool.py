@@ -62,6 +62,7 @@ class WorkerHandle:
         self.spawned = time.monotonic()
         self.ready = False  # it said READY: it booted fine
         self.last_rss: int | None = None  # bytes, as the worker last reported
+        self.fits = 64 * 1024  # bytes a send surely fits in its pipe while it is busy
         self.closed = False
 
     def __repr__(self) -> str:
@@ -125,6 +126,11 @@ class WorkerHandle:
                 pass
 
 
+#: Send buffer asked for each worker's pipe: a chunk queued behind a busy worker goes
+#: out at once only if it fits (see local.py), so bigger chunks of tiny items can.
+SEND_BUFFER_BYTES = 1024 * 1024
+
+
 def spawn_worker(env: dict[str, str]) -> WorkerHandle:
     """Start one worker process; returns at once (the worker boots in the background)."""
     parent_sock, child_sock = socket.socketpair()
@@ -151,11 +157,13 @@ def spawn_worker(env: dict[str, str]) -> WorkerHandle:
     board.reset()
     os.close(board_fd)
     conn = Channel(parent_sock)
+    fits = conn.grow_send_buffer(SEND_BUFFER_BYTES)
     try:
         sentinel, owns = os.pidfd_open(proc.pid), True
     except (AttributeError, OSError):  # no pidfd: the lifeline reads EOF when it dies
         sentinel, owns = parent_life.fileno(), False
     worker = WorkerHandle(proc, conn, parent_life, board, sentinel, owns)
+    worker.fits = fits
     worker.send((P.INIT, {"sys_path": list(sys.path)}))
     return worker
 

@@ -297,6 +297,9 @@ def _assign(store: list, indices, values: list, fill) -> None:
     loop per item.
     """
     contiguous = type(indices) is range and indices.step == 1
+    if contiguous and indices.start == len(store):  # the next batch in order: append
+        store.extend(values)
+        return
     stop = indices.stop if contiguous else max(indices, default=-1) + 1
     if len(store) < stop:
         store.extend([fill] * (stop - len(store)))
