@@ -200,6 +200,7 @@ def calls(count: int = 500) -> None:
     """W5: the median time from the call to each step of a 2-item parmap."""
     import ipyparmap as pm
     from ipyparmap import api
+    from ipyparmap import local as L
     from ipyparmap import pool as PL
     from ipyparmap import resources as RS
     from ipyparmap import runner as R
@@ -214,8 +215,10 @@ def calls(count: int = 500) -> None:
         (RS, "cpu_count", "cpu_count"),
         (R.Runner, "_start", "Runner._start"),
         (PL.Pool, "acquire", "Pool.acquire"),
-        (R.Runner, "_send", "first chunk sent"),
-        (R.Runner, "_on_results", "first result handled"),
+        (L.LocalRunner, "_start_engine", "engine started"),
+        (L.LocalRunner, "_send", "chunk sent"),
+        (L.LocalRunner, "_wait", "wait"),
+        (L.LocalRunner, "_on_results", "result handled"),
         (R.Runner, "_close", "Runner._close"),
         (R.Runner, "_build", "Results built"),
     ]

@@ -45,8 +45,19 @@ FLUSH_SECONDS = 0.1
 OUTPUT_SECONDS = 0.1
 
 
+#: Read this process's current RSS (a file read, ~7 µs) at most this often, unless the
+#: peak grew: a warm 2-item call should not pay for it on every chunk.
+MEMORY_READ_SECONDS = 0.5
+_memory = {"peak": None, "current": None, "read_at": float("-inf")}
+
+
 def _memory_kb() -> tuple[int | None, int | None]:
-    """(peak, current) resident memory of this process in KiB (None where unknown)."""
+    """(peak, current) resident memory of this process in KiB (None where unknown).
+
+    The current figure is re-read when the peak grew (it may be above a max_memory
+    limit now) or every MEMORY_READ_SECONDS; otherwise it can only have shrunk below
+    a peak that was already reported, and the last reading stands.
+    """
     try:
         import resource
     except ImportError:  # Windows
@@ -54,11 +65,15 @@ def _memory_kb() -> tuple[int | None, int | None]:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if sys.platform == "darwin":  # macOS reports bytes, and has no /proc
         return peak // 1024, None
+    now = time.monotonic()
+    if peak == _memory["peak"] and now - _memory["read_at"] < MEMORY_READ_SECONDS:
+        return peak, _memory["current"]
     try:
         with open("/proc/self/statm", "rb") as statm:
             current = int(statm.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
     except (OSError, ValueError, IndexError):
         current = None
+    _memory.update(peak=peak, current=current, read_at=now)
     return peak, current
 
 
