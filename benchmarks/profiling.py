@@ -164,7 +164,7 @@ def timeline(key: str, show: int) -> None:
         L.LocalRunner,
         "_on_results",
         before=lambda self, worker, chunk_id, start, values, errors, durations, *rest: (
-            events.append((time.perf_counter(), "result", worker.pid, len(durations)))
+            events.append((time.perf_counter(), "result", worker.pid, durations[1]))
         ),
     )
     func, items, _ = _inputs(key)

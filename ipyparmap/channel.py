@@ -39,9 +39,7 @@ class Channel:
 
     def send(self, payload: bytes, fds: tuple[int, ...] = ()) -> None:
         header = _HEADER.pack(len(payload), len(fds))
-        ancillary = (
-            [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
-        )
+        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
         # Header and payload in one system call (no copy); the descriptors go with the
         # first byte. A big payload may go out in parts: the rest follows.
         sent = self.sock.sendmsg([header, payload], ancillary)

@@ -133,7 +133,8 @@ class LocalRunner(Runner):
         per_item = self.planner.per_item
         return (
             per_item is not None
-            and len(running.items) >= PREFETCH_MIN_ITEMS
+            # big arrays: the next chunk's copy into shared memory overlaps this one
+            and (len(running.items) >= PREFETCH_MIN_ITEMS or running.shared)
             and per_item * len(running.items) < PREFETCH_SECONDS
             and not running.solo
             and not self.requeue  # suspects and retries go out one at a time
@@ -169,6 +170,7 @@ class LocalRunner(Runner):
             # a timeout, every item runs on its own.
             stride = self.planner.timing_stride() if self.options.timeout is None else 1
             fds, table = packed.share()  # large buffers: one memfd, mapped by the worker
+            chunk.shared = bool(fds)
             message = (P.CHUNK, chunk.id, payload.key, packed.blob, self.options.star, stride,
                        table)  # fmt: skip
             worker.send(message, fds)

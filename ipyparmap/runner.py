@@ -62,6 +62,8 @@ from .serialize import (
 
 #: Seconds between loop wake-ups when nothing arrives (progress refresh, timeouts).
 TICK = 0.1
+#: Chunks of items holding large buffers carry at most about this many bytes of them.
+CHUNK_BYTES = 4 * 1024 * 1024
 #: Seconds busy workers get to finish their chunk after errors="raise" stops a run.
 RAISE_GRACE = 0.2
 
@@ -83,6 +85,7 @@ class _Chunk:
     blob: bytes | None = None  # the pickled items, until sent
     worker_id: Any = None  # the worker's PID (or address), where known
     reported: int = 0  # positions below this have come back
+    shared: bool = False  # its large buffers went through shared memory
 
     def attempts_at(self, position: int) -> int:
         return 0 if self.attempts is None else self.attempts[position]
@@ -175,6 +178,7 @@ class Runner:
         self.lock = threading.Lock()  # guards self.slots against snapshot() from other threads
         self.first_failure: Failure | None = None  # errors="raise": stop at this one
         self.payload = None
+        self.item_bytes = 0  # large buffers per item in the last chunk that had any
 
     # ------------------------------------------------------------------ public driving
     def results(self) -> Results:
@@ -366,6 +370,9 @@ class Runner:
                 self._unpicklable_item(indices, items, attempts, bad)
                 continue
             self.stats.chunks += 1
+            buffers = getattr(blob, "buffers", None)
+            if buffers:  # large arrays: how big is an item, to size the next chunks
+                self.item_bytes = sum(b.nbytes for b in buffers) // len(items)
             return _Chunk(next(_chunk_ids), indices, items, attempts, solo, owner, blob)
 
     def _take_requeued(self):
@@ -394,6 +401,9 @@ class Runner:
             return None
         remaining = None if self.total is None else self.total - self.pulled
         size = self.planner.next_size(remaining)
+        if self.item_bytes:  # copying big arrays into shared memory is the parent's work:
+            # small chunks let the copy of the next one overlap this one's run
+            size = max(1, min(size, CHUNK_BYTES // self.item_bytes))
         if self.ordered_window:  # ordered imap: don't run far ahead of the consumer
             window = max(1024, 4 * self.n_workers * self.planner.largest)
             size = min(size, self.floor + window - self.pulled)

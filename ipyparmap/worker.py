@@ -54,9 +54,11 @@ _memory = {"peak": None, "current": None, "read_at": float("-inf")}
 def _memory_kb() -> tuple[int | None, int | None]:
     """(peak, current) resident memory of this process in KiB (None where unknown).
 
-    The current figure is re-read when the peak grew (it may be above a max_memory
-    limit now) or every MEMORY_READ_SECONDS; otherwise it can only have shrunk below
-    a peak that was already reported, and the last reading stands.
+    The current figure is re-read unless the peak is unchanged, the last reading was
+    close to it (so the process cannot have grown much since without a new peak) and
+    is younger than MEMORY_READ_SECONDS. A worker that once held far more than it
+    holds now reads it every time: it could grow back without a new peak, past a
+    max_memory limit.
     """
     try:
         import resource
@@ -66,8 +68,14 @@ def _memory_kb() -> tuple[int | None, int | None]:
     if sys.platform == "darwin":  # macOS reports bytes, and has no /proc
         return peak // 1024, None
     now = time.monotonic()
-    if peak == _memory["peak"] and now - _memory["read_at"] < MEMORY_READ_SECONDS:
-        return peak, _memory["current"]
+    last = _memory["current"]
+    if (
+        peak == _memory["peak"]
+        and last is not None
+        and last >= 0.9 * peak
+        and now - _memory["read_at"] < MEMORY_READ_SECONDS
+    ):
+        return peak, last
     try:
         with open("/proc/self/statm", "rb") as statm:
             current = int(statm.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
