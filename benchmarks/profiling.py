@@ -303,7 +303,7 @@ def startup() -> None:
         import time
         T0 = time.perf_counter()
         import ipyparmap as pm
-        from ipyparmap import runner as R
+        from ipyparmap import local as L
 
 
         def f(x):
@@ -311,15 +311,15 @@ def startup() -> None:
 
 
         seen = {}
-        original = R.Runner._handle
+        original = L.LocalRunner._handle
 
 
-        def handle(self, worker, message):
+        def handle(self, worker, message, fds=()):
             seen.setdefault(message[0], time.perf_counter())
-            return original(self, worker, message)
+            return original(self, worker, message, fds)
 
 
-        R.Runner._handle = handle
+        L.LocalRunner._handle = handle
         if __name__ == "__main__":
             t1 = time.perf_counter()
             pm.parmap(f, [1, 2], workers=2, progress=False)
