@@ -95,8 +95,23 @@ def _share_large(buffers: list):
     return callback
 
 
+#: Types the C pickler handles exactly as cloudpickle does (no classes, no buffers).
+_PLAIN_TYPES = frozenset({int, float, str, bool, type(None), complex})
+#: Lists up to this long are checked for plain types (the check costs more than it
+#: saves for long ones, where cloudpickle's per-call set-up is paid once anyway).
+_PLAIN_CHECK_ITEMS = 16
+
+
 def dumps_packed(obj: Any) -> Packed:
     """Pickle ``obj`` with its large buffers apart (see Packed)."""
+    if (
+        type(obj) is list
+        and len(obj) <= _PLAIN_CHECK_ITEMS
+        and all(type(x) in _PLAIN_TYPES for x in obj)
+    ):  # a small call's items or results: the C pickler, without cloudpickle's set-up
+        import pickle
+
+        return Packed(pickle.dumps(obj, PROTOCOL))
     buffers: list = []
     blob = _cp().dumps(obj, protocol=PROTOCOL, buffer_callback=_share_large(buffers))
     return Packed(blob, buffers)

@@ -148,3 +148,17 @@ def test_blocks_of_tiny_items_in_workers_keep_errors_and_output_per_item():
     assert res.outputs[20_001].stdout == "printed by 20001\n"
     assert res.values(default=None)[20_001] == 20_001
     assert sum(v for v in res.values(default=0)) == sum(items) - 12_345 - 12_346 - 29_999
+
+
+# -- small calls pickle plain items with the C pickler ------------------------------------
+@pytest.mark.parametrize("items", [[1, 2], [1.5, "s", None, True, 3j], []])
+def test_small_plain_lists_pickle_exactly_as_cloudpickle_would(items):
+    import cloudpickle
+
+    assert serialize.dumps_packed(items).blob == cloudpickle.dumps(items, protocol=5)
+
+
+def test_small_lists_with_anything_else_still_use_cloudpickle():
+    cls = notebook_function("class Point:\n    pass\n", "Point")
+    packed = serialize.dumps_packed([1, cls()])  # a notebook class: by value
+    assert type(serialize.loads(packed.blob)[1]).__name__ == "Point"
