@@ -61,17 +61,23 @@ class LocalRunner(Runner):
         self.workers: list[WorkerHandle] = []
         self.timed_out: dict[WorkerHandle, int] = {}  # worker -> position killed for
         self.queued: dict[WorkerHandle, _Chunk] = {}  # a busy worker's next chunk
-        self.selector = selectors.DefaultSelector()  # every pipe and sentinel, kept
+        self.selector = None  # every pipe and sentinel (from the pool's cache, if it can)
+        self.extra: list = []  # waitables of this run only, unregistered at the end
         self.boot_failures = 0
         self.memory_sampled = time.monotonic()  # when busy workers' RSS was last read
 
     def _start_engine(self) -> None:
         self.workers = self.pool.acquire(self.n_workers, self.env)
+        self.selector = self.pool.take_selector(self.workers)
+        if self.selector is None:
+            self.selector = selectors.DefaultSelector()
+            for worker in self.workers:
+                self._watch(worker)
         for worker in self.workers:
-            self._watch(worker)
             self._progress_worker(worker.pid, IDLE)
         for waitable, callback in self._extra_waitables().items():
             self.selector.register(waitable, selectors.EVENT_READ, (None, callback))
+            self.extra.append(waitable)
 
     def _watch(self, worker: WorkerHandle) -> None:
         self.selector.register(worker.conn.fileno(), selectors.EVENT_READ, (worker, "pipe"))
@@ -99,8 +105,16 @@ class LocalRunner(Runner):
 
     def _close_engine(self) -> None:
         keep = max(self.n_workers, len(self.workers))
-        self.pool.release([w for w in self.workers if w not in self.in_flight], keep=keep)
-        self.selector.close()
+        idle = [w for w in self.workers if w not in self.in_flight]
+        self.pool.release(idle, keep=keep)
+        if self.selector is None:
+            return
+        for waitable in self.extra:
+            self.selector.unregister(waitable)
+        if len(idle) == len(self.workers):  # it watches exactly these: keep it for them
+            self.pool.keep_selector(self.workers, self.selector)
+        else:
+            self.selector.close()
 
     def _forget(self, worker: WorkerHandle) -> None:
         if worker in self.workers:

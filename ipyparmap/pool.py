@@ -30,6 +30,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
 
 from . import protocol as P
 from .channel import Channel
@@ -126,6 +127,8 @@ class WorkerHandle:
                 pass
 
 
+#: Selectors a pool keeps for the worker sets of recent runs.
+SELECTOR_CACHE = 4
 #: Send buffer asked for each worker's pipe: a chunk queued behind a busy worker goes
 #: out at once only if it fits (see local.py), so bigger chunks of tiny items can.
 SEND_BUFFER_BYTES = 1024 * 1024
@@ -197,6 +200,10 @@ class Pool:
         self._idle: list[WorkerHandle] = []
         self._leased: set[WorkerHandle] = set()
         self.restarts = 0
+        # Selectors watching a set of workers' pipes and sentinels, kept between runs:
+        # a warm call on the same workers skips creating and filling an epoll set
+        # (five system calls, ~18 us of a ~250 us small call).
+        self._selectors: dict[frozenset, Any] = {}
 
     def acquire(self, count: int, env_extra: EnvExtra = None) -> list[WorkerHandle]:
         """Lease ``count`` workers: warm idle ones first, newly spawned for the rest."""
@@ -250,6 +257,33 @@ class Pool:
                 self._idle = self._idle[:keep]
         _stop_all(surplus)
 
+    def take_selector(self, workers: list[WorkerHandle]):
+        """The selector a previous run kept for exactly these workers, or None."""
+        with self._lock:
+            return self._selectors.pop(frozenset(workers), None)
+
+    def keep_selector(self, workers: list[WorkerHandle], selector) -> None:
+        """Keep ``selector`` (watching exactly ``workers``) for the next run on them, if
+        they are all idle and warm; otherwise close it."""
+        key = frozenset(workers)
+        with self._lock:
+            idle = set(self._idle)
+            if key and key not in self._selectors and all(w in idle for w in key):
+                self._selectors[key] = selector
+                stale = [k for k in self._selectors if not k <= idle]  # a worker moved on
+                stale += list(self._selectors)[:-SELECTOR_CACHE]
+                dropped = [self._selectors.pop(k) for k in dict.fromkeys(stale)]
+            else:
+                dropped = [selector]
+        for old in dropped:
+            old.close()
+
+    def _drop_selectors(self) -> None:
+        with self._lock:
+            dropped, self._selectors = list(self._selectors.values()), {}
+        for selector in dropped:
+            selector.close()
+
     def discard(self, worker: WorkerHandle) -> None:
         """Forget a leased worker that died or was killed (already reaped)."""
         with self._lock:
@@ -267,6 +301,7 @@ class Pool:
         ``wait=False`` (at interpreter exit) does not wait for them: told to stop, and
         with our end of their lifeline closed, they are gone within moments anyway.
         """
+        self._drop_selectors()
         with self._lock:
             idle, self._idle = self._idle, []
             busy = list(self._leased) if kill_busy else []

@@ -174,7 +174,7 @@ class Runner:
         self.input_error: InputError | None = None
         self.stopping = False
         self.closed = False
-        self.cancel_requested = threading.Event()
+        self.cancel_requested = False  # set by cancel(), from any thread
         self.lock = threading.Lock()  # guards self.slots against snapshot() from other threads
         self.first_failure: Failure | None = None  # errors="raise": stop at this one
         self.payload = None
@@ -249,7 +249,7 @@ class Runner:
                 self._wait(TICK)
                 if self.first_failure is not None:
                     self._raise_first_failure()
-                if self.cancel_requested.is_set():
+                if self.cancel_requested:
                     raise _CancelRun()
             if self.input_error is not None:
                 raise self.input_error
@@ -264,7 +264,7 @@ class Runner:
 
     def cancel(self) -> None:
         """Ask the run to stop, from any thread; it stops within one loop tick (~0.1 s)."""
-        self.cancel_requested.set()
+        self.cancel_requested = True
 
     def abort(self) -> None:
         """Stop: no more dispatching, busy workers killed, unfinished items cancelled.

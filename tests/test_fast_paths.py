@@ -162,3 +162,49 @@ def test_small_lists_with_anything_else_still_use_cloudpickle():
     cls = notebook_function("class Point:\n    pass\n", "Point")
     packed = serialize.dumps_packed([1, cls()])  # a notebook class: by value
     assert type(serialize.loads(packed.blob)[1]).__name__ == "Point"
+
+
+# -- warm calls reuse the epoll set of their workers --------------------------------------
+def _open_fds() -> int:
+    import os
+
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_warm_calls_reuse_the_selector_of_their_workers_and_shutdown_closes_it():
+    from ipyparmap import local
+
+    seen = []
+    original = local.LocalRunner._close_engine
+
+    def close_engine(self):
+        seen.append((self.selector, frozenset(self.workers)))
+        original(self)
+
+    pm.shutdown()
+    before = _open_fds()
+    try:
+        local.LocalRunner._close_engine = close_engine
+        for _ in range(3):
+            assert pm.parmap(helpers.square, [1, 2], workers=2) == [1, 4]
+    finally:
+        local.LocalRunner._close_engine = original
+    assert len({id(selector) for selector, _ in seen}) == 1  # made once, then reused
+    assert len({workers for _, workers in seen}) == 1
+    assert seen[-1][0].get_map() is not None  # still open: kept by the pool
+    pm.shutdown()
+    assert seen[-1][0].get_map() is None  # closed with the pool
+    assert _open_fds() == before
+
+
+def test_a_worker_death_between_calls_gets_a_fresh_selector():
+    import os
+    import signal
+
+    from ipyparmap.pool import default_pool
+
+    pm.parmap(helpers.square, [1, 2], workers=2)
+    victim = default_pool().workers()[0][0]
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.proc.wait(10)
+    assert pm.parmap(helpers.square, range(10), workers=2) == [x * x for x in range(10)]
