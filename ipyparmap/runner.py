@@ -417,7 +417,7 @@ class Runner:
             self.exhausted = True
         start = self.pulled
         self.pulled += len(items)
-        if len(items) < size:
+        if len(items) < size or self.pulled == self.total:  # (no empty read to find out)
             self.exhausted = True
         if not items:
             return None
