@@ -3,9 +3,11 @@
 Pickling a notebook function with cloudpickle costs 30-60 µs even for ``lambda x: x*x``
 (by value: code object, globals, closure), which is a sixth of a small warm call. A
 *fingerprint* is a tuple of objects, compared by identity, that determines that pickle
-completely: the function, its code, defaults, closure contents, and the value of every
-global name its code mentions (recursively for functions it calls). It exists only
-when every one of those values is immutable (numbers, strings, bytes, None, tuples and
+completely: the function, its code, defaults, annotations, closure contents, the value
+of every global name its code mentions (recursively for functions it calls), and the
+number of imported modules (cloudpickle records which submodules of the modules used are
+imported, for the worker to import them too). It exists only when every one of those
+values is immutable (numbers, strings, bytes, None, tuples and
 frozensets of these), a module or class that is pickled by reference, a builtin, or a
 function that itself has a fingerprint. Anything mutable (a list, a dict, an array, a
 class defined in the notebook, an instance) means "no fingerprint": such a function is
@@ -17,6 +19,7 @@ so the caller passes that test in.
 
 from __future__ import annotations
 
+import sys
 import types
 from collections.abc import Callable
 from typing import Any
@@ -30,6 +33,8 @@ MAX_PARTS = 200
 MAX_DEPTH = 4
 
 _MISSING = object()  # a global name not defined (yet): defining it changes the pickle
+#: Module globals cloudpickle sends with every function by value.
+_BASE_GLOBALS = ("__package__", "__name__", "__path__", "__file__")
 
 
 class _Unstable(Exception):
@@ -43,7 +48,9 @@ def fingerprint(func: Any, by_reference: Callable[[Any], bool]) -> tuple | None:
     ``by_reference(obj)`` says whether a module or class is pickled by reference (its
     name only), so its contents don't matter.
     """
-    parts: list = []
+    # Any import since changes it: cloudpickle also records which submodules of the
+    # modules a function uses are imported (the worker imports them too).
+    parts: list = [len(sys.modules)]
     try:
         _function(func, parts, by_reference, set(), 0)
     except _Unstable:
@@ -52,8 +59,13 @@ def fingerprint(func: Any, by_reference: Callable[[Any], bool]) -> tuple | None:
 
 
 def same(old: tuple, new: tuple) -> bool:
-    """Whether two fingerprints are identical, part for part."""
-    return len(old) == len(new) and all(a is b for a, b in zip(old, new, strict=True))
+    """Whether two fingerprints are identical, part for part (the module count, a
+    number made afresh each time, by value)."""
+    return (
+        len(old) == len(new)
+        and old[0] == new[0]
+        and all(a is b for a, b in zip(old[1:], new[1:], strict=True))
+    )
 
 
 def _function(func, parts: list, by_reference, seen: set, depth: int) -> None:
@@ -68,6 +80,9 @@ def _function(func, parts: list, by_reference, seen: set, depth: int) -> None:
     code = func.__code__
     parts += (code, func.__name__, func.__qualname__, func.__module__, func.__doc__)
     _value(func.__defaults__, parts, by_reference, seen, depth)
+    for name, annotation in func.__annotations__.items():  # a dict: may change in place
+        parts.append(name)
+        _value(annotation, parts, by_reference, seen, depth)
     for cell in func.__closure__ or ():
         try:
             contents = cell.cell_contents
@@ -75,7 +90,7 @@ def _function(func, parts: list, by_reference, seen: set, depth: int) -> None:
             contents = _MISSING
         _value(contents, parts, by_reference, seen, depth)
     namespace = func.__globals__
-    for name in _global_names(code):
+    for name in _BASE_GLOBALS + _global_names(code):
         _value(namespace.get(name, _MISSING), parts, by_reference, seen, depth)
     if len(parts) > MAX_PARTS:
         raise _Unstable

@@ -252,6 +252,8 @@ def pickle_function(func: Any) -> FunctionPayload:
         if cached is not None and same(cached[0], mark):
             return cached[1]
     payload = _pickle_function(func)
+    if mark is not None:  # again: pickling may have imported modules (cloudpickle...)
+        mark = fingerprint(func, _by_reference)
     if mark is not None and payload.packed is None:  # big buffers are never cached
         _payloads.pop(id(func), None)
         _payloads[id(func)] = (mark, payload)  # the mark holds func: its id stays its own

@@ -208,3 +208,15 @@ def test_a_worker_death_between_calls_gets_a_fresh_selector():
     os.kill(victim.pid, signal.SIGKILL)
     victim.proc.wait(10)
     assert pm.parmap(helpers.square, range(10), workers=2) == [x * x for x in range(10)]
+
+
+def test_an_import_since_the_last_call_repickles():
+    import sys
+
+    ns = _namespace("def f(x):\n    return x\n")
+    first = serialize.pickle_function(ns["f"])
+    sys.modules["ipyparmap_test_fake_module"] = type(sys)("ipyparmap_test_fake_module")
+    try:
+        assert serialize.pickle_function(ns["f"]) is not first
+    finally:
+        del sys.modules["ipyparmap_test_fake_module"]
