@@ -308,11 +308,16 @@ def _pickle_function(func: Any) -> FunctionPayload:
         raise SerializationError(
             f"cannot pickle the function {name}:{where} {_reason(error)}"
         ) from error
-    import hashlib
+    try:  # hashlib's own blake2b, without hashlib loading OpenSSL (3-7 ms on a cold start)
+        from _blake2 import blake2b
+    except ImportError:
+        from hashlib import blake2b
+    digest = blake2b(blob, digest_size=16)
+    if buffers:  # OpenSSL's SHA-1 is the fastest hash at hand for hundreds of MB
+        import hashlib
 
-    digest = hashlib.blake2b(blob, digest_size=16)
-    for buffer in buffers:  # the key covers the globals' data: a changed array is resent
-        digest.update(hashlib.sha1(buffer).digest())
+        for buffer in buffers:  # the key covers the globals' data: a changed array is resent
+            digest.update(hashlib.sha1(buffer).digest())
     packed = Packed(blob, buffers) if buffers else None
     return FunctionPayload(digest.digest(), blob, cell_sources(func), packed)
 
