@@ -185,8 +185,9 @@ class LocalRunner(Runner):
             stride = self.planner.timing_stride() if self.options.timeout is None else 1
             fds, table = packed.share()  # large buffers: one memfd, mapped by the worker
             chunk.shared = bool(fds)
+            fresh_rss = self.options.max_memory is not None  # it decides on recycling
             message = (P.CHUNK, chunk.id, payload.key, packed.blob, self.options.star, stride,
-                       table)  # fmt: skip
+                       table, fresh_rss)  # fmt: skip
             worker.send(message, fds)
         except OSError:
             pass  # it died; its sentinel fires and _on_death requeues the chunk

@@ -9,10 +9,11 @@ Parent -> worker::
 
     (INIT, settings)                          once, first message: sys.path etc.
     (FUNC, key, payload, sources)             the pickled function, cached by key
-    (CHUNK, chunk_id, key, items_blob, star, stride, table)
+    (CHUNK, chunk_id, key, items_blob, star, stride, table, fresh_rss)
         run func(item) for every item in the blob, reading the clock every
         ``stride`` items (1: exact per-item durations; more: blocks of ``stride``
-        items run with map(), see Board)
+        items run with map(), see Board); ``fresh_rss``: report the current RSS
+        read now (max_memory decides on it), not a reading up to 0.5 s old
     (STOP,)                                   exit cleanly
 
 Worker -> parent::
