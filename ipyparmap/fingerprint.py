@@ -7,11 +7,11 @@ completely: the function, its code, defaults, annotations, closure contents, the
 of every global name its code mentions (recursively for functions it calls), and the
 number of imported modules (cloudpickle records which submodules of the modules used are
 imported, for the worker to import them too). It exists only when every one of those
-values is immutable (numbers, strings, bytes, None, tuples and
-frozensets of these), a module or class that is pickled by reference, a builtin, or a
-function that itself has a fingerprint. Anything mutable (a list, a dict, an array, a
-class defined in the notebook, an instance) means "no fingerprint": such a function is
-pickled on every call, since its pickle could change without any name being rebound.
+values is immutable (numbers, strings, bytes, None, tuples and frozensets of these), a
+module or class that is pickled by reference, a builtin, or a function that itself has a
+fingerprint. Anything mutable (a list, a dict, an array, a class defined in the
+notebook, an instance) means "no fingerprint": such a function is pickled on every
+call, since its pickle could change without any name being rebound.
 
 Layer L1 below serialize: what "pickled by reference" means is cloudpickle's business,
 so the caller passes that test in.

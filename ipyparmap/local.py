@@ -389,18 +389,19 @@ class LocalRunner(Runner):
         if not remaining:
             return
         board_chunk, position, span, started = board
-        suspects = ()  # positions that may have killed it: each is run alone again
+        suspects: set = set()  # positions that may have killed it: each runs alone again
         if board_chunk != chunk.id:  # it died before it even looked at the chunk
             blame = None
         elif 0 <= position < len(chunk.items):
             blame = position
             if span > 1:  # somewhere in a block of tiny items (see worker.run_items)
-                suspects = [p for p in remaining if position <= p < position + span]
-                blame = suspects[0] if len(suspects) == 1 else None
+                end = min(position + span, len(chunk.items))
+                suspects = set(range(max(position, chunk.reported), end))
+                blame = min(suspects) if len(suspects) == 1 else None
         elif chunk.solo or len(remaining) == 1:  # died loading items or sending results
             blame = remaining[0]
         else:  # which item? run each alone to find out
-            blame, suspects = None, remaining
+            blame, suspects = None, set(remaining)
         if blame is None and len(suspects) > 1:
             for pos in reversed(remaining):
                 self._requeue_position(chunk, pos, solo=chunk.solo or pos in suspects)
