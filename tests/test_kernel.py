@@ -107,3 +107,33 @@ def test_drop_ins_with_notebook_functions_and_lambdas(kernel):
         "exmap [-1, -2]",
     ):
         assert text in out, (text, out)
+
+
+def test_warm_calls_see_every_change_to_notebook_globals(kernel):
+    # The second and later calls may reuse the pickled function (fingerprint.py): each
+    # kind of change a notebook makes between cells must still reach the workers.
+    # f reaches only immutable values (cacheable); g reads a list (pickled every call).
+    steps = [
+        ("K = 1\nM = 0\nL = [1]\ndef helper(x):\n    return x + K\n"
+         "def f(x):\n    return helper(x) + M\n"
+         "def g(x):\n    return x + L[0]\n", "([1, 2], [1, 2])"),
+        ("pass", "([1, 2], [1, 2])"),  # unchanged: the same answers, f from its cache
+        ("K = 10", "([10, 11], [1, 2])"),  # a global of a helper rebound
+        ("M = 100", "([110, 111], [1, 2])"),  # a global rebound
+        ("def helper(x):\n    return -x", "([100, 99], [1, 2])"),  # a helper redefined
+        ("L[0] = 100", "([100, 99], [100, 101])"),  # a list mutated in place
+    ]  # fmt: skip
+    for cell, expected in steps:
+        assert kernel.run(cell).status == "ok"
+        reply = kernel.run(
+            "import ipyparmap as pm\n"
+            "(list(pm.parmap(f, [0, 1], workers=2)), list(pm.parmap(g, [0, 1], workers=2)))"
+        )
+        assert reply.status == "ok", reply.traceback
+        assert reply.result["text/plain"] == expected, (cell, reply.result)
+    cached = kernel.run(
+        "from ipyparmap import serialize\n"
+        "serialize.pickle_function(f) is serialize.pickle_function(f), "
+        "serialize.pickle_function(g) is serialize.pickle_function(g)"
+    )
+    assert cached.result["text/plain"] == "(True, False)"
