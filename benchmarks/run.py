@@ -226,7 +226,9 @@ def run_in_process(
                 continue
             stderr = _FakeTTY() if contender.name in fake_tty else sys.stderr
 
-            def once(contender=contender, stderr=stderr) -> tuple[float, float, list]:
+            given = contender.prepare(items)
+
+            def once(contender=contender, stderr=stderr, items=given) -> tuple[float, float, list]:
                 """(wall of the timed part, the figure's seconds, the results)."""
                 with alarm(timeout), contextlib.redirect_stderr(stderr):
                     contender.map(func, warm)
@@ -414,7 +416,9 @@ def main(argv: list[str] | None = None) -> int:
 
             arrays = [np.arange(W.W6_ARRAY_LEN, dtype=np.float64) + i for i in range(W.W6_ARRAYS)]
             small = [np.ones(4), np.ones(4)]
-            report.add("W6", run_in_process("W6", pool, W.array_sum, arrays, small, rounds, 120))
+            w6_pool = [*pool, C.IpyparmapSharedArrays()]
+            report.add("W6", run_in_process("W6", w6_pool, W.array_sum, arrays, small, rounds, 120))
+            w6_pool[-1].close()
             del arrays
         if "P" in only:
             log("P: ipyparmap on W1 with progress off and on")

@@ -22,6 +22,7 @@ _LAZY = {
     "imap": "api",
     "shutdown": "api",
     "cpu_count": "api",
+    "shared_array": "api",
     "Results": "results",
     "Failure": "results",
     "RunStats": "results",
@@ -60,6 +61,7 @@ __all__ = [
     "imap",
     "parmap",
     "parmap_async",
+    "shared_array",
     "shutdown",
 ]
 

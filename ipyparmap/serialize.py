@@ -49,12 +49,13 @@ class Packed:
     into an anonymous memfd whose descriptor can go to any number of workers.
     """
 
-    __slots__ = ("blob", "buffers", "fd", "table")
+    __slots__ = ("blob", "buffers", "fd", "fds", "table")
 
     def __init__(self, blob: bytes, buffers: list | None = None):
         self.blob = blob
         self.buffers = buffers or []
-        self.fd: int | None = None
+        self.fd: int | None = None  # the memfd we made for the copies (ours to close)
+        self.fds: tuple[int, ...] = ()  # what to send: that memfd, then shared segments
         self.table: list | None = None
 
     @property
@@ -62,14 +63,36 @@ class Packed:
         return len(self.blob) + sum(b.nbytes for b in self.buffers)
 
     def share(self) -> tuple[tuple[int, ...], list | None]:
-        """``(descriptors to send, table)``: nothing when there are no large buffers."""
+        """``(descriptors to send, table)``: nothing when there are no large buffers.
+
+        The table has ``(descriptor index, offset, length)`` per buffer. Buffers inside
+        memory shared from the start (`sharedmem.allocate`, ``pm.shared_array``) go as
+        their segment's descriptor and offset; the others are copied once into a new
+        memfd.
+        """
         if not self.buffers:
             return (), None
-        if self.fd is None:
-            from .sharedmem import write_buffers
+        if self.table is None:
+            from .sharedmem import find_segment, write_buffers
 
-            self.fd, self.table = write_buffers(self.buffers)
-        return (self.fd,), self.table
+            places = [find_segment(buffer) for buffer in self.buffers]
+            copies = [b for b, place in zip(self.buffers, places, strict=True) if place is None]
+            fds: list[int] = []
+            copied: list = []
+            if copies:
+                self.fd, copied = write_buffers(copies)
+                fds.append(self.fd)
+            table, next_copy = [], iter(copied)
+            for buffer, place in zip(self.buffers, places, strict=True):
+                if place is None:
+                    table.append((0, *next(next_copy)))
+                else:
+                    fd, offset, _ = place
+                    if fd not in fds:
+                        fds.append(fd)
+                    table.append((fds.index(fd), offset, buffer.nbytes))
+            self.fds, self.table = tuple(fds), table
+        return self.fds, self.table
 
     def close(self) -> None:
         """Release our descriptor (receivers that mapped the memory keep theirs)."""
@@ -145,7 +168,7 @@ def loads_shared(blob: bytes, fds: list[int], table: list | None) -> Any:
         return pickle.loads(blob)
     from .sharedmem import map_buffers
 
-    return pickle.loads(blob, buffers=map_buffers(fds[0], table))
+    return pickle.loads(blob, buffers=map_buffers(fds, table))
 
 
 _function_pickler = None
@@ -316,8 +339,14 @@ def _pickle_function(func: Any) -> FunctionPayload:
     if buffers:  # OpenSSL's SHA-1 is the fastest hash at hand for hundreds of MB
         import hashlib
 
+        from .sharedmem import find_segment
+
         for buffer in buffers:  # the key covers the globals' data: a changed array is resent
-            digest.update(hashlib.sha1(buffer).digest())
+            place = find_segment(buffer)
+            if place is None:
+                digest.update(hashlib.sha1(buffer).digest())
+            else:  # a pm.shared_array: workers see it live, so where it is is enough
+                digest.update(repr((place[1:], buffer.nbytes)).encode())
     packed = Packed(blob, buffers) if buffers else None
     return FunctionPayload(digest.digest(), blob, cell_sources(func), packed)
 

@@ -9,6 +9,7 @@ the memory is freed when the last descriptor and mapping are gone, also after a 
 
 from __future__ import annotations
 
+import itertools
 import mmap
 import os
 
@@ -47,14 +48,79 @@ def write_buffers(buffers: list) -> tuple[int, list[tuple[int, int]]]:
     return fd, table
 
 
-def map_buffers(fd: int, table: list[tuple[int, int]]) -> list[memoryview]:
-    """The buffers of ``table``, mapped copy-on-write from ``fd`` (which is closed)."""
+def map_buffers(fds: list[int], table: list[tuple[int, int, int]]) -> list[memoryview]:
+    """The buffers of ``table`` (``(descriptor index, offset, length)`` each), mapped
+    copy-on-write from ``fds`` (which are closed): writes stay in this process."""
+    views = []
     try:
-        size = max((start + length for start, length in table), default=0)
-        if size == 0:
-            return [memoryview(b"") for _ in table]
-        mapping = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        mappings: dict[int, memoryview] = {}
+        for index, start, length in table:
+            if length == 0:
+                views.append(memoryview(b""))
+                continue
+            whole = mappings.get(index)
+            if whole is None:
+                fd = fds[index]
+                size = os.fstat(fd).st_size
+                mapping = mmap.mmap(
+                    fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE
+                )
+                whole = mappings[index] = memoryview(mapping)
+            views.append(whole[start : start + length])
     finally:
+        for fd in fds:
+            os.close(fd)
+    return views
+
+
+# -- memory that is shared from the start (pm.shared_array) ---------------------------------
+# Start address -> (size, descriptor, serial number) of each live segment made by
+# `allocate`. A buffer inside one travels as (descriptor, offset): no copy at all.
+_segments: dict[int, tuple[int, int, int]] = {}
+_serials = itertools.count()
+
+
+def allocate(size: int) -> mmap.mmap:
+    """``size`` zero bytes of anonymous shared memory; buffers inside it go to workers
+    by descriptor, without a copy. Freed (descriptor closed) with the last reference."""
+    import weakref
+
+    fd = anonymous_file("ipyparmap-shared", size)
+    try:
+        mapping = mmap.mmap(fd, max(1, size))
+    except BaseException:
         os.close(fd)
-    view = memoryview(mapping)
-    return [view[start : start + length] for start, length in table]
+        raise
+    start = _address(mapping)
+    _segments[start] = (max(1, size), fd, next(_serials))
+    weakref.finalize(mapping, _release_segment, start, fd)
+    return mapping
+
+
+def _release_segment(start: int, fd: int) -> None:
+    _segments.pop(start, None)
+    os.close(fd)
+
+
+def _address(buffer) -> int | None:
+    """Where a writable buffer's memory starts (None for read-only or empty ones)."""
+    import ctypes
+
+    try:
+        return ctypes.addressof(ctypes.c_char.from_buffer(buffer))
+    except (TypeError, ValueError, BufferError):
+        return None
+
+
+def find_segment(buffer: memoryview) -> tuple[int, int, int] | None:
+    """``(descriptor, offset, serial)`` when ``buffer`` lies inside a segment of
+    `allocate` (``serial`` tells segments apart even when a descriptor number is reused)."""
+    if not _segments:  # the common case: nobody allocated any (and no ctypes import)
+        return None
+    address = _address(buffer)
+    if address is None:
+        return None
+    for start, (size, fd, serial) in _segments.items():
+        if start <= address and address + buffer.nbytes <= start + size:
+            return fd, address - start, serial
+    return None

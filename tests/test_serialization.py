@@ -140,3 +140,83 @@ def test_shared_memory_is_released(no_leaks):
     pm.parmap(lambda a: a * 2, arrays, workers=2)
     after = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
     assert after - before == set()  # nothing named, anywhere
+
+
+# -- pm.shared_array: data in shared memory from the start, sent without a copy -----------
+@pytest.fixture
+def copies(monkeypatch):
+    """Bytes copied into fresh shared memory for sending, per call of write_buffers."""
+    from ipyparmap import sharedmem
+
+    log = []
+    original = sharedmem.write_buffers
+
+    def write_buffers(buffers):
+        log.append(sum(b.nbytes for b in buffers))
+        return original(buffers)
+
+    monkeypatch.setattr(sharedmem, "write_buffers", write_buffers)
+    return log
+
+
+def _total(a):
+    return float(a.sum())
+
+
+def test_shared_arrays_and_their_views_travel_without_a_copy(copies):
+    np = pytest.importorskip("numpy")
+    a = pm.shared_array((1000, 500))  # 4 MB, zeros
+    a[:] = np.arange(500)
+    items = [a, a[10:], a[:, 100:], a.T]  # views at offsets, not contiguous ones too
+    assert pm.parmap(_total, items, workers=2) == [float(x.sum()) for x in items]
+    # only the non-contiguous view (not sent out of band at all) could need a copy
+    assert copies == [], copies
+    func = notebook_function("def scaled(k):\n    return float(g.sum()) * k\n", "scaled", g=a)
+    assert pm.parmap(func, [1, 2], workers=2) == [float(a.sum()), 2 * float(a.sum())]
+    assert copies == []  # the global too
+
+
+def test_shared_array_semantics_copy_on_write_read_only_views_and_release(copies):
+    np = pytest.importorskip("numpy")
+    import gc
+
+    from ipyparmap import sharedmem
+
+    gc.collect()  # arrays of earlier tests, held by reference cycles
+    segments = len(sharedmem._segments)
+    a = pm.shared_array(1_000_000, dtype=np.int64)
+    a[:] = 7
+    poke = notebook_function("def poke(x):\n    x[0] = -1\n    return int(x[0])\n", "poke")
+    assert pm.parmap(poke, [a], workers=1) == [-1]
+    assert a[0] == 7  # a worker's writes stay in the worker
+    frozen = a[:]
+    frozen.flags.writeable = False  # its address can't be taken: copied, still right
+    assert pm.parmap(_total, [frozen], workers=1) == [7.0 * 1_000_000]
+    assert copies == [8_000_000]
+    assert len(sharedmem._segments) == segments + 1
+    del a, frozen
+    gc.collect()
+    assert len(sharedmem._segments) == segments  # its descriptor closed with the last array
+
+
+def test_shared_array_validates_its_shape():
+    pytest.importorskip("numpy")
+    with pytest.raises(ValueError, match="shape must hold non-negative ints"):
+        pm.shared_array((3, -1))
+    assert pm.shared_array(0).shape == (0,)
+
+
+def test_a_shared_global_is_not_hashed_and_workers_see_it_live(copies, sent):
+    np = pytest.importorskip("numpy")
+    table = pm.shared_array(2_000_000)  # 16 MB global of the function
+    lookup = notebook_function("def lookup(i):\n    return float(table[i])\n", "lookup")
+    lookup.__globals__["table"] = table
+    assert pm.parmap(lookup, [0, 1], workers=2) == [0.0, 0.0]
+    table[:2] = [5.0, 6.0]  # changed between calls, in place
+    assert pm.parmap(lookup, [0, 1], workers=2) == [5.0, 6.0]  # the workers see it
+    assert copies == []
+    assert sum(1 for m in sent if m[1] == P.FUNC) == 2  # sent once per worker, not again
+    plain = notebook_function("def first(i):\n    return float(g[i])\n", "first", g=np.zeros(9000))
+    pm.parmap(plain, [0], workers=1)
+    plain.__globals__["g"][0] = 1.0  # a plain array changed in place: sent again
+    assert pm.parmap(plain, [0], workers=1) == [1.0]
