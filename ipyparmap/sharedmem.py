@@ -120,7 +120,15 @@ def find_segment(buffer: memoryview) -> tuple[int, int, int] | None:
     address = _address(buffer)
     if address is None:
         return None
-    for start, (size, fd, serial) in _segments.items():
+    for _ in range(3):  # another thread may allocate, a finalizer may free, meanwhile
+        try:
+            segments = list(_segments.items())
+            break
+        except RuntimeError:  # changed size during the copy
+            continue
+    else:
+        return None  # (then the buffer is copied: correct, only slower)
+    for start, (size, fd, serial) in segments:
         if start <= address and address + buffer.nbytes <= start + size:
             return fd, address - start, serial
     return None
