@@ -181,6 +181,67 @@ FROM_MULTIPROCESSING = [
 ]
 
 
+LARGE_ARRAYS = [
+    (
+        "md",
+        "# Large arrays\n\nNumPy arrays in items, globals and results do not go through "
+        "the pipe to the workers: each is copied once into anonymous shared memory and "
+        "mapped by the receiver. Allocate big inputs with `pm.shared_array` and even "
+        "that copy goes.",
+    ),
+    ("code", "import numpy as np\nimport ipyparmap as pm"),
+    (
+        "md",
+        "## Plain arrays\n\nNothing to do: map over them as over anything else. Each "
+        "array is copied once (a few GB/s), whatever its size.",
+    ),
+    (
+        "code",
+        "images = [np.full((512, 512), i, dtype=np.float32) for i in range(8)]\n"
+        "means = pm.parmap(lambda img: float(img.mean()), images, workers=2, progress=False)\n"
+        "list(means)",
+    ),
+    (
+        "md",
+        "## Arrays in shared memory from the start\n\n`pm.shared_array(shape, dtype)` "
+        "returns a zero-filled NumPy array in shared memory. Passed to workers (as an "
+        "item, inside one, or as a global the function uses) it travels by reference: "
+        "no copy at all, and views of it too.",
+    ),
+    (
+        "code",
+        "stack = pm.shared_array((8, 512, 512), dtype=np.float32)  # 8 MB\n"
+        "for i in range(8):\n    stack[i] = i\n\n"
+        "def mean_of(i):\n    return float(stack[i].mean())\n\n"
+        "list(pm.parmap(mean_of, range(8), workers=2, progress=False))",
+    ),
+    (
+        "md",
+        "Workers map the same memory, so they see what you write into it, also between "
+        "calls (the function is not sent again):",
+    ),
+    (
+        "code",
+        "stack[3] = 30\nlist(pm.parmap(mean_of, [3], workers=2, progress=False))",
+    ),
+    (
+        "md",
+        "What a worker writes stays in that worker (its pages are copied on write), so a "
+        "function cannot change your arrays behind your back:",
+    ),
+    (
+        "code",
+        "def scribble(i):\n    stack[i] = -1\n    return float(stack[i].mean())\n\n"
+        "list(pm.parmap(scribble, [0], workers=1, progress=False)), float(stack[0].mean())",
+    ),
+    (
+        "md",
+        "Return results you want to keep: large result arrays come back through shared "
+        "memory the same way.",
+    ),
+]
+
+
 def build(name: str, cells: list) -> None:
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {
@@ -215,3 +276,4 @@ if __name__ == "__main__":
     build("getting-started", GETTING_STARTED)
     build("error-handling", ERROR_HANDLING)
     build("from-multiprocessing", FROM_MULTIPROCESSING)
+    build("large-arrays", LARGE_ARRAYS)
