@@ -194,7 +194,7 @@ def test_warm_calls_reuse_the_selector_of_their_workers_and_shutdown_closes_it()
     assert seen[-1][0].get_map() is not None  # still open: kept by the pool
     pm.shutdown()
     assert seen[-1][0].get_map() is None  # closed with the pool
-    assert _open_fds() == before
+    assert _open_fds() <= before  # nothing kept open (fewer: a GC elsewhere)
 
 
 def test_a_worker_death_between_calls_gets_a_fresh_selector():
