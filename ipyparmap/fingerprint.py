@@ -90,7 +90,7 @@ def _function(func, parts: list, by_reference, seen: set, depth: int) -> None:
             contents = _MISSING
         _value(contents, parts, by_reference, seen, depth)
     namespace = func.__globals__
-    for name in _BASE_GLOBALS + _global_names(code):
+    for name in _BASE_GLOBALS + global_names(code):
         _value(namespace.get(name, _MISSING), parts, by_reference, seen, depth)
     if len(parts) > MAX_PARTS:
         raise _Unstable
@@ -120,7 +120,9 @@ def _value(value, parts: list, by_reference, seen: set, depth: int) -> None:
 _names_of: dict = {}  # code object -> global names it and its nested code mention
 
 
-def _global_names(code: types.CodeType) -> tuple:
+def global_names(code: types.CodeType) -> tuple:
+    """The names ``code`` and the code nested in it look up (globals, and attribute
+    names too, as cloudpickle counts them), sorted; cached per code object."""
     names = _names_of.get(code)
     if names is None:
         found: set[str] = set()

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 
 from .config import describe
 from .errors import RemoteException, RemoteTraceback, SerializationError
+from .fingerprint import fingerprint, global_names, same
 
 PROTOCOL = 5
 _cloudpickle = None
@@ -267,8 +268,6 @@ def pickle_function(func: Any) -> FunctionPayload:
     Raises SerializationError naming the unpicklable part (a global, a closure variable,
     an attribute of ``self``, a partial's argument...).
     """
-    from .fingerprint import fingerprint, same
-
     mark = fingerprint(func, _by_reference)
     if mark is not None:
         cached = _payloads.get(id(func))
@@ -428,7 +427,7 @@ def _parts(obj: Any, label: str):
                 yield f"closure variable {name!r}", cell.cell_contents
             except ValueError:  # empty cell
                 continue
-        for name in sorted(_global_names(code)):
+        for name in global_names(code):  # sorted
             if name in obj.__globals__:
                 yield f"global {name!r}", obj.__globals__[name]
         for i, default in enumerate(obj.__defaults__ or ()):
@@ -446,14 +445,6 @@ def _parts(obj: Any, label: str):
         if isinstance(attrs, dict):
             for key, value in attrs.items():
                 yield f"{label}.{key}", value
-
-
-def _global_names(code: types.CodeType) -> set[str]:
-    names = set(code.co_names)
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            names |= _global_names(const)
-    return names
 
 
 def _code_objects(func: Any):
@@ -537,7 +528,7 @@ def _reachable(func: Any, depth: int = 0):
         return
     refs = [cell.cell_contents for cell in (func.__closure__ or ()) if _cell_full(cell)]
     glb = getattr(func, "__globals__", {})
-    refs += [glb[name] for name in _global_names(code) if name in glb]
+    refs += [glb[name] for name in global_names(code) if name in glb]
     for ref in refs:
         if isinstance(ref, (types.FunctionType, types.MethodType, functools.partial)):
             yield from _reachable(ref, depth + 1)
