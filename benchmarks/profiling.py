@@ -149,7 +149,7 @@ def _wrap(cls, name: str, before=None, after=None) -> bool:
 def timeline(key: str, show: int) -> None:
     """Print each chunk send and result; sum the gaps where a worker waited for the parent."""
     import ipyparmap as pm
-    from ipyparmap import local as L
+    from ipyparmap.engine import local as L
 
     events: list = []
     _wrap(
@@ -200,10 +200,10 @@ def calls(count: int = 500) -> None:
     """W5: the median time from the call to each step of a 2-item parmap."""
     import ipyparmap as pm
     from ipyparmap import api
-    from ipyparmap import local as L
-    from ipyparmap import pool as PL
-    from ipyparmap import resources as RS
-    from ipyparmap import runner as R
+    from ipyparmap.engine import local as L
+    from ipyparmap.engine import run as R
+    from ipyparmap.process import pool as PL
+    from ipyparmap.process import resources as RS
 
     marks: dict = {}
 
@@ -245,9 +245,9 @@ def loop() -> None:
     """The worker's per-item loop against a bare list(map()), on 16,384 tiny items."""
     import mmap
 
-    from ipyparmap import protocol as P
-    from ipyparmap import worker as WK
-    from ipyparmap.serialize import dumps, loads
+    from ipyparmap.process import worker as WK
+    from ipyparmap.wire import messages as P
+    from ipyparmap.wire.serialize import dumps, loads
 
     worker = WK.Worker.__new__(WK.Worker)
     worker.board = P.Board(mmap.mmap(-1, P.BOARD_SIZE))
@@ -294,17 +294,17 @@ def startup() -> None:
     print("whole-process ms, median of 5:")
     print(f"  {run('pass'):7.1f}  python -c pass")
     print(f"  {run('import ipyparmap'):7.1f}  import ipyparmap")
-    engine = "import ipyparmap.runner, ipyparmap.textui, cloudpickle, inspect"
+    engine = "import ipyparmap.engine.run, ipyparmap.views.textui, cloudpickle, inspect"
     print(f"  {run(engine):7.1f}  + the modules parmap imports on its first call")
-    worker_code = "from ipyparmap.worker import main; import cloudpickle"
-    print(f"  {run(worker_code):7.1f}  a worker's imports (ipyparmap.worker, cloudpickle)")
+    worker_code = "from ipyparmap.process.worker import main; import cloudpickle"
+    print(f"  {run(worker_code):7.1f}  a worker's imports (ipyparmap.process.worker, cloudpickle)")
     print(f"  {run('from multiprocessing.spawn import spawn_main'):7.1f}  a spawn child's")
     script = textwrap.dedent(
         """
         import time
         T0 = time.perf_counter()
         import ipyparmap as pm
-        from ipyparmap import local as L
+        from ipyparmap.engine import local as L
 
 
         def f(x):
@@ -357,7 +357,7 @@ def bigglobal() -> None:
 
     import numpy as np
 
-    from ipyparmap.serialize import dumps, dumps_function
+    from ipyparmap.wire.serialize import dumps, dumps_function
 
     namespace: dict = {"np": np, "BIG": np.arange(W.W6B_ARRAY_LEN, dtype=np.float64)}
     exec("def f(i):\n    return float(BIG[i])\n", namespace)

@@ -34,9 +34,11 @@ from nbclient import NotebookClient
 CELL = """
 import json, time
 import ipyparmap as pm
-from ipyparmap import api, local, runner
-from ipyparmap.progress import ProgressModel
-from ipyparmap.widget import ProgressPanel
+from ipyparmap import api
+from ipyparmap.engine import local
+from ipyparmap.engine import run as runner
+from ipyparmap.views.progress import ProgressModel
+from ipyparmap.views.widget import ProgressPanel
 
 ITEMS, ROUNDS = {items}, {rounds}
 original = api._progress_model

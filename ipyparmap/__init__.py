@@ -6,7 +6,7 @@ imported on first use of one of the names below.
 
 from __future__ import annotations
 
-from .errors import (
+from ipyparmap.errors import (
     Interrupted,
     ParmapError,
     SerializationError,
@@ -29,14 +29,14 @@ _LAZY = {
     "ItemOutput": "results",
     "PENDING": "results",
     "Cancelled": "errors",
-    "Pool": "compat",
-    "Process": "compat",
-    "ProcessPoolExecutor": "compat",
-    "AsyncResult": "compat",
-    "TimeoutError": "compat",
-    "freeze_support": "compat",
-    "current_process": "compat",
-    "Run": "background",
+    "Pool": "dropins.compat",
+    "Process": "dropins.compat",
+    "ProcessPoolExecutor": "dropins.compat",
+    "AsyncResult": "dropins.compat",
+    "TimeoutError": "dropins.compat",
+    "freeze_support": "dropins.compat",
+    "current_process": "dropins.compat",
+    "Run": "engine.background",
     "parmap_async": "api",
 }
 
@@ -83,13 +83,13 @@ def __dir__() -> list[str]:
 
 def load_ipython_extension(ip) -> None:
     """``%load_ext ipyparmap``: register ``%%parmap``, ``%parmap`` and ``%parmap_pool``."""
-    from .magics import load_ipython_extension as load
+    from ipyparmap.magics.commands import load_ipython_extension as load
 
     load(ip)
 
 
 def unload_ipython_extension(ip) -> None:
     """``%unload_ext ipyparmap``: remove the magics again."""
-    from .magics import unload_ipython_extension as unload
+    from ipyparmap.magics.commands import unload_ipython_extension as unload
 
     unload(ip)

@@ -13,12 +13,12 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from . import protocol as P
-from .config import Options, check_options, short_repr
-from .results import Results
+from ipyparmap.options import Options, check_options, short_repr
+from ipyparmap.results import Results
+from ipyparmap.wire import messages as P
 
 if TYPE_CHECKING:
-    from .background import Run
+    from ipyparmap.engine.background import Run
 
 
 def parmap(
@@ -75,7 +75,7 @@ def parmap(
     )  # fmt: skip
     _check_call(func, iterable, options)
     if os.environ.get(P.WORKER_ENV):
-        from .serial import serial_results
+        from ipyparmap.engine.serial import serial_results
 
         return serial_results(func, iterable, options)
     runner = _runner(func, iterable, options, keep_details=True)
@@ -112,7 +112,7 @@ def imap(
     )  # fmt: skip
     _check_call(func, iterable, options)
     if os.environ.get(P.WORKER_ENV):
-        from .serial import serial_values
+        from ipyparmap.engine.serial import serial_values
 
         return serial_values(func, iterable, options)
     runner = _runner(func, iterable, options, keep_details=False)
@@ -145,8 +145,8 @@ def parmap_async(
 
     Argument errors are raised here, before anything starts.
     """
-    from .background import Run
-    from .progress import ProgressModel
+    from ipyparmap.engine.background import Run
+    from ipyparmap.views.progress import ProgressModel
 
     options = check_options(
         workers, chunksize, errors, timeout, retries, progress, star, backend,
@@ -163,7 +163,7 @@ def parmap_async(
 
 def shutdown() -> None:
     """Stop the warm worker pool. The next call starts a fresh one."""
-    from .pool import shutdown_default_pool
+    from ipyparmap.process.pool import shutdown_default_pool
 
     shutdown_default_pool()
 
@@ -181,7 +181,7 @@ def shared_array(shape: int | tuple[int, ...], dtype: Any = float) -> Any:
     """
     import numpy as np
 
-    from .sharedmem import allocate
+    from ipyparmap.wire.sharedmem import allocate
 
     dtype = np.dtype(dtype)
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
@@ -195,21 +195,21 @@ def shared_array(shape: int | tuple[int, ...], dtype: Any = float) -> Any:
 
 def cpu_count() -> int:
     """Usable CPUs (affinity mask and cgroup quota aware): the default worker count."""
-    from .resources import cpu_count as _cpu_count
+    from ipyparmap.process.resources import cpu_count as _cpu_count
 
     return _cpu_count()
 
 
 # ---------------------------------------------------------------------------- helpers
 def _runner(func, iterable, options: Options, keep_details: bool):
-    from .local import LocalRunner
-    from .pool import default_pool
-    from .resources import cpu_count as _cpu_count
-    from .resources import resolve_workers, thread_limits
+    from ipyparmap.engine.local import LocalRunner
+    from ipyparmap.process.pool import default_pool
+    from ipyparmap.process.resources import cpu_count as _cpu_count
+    from ipyparmap.process.resources import resolve_workers, thread_limits
 
     progress = _progress_model(options.progress)
     if options.backend not in (None, "local"):
-        from .executor import ExecutorRunner, default_concurrency, resolve_backend
+        from ipyparmap.engine.executor import ExecutorRunner, default_concurrency, resolve_backend
 
         kind, executor = resolve_backend(options.backend)
         if options.timeout is not None:
@@ -259,16 +259,16 @@ def _progress_model(mode):
         return None
     import sys
 
-    from .textui import TextProgress, _isatty
-    from .widget import in_kernel
+    from ipyparmap.views.textui import TextProgress, _isatty
+    from ipyparmap.views.widget import in_kernel
 
     kernel = in_kernel()
     if mode == "auto" and not kernel and not _isatty(sys.stderr):
         return None
-    from .progress import ProgressModel
+    from ipyparmap.views.progress import ProgressModel
 
     if kernel and mode in ("auto", "widget"):
-        from .widget import ProgressPanel, widgets_available
+        from ipyparmap.views.widget import ProgressPanel, widgets_available
 
         if widgets_available(warn=mode == "widget"):
             model = ProgressModel()
@@ -281,7 +281,7 @@ def _progress_model(mode):
 
 
 def _output_forwarder():
-    from .textui import OutputPrinter
+    from ipyparmap.views.textui import OutputPrinter
 
     return OutputPrinter()
 

@@ -12,8 +12,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import short_repr
-from .protocol import Timings
+from ipyparmap.options import short_repr
+from ipyparmap.wire.messages import Timings
 
 FAILURE_KINDS = ("error", "crashed", "timeout", "cancelled")
 #: Runs shorter than this (seconds) show no speedup figure: start-up noise dominates it.
@@ -211,20 +211,20 @@ class Results(list):
 
         Shows as SVG in a notebook; ``.svg`` is the text, ``.save(path)`` writes it.
         """
-        from .report import Timeline
+        from ipyparmap.views.report import Timeline
 
         return Timeline(self, width)
 
     def report(self):
         """Summary, where the time went, the first failures and the timeline (HTML)."""
-        from .report import Report
+        from ipyparmap.views.report import Report
 
         return Report(self)
 
     def to_dataframe(self):
         """A pandas DataFrame, one row per item: item, status, value, error, start,
         duration, worker, attempts, output (pandas is needed for this one)."""
-        from .report import dataframe
+        from ipyparmap.views.report import dataframe
 
         return dataframe(self)
 
@@ -255,7 +255,7 @@ class Results(list):
         )
 
     def _repr_html_(self) -> str:
-        from .report import summary_html
+        from ipyparmap.views.report import summary_html
 
         return summary_html(self)
 

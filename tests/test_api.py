@@ -114,7 +114,7 @@ def test_workers_are_spawned_interpreters_not_forks():
     for pid in pids:
         proc = psutil.Process(pid)
         assert proc.ppid() == me
-        assert "ipyparmap.worker" in " ".join(proc.cmdline())  # exec'd, not a fork
+        assert "ipyparmap.process.worker" in " ".join(proc.cmdline())  # exec'd, not a fork
         assert os.getpgid(pid) == pid  # its own session: group signals miss it
 
 

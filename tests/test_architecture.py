@@ -21,13 +21,60 @@ def test_import_is_light():
 
 def test_worker_side_imports_no_engine_or_ipython():
     out = run_python(
-        "import sys, ipyparmap.worker; "
+        "import sys, ipyparmap.process.worker; "
         "print(sorted(m for m in sys.modules if m.startswith(('ipyparmap.', 'IPython'))))"
     )
     assert out.returncode == 0, out.stderr
     loaded = eval(out.stdout)  # a list literal printed by our own child
-    assert not {"ipyparmap.pool", "ipyparmap.runner", "ipyparmap.api"} & set(loaded), loaded
+    assert not {"ipyparmap.process.pool", "ipyparmap.engine.run", "ipyparmap.api"} & set(loaded), (
+        loaded
+    )
     assert not [m for m in loaded if m.startswith("IPython")]
+
+
+# What a worker process may import, as a positive list: the wire (messages, framing,
+# pickling, shared memory), the leaves, and the standard library plus cloudpickle.
+WORKER_MAY_IMPORT = ("ipyparmap.wire", "ipyparmap.errors", "ipyparmap.options")
+WORKER_EXTERNAL = {"cloudpickle"}
+
+
+def _graph():
+    grimp = pytest.importorskip("grimp")  # comes with import-linter
+    return grimp.build_graph("ipyparmap", include_external_packages=True)
+
+
+def test_worker_imports_only_what_the_positive_rule_allows():
+    graph = _graph()
+    upstream = graph.find_upstream_modules("ipyparmap.process.worker")
+    ours = {m for m in upstream if m.split(".")[0] == "ipyparmap"}
+    outside = {
+        m for m in ours if not any(m == a or m.startswith(a + ".") for a in WORKER_MAY_IMPORT)
+    }
+    assert not outside, f"the worker process imports {sorted(outside)}"
+    external = {m.split(".")[0] for m in upstream} - {"ipyparmap"}
+    extra = {m for m in external if m not in sys.stdlib_module_names} - WORKER_EXTERNAL
+    assert not extra, f"the worker process imports third-party {sorted(extra)}"
+
+
+def test_every_module_is_in_the_layers_contract():
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    layers = next(c for c in config["contracts"] if c["name"] == "Layers of the package tree")
+    named = {
+        name.strip() for layer in layers["layers"] for name in layer.replace(":", "|").split("|")
+    }
+    graph = _graph()
+    modules = {m for m in graph.modules if m.startswith("ipyparmap.")}
+    uncovered = {m for m in modules if not any(m == n or m.startswith(n + ".") for n in named)}
+    # a package whose modules sit in different layers (views) is only a folder: its
+    # __init__ must stay empty so that it belongs to no layer
+    folders = {m for m in uncovered if any(n.startswith(m + ".") for n in named)}
+    for folder in folders:
+        init = ROOT / Path(*folder.split(".")) / "__init__.py"
+        assert not init.read_text().strip(), f"{init} must stay empty"
+    uncovered -= folders
+    assert not uncovered, f"modules outside every layer: {sorted(uncovered)}"
 
 
 def _tool(name: str) -> str:

@@ -40,7 +40,7 @@ def test_docs_build_strict(tmp_path):
 
 
 def test_magic_reference_lists_every_option():
-    from ipyparmap.magics import Parmap
+    from ipyparmap.magics.commands import Parmap
 
     text = (ROOT / "docs" / "magics.md").read_text()
     for action in Parmap.parmap.parser._actions:

@@ -16,10 +16,10 @@ import pytest
 from conftest import notebook_function
 
 import ipyparmap as pm
-from ipyparmap import protocol as P
-from ipyparmap import serialize
-from ipyparmap.fingerprint import fingerprint
-from ipyparmap.worker import _CapturedStream, _OutputSink, run_items
+from ipyparmap.process.worker import _CapturedStream, _OutputSink, run_items
+from ipyparmap.wire import messages as P
+from ipyparmap.wire import serialize
+from ipyparmap.wire.fingerprint import fingerprint
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -172,7 +172,7 @@ def _open_fds() -> int:
 
 
 def test_warm_calls_reuse_the_selector_of_their_workers_and_shutdown_closes_it():
-    from ipyparmap import local
+    from ipyparmap.engine import local
 
     seen = []
     original = local.LocalRunner._close_engine
@@ -201,7 +201,7 @@ def test_a_worker_death_between_calls_gets_a_fresh_selector():
     import os
     import signal
 
-    from ipyparmap.pool import default_pool
+    from ipyparmap.process.pool import default_pool
 
     pm.parmap(helpers.square, [1, 2], workers=2)
     victim = default_pool().workers()[0][0]

@@ -132,7 +132,7 @@ def test_warm_calls_see_every_change_to_notebook_globals(kernel):
         assert reply.status == "ok", reply.traceback
         assert reply.result["text/plain"] == expected, (cell, reply.result)
     cached = kernel.run(
-        "from ipyparmap import serialize\n"
+        "from ipyparmap.wire import serialize\n"
         "serialize.pickle_function(f) is serialize.pickle_function(f), "
         "serialize.pickle_function(g) is serialize.pickle_function(g)"
     )

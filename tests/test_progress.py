@@ -8,8 +8,8 @@ import sys
 import pytest
 from conftest import run_python
 
-from ipyparmap import textui
-from ipyparmap.progress import (
+from ipyparmap.views import textui
+from ipyparmap.views.progress import (
     BUSY,
     DEAD,
     IDLE,
@@ -262,7 +262,7 @@ def test_a_real_run_feeds_counts_workers_and_busy_time():
         import time
         import ipyparmap as pm
         from ipyparmap import api
-        from ipyparmap.progress import ProgressModel
+        from ipyparmap.views.progress import ProgressModel
 
         calls = []
         model = ProgressModel()
@@ -300,7 +300,7 @@ def test_failures_reach_the_model():
         """
         import ipyparmap as pm
         from ipyparmap import api
-        from ipyparmap.progress import ProgressModel
+        from ipyparmap.views.progress import ProgressModel
 
         model = ProgressModel()
         api._progress_model = lambda mode: model

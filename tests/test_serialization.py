@@ -8,9 +8,9 @@ import pytest
 from conftest import notebook_function
 
 import ipyparmap as pm
-from ipyparmap import protocol as P
-from ipyparmap import serialize
-from ipyparmap.pool import WorkerHandle
+from ipyparmap.process.pool import WorkerHandle
+from ipyparmap.wire import messages as P
+from ipyparmap.wire import serialize
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -146,7 +146,7 @@ def test_shared_memory_is_released(no_leaks):
 @pytest.fixture
 def copies(monkeypatch):
     """Bytes copied into fresh shared memory for sending, per call of write_buffers."""
-    from ipyparmap import sharedmem
+    from ipyparmap.wire import sharedmem
 
     log = []
     original = sharedmem.write_buffers
@@ -180,7 +180,7 @@ def test_shared_array_semantics_copy_on_write_read_only_views_and_release(copies
     np = pytest.importorskip("numpy")
     import gc
 
-    from ipyparmap import sharedmem
+    from ipyparmap.wire import sharedmem
 
     gc.collect()  # arrays of earlier tests, held by reference cycles
     segments = len(sharedmem._segments)

@@ -12,8 +12,10 @@ import sys
 import pytest
 from conftest import ROOT, run_python
 
-from ipyparmap import plan, resources, textui
-from ipyparmap.progress import ProgressModel
+from ipyparmap.engine import plan
+from ipyparmap.process import resources
+from ipyparmap.views import textui
+from ipyparmap.views.progress import ProgressModel
 
 
 # -- chunk planner -------------------------------------------------------------------------

@@ -26,9 +26,10 @@ from conftest import ROOT, run_python
 from IPython.core.formatters import DisplayFormatter
 from nbclient import NotebookClient
 
-from ipyparmap import api, textui, widget
-from ipyparmap.progress import BUSY, DEAD, IDLE, ProgressModel
-from ipyparmap.widget import WIDGET_VIEW, ProgressPanel, Summary
+from ipyparmap import api
+from ipyparmap.views import textui, widget
+from ipyparmap.views.progress import BUSY, DEAD, IDLE, ProgressModel
+from ipyparmap.views.widget import WIDGET_VIEW, ProgressPanel, Summary
 
 
 class FakeClock:
@@ -387,7 +388,8 @@ def test_not_a_kernel_here_nor_in_terminal_ipython():
         import ipykernel.zmqshell
         from IPython.terminal.interactiveshell import TerminalInteractiveShell
         shell = TerminalInteractiveShell.instance()
-        from ipyparmap import api, widget
+        from ipyparmap import api
+        from ipyparmap.views import widget
         print(widget.in_kernel(), api._progress_model("auto"))
         """
     )
@@ -425,7 +427,7 @@ def run_in_a_terminal(argv: list[str], env: dict, timeout: float = 90) -> tuple[
 
 def test_terminal_ipython_gets_the_text_bar(tmp_path):
     code = (
-        "import time, ipyparmap as pm; from ipyparmap.widget import in_kernel; "
+        "import time, ipyparmap as pm; from ipyparmap.views.widget import in_kernel; "
         "print('KERNEL', in_kernel()); "
         "r = pm.parmap(time.sleep, [0.1] * 16, workers=2, chunksize=1); print('DONE', len(r))"
     )
@@ -462,7 +464,7 @@ NOTEBOOK = [
     """\
 import time
 import ipyparmap as pm
-from ipyparmap.widget import in_kernel
+from ipyparmap.views.widget import in_kernel
 assert in_kernel()
 
 def slow(x):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from .progress import ProgressModel, format_seconds
+from ipyparmap.views.progress import ProgressModel, format_seconds
 
 __all__ = ["OutputPrinter", "TextProgress", "format_seconds", "status_line"]
 

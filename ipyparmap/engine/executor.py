@@ -27,12 +27,12 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Executor, ThreadPoolExecutor
 from typing import Any
 
-from .config import Options
-from .errors import SerializationError, WorkerCrashed
-from .progress import BUSY, IDLE, ProgressModel
-from .runner import OutputCallback, Runner, _Chunk, _name
-from .serialize import rebuild_exception
-from .worker import TASK_DONE, run_task
+from ipyparmap.engine.run import OutputCallback, Runner, _Chunk, _name
+from ipyparmap.errors import SerializationError, WorkerCrashed
+from ipyparmap.options import Options
+from ipyparmap.process.worker import TASK_DONE, run_task
+from ipyparmap.views.progress import BUSY, IDLE, ProgressModel
+from ipyparmap.wire.serialize import rebuild_exception
 
 
 def resolve_backend(backend: Any) -> tuple[str, Any]:
@@ -84,7 +84,7 @@ def default_concurrency(kind: str, executor: Any) -> int:
     count = getattr(executor, "_max_workers", None)
     if isinstance(count, int) and count > 0:
         return count
-    from .resources import cpu_count
+    from ipyparmap.process.resources import cpu_count
 
     return cpu_count()
 

@@ -24,11 +24,11 @@ import time
 from array import array
 from collections import OrderedDict
 
-from . import protocol as P
-from .channel import Channel
-from .config import describe
-from .errors import SerializationError
-from .serialize import (
+from ipyparmap.errors import SerializationError
+from ipyparmap.options import describe
+from ipyparmap.wire import messages as P
+from ipyparmap.wire.channel import Channel
+from ipyparmap.wire.serialize import (
     PICKLING_ERRORS,
     dumps,
     dumps_message,

@@ -18,9 +18,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from .errors import Cancelled
-from .results import Results
-from .runner import Runner
+from ipyparmap.engine.run import Runner
+from ipyparmap.errors import Cancelled
+from ipyparmap.results import Results
 
 
 class Run:

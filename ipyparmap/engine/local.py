@@ -12,14 +12,14 @@ from __future__ import annotations
 import selectors
 import time
 
-from . import protocol as P
-from .config import Options, describe, format_bytes
-from .errors import ParmapError, SerializationError, TaskError, TaskTimeout, WorkerCrashed
-from .pool import EnvExtra, Pool, WorkerHandle
-from .progress import BUSY, DEAD, IDLE, ProgressModel
-from .resources import describe_exit, signal_name
-from .runner import OutputCallback, Runner, _Chunk, _name
-from .serialize import Incoming, rebuild_exception
+from ipyparmap.engine.run import OutputCallback, Runner, _Chunk, _name
+from ipyparmap.errors import ParmapError, SerializationError, TaskError, TaskTimeout, WorkerCrashed
+from ipyparmap.options import Options, describe, format_bytes
+from ipyparmap.process.pool import EnvExtra, Pool, WorkerHandle
+from ipyparmap.process.resources import describe_exit, signal_name
+from ipyparmap.views.progress import BUSY, DEAD, IDLE, ProgressModel
+from ipyparmap.wire import messages as P
+from ipyparmap.wire.serialize import Incoming, rebuild_exception
 
 #: Workers that die before they ever start, in a row, before the run gives up.
 MAX_BOOT_FAILURES = 3
@@ -219,7 +219,7 @@ class LocalRunner(Runner):
         if now - self.memory_sampled < MEMORY_SAMPLE_SECONDS or not self.in_flight:
             return
         self.memory_sampled = now
-        from .resources import rss_bytes
+        from ipyparmap.process.resources import rss_bytes
 
         for worker in self.in_flight:
             rss = rss_bytes(worker.pid)

@@ -17,9 +17,9 @@ import os
 import types
 from typing import Any, ClassVar
 
-from .config import describe
-from .errors import RemoteException, RemoteTraceback, SerializationError
-from .fingerprint import fingerprint, global_names, same
+from ipyparmap.errors import RemoteException, RemoteTraceback, SerializationError
+from ipyparmap.options import describe
+from ipyparmap.wire.fingerprint import fingerprint, global_names, same
 
 PROTOCOL = 5
 _cloudpickle = None
@@ -74,7 +74,7 @@ class Packed:
         if not self.buffers:
             return (), None
         if self.table is None:
-            from .sharedmem import find_segment, write_buffers
+            from ipyparmap.wire.sharedmem import find_segment, write_buffers
 
             places = [find_segment(buffer) for buffer in self.buffers]
             copies = [b for b, place in zip(self.buffers, places, strict=True) if place is None]
@@ -167,7 +167,7 @@ def loads_shared(blob: bytes, fds: list[int], table: list | None) -> Any:
         for fd in fds:
             os.close(fd)
         return pickle.loads(blob)
-    from .sharedmem import map_buffers
+    from ipyparmap.wire.sharedmem import map_buffers
 
     return pickle.loads(blob, buffers=map_buffers(fds, table))
 
@@ -338,7 +338,7 @@ def _pickle_function(func: Any) -> FunctionPayload:
     if buffers:  # OpenSSL's SHA-1 is the fastest hash at hand for hundreds of MB
         import hashlib
 
-        from .sharedmem import find_segment
+        from ipyparmap.wire.sharedmem import find_segment
 
         for buffer in buffers:  # the key covers the globals' data: a changed array is resent
             place = find_segment(buffer)

@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .config import format_bytes
+from ipyparmap.options import format_bytes
 
 COLORS = {
     "ok": "#4c8bf5",

@@ -22,14 +22,14 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .config import Options
-from .errors import Cancelled
-from .local import LocalRunner
-from .plan import ChunkPlanner
-from .pool import EnvExtra, Pool, WorkerHandle
-from .results import Failure
-from .runner import _CancelRun, _Chunk, _Pending
-from .serialize import FunctionPayload, pickle_function
+from ipyparmap.engine.local import LocalRunner
+from ipyparmap.engine.plan import ChunkPlanner
+from ipyparmap.engine.run import _CancelRun, _Chunk, _Pending
+from ipyparmap.errors import Cancelled
+from ipyparmap.options import Options
+from ipyparmap.process.pool import EnvExtra, Pool, WorkerHandle
+from ipyparmap.results import Failure
+from ipyparmap.wire.serialize import FunctionPayload, pickle_function
 
 _job_ids = itertools.count()
 

@@ -35,21 +35,21 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from . import protocol as P
-from .calls import PoolCall
-from .jobs import MAP, STREAM, EndOfStream, Job, JobRunner
-from .pool import Pool as ProcessSet
-from .pool import spawn_worker, worker_env
-from .resources import cpu_count, thread_limits
-from .results import Failure
-from .serialize import (
+from ipyparmap.dropins.calls import PoolCall
+from ipyparmap.engine.jobs import MAP, STREAM, EndOfStream, Job, JobRunner
+from ipyparmap.process.pool import Pool as ProcessSet
+from ipyparmap.process.pool import spawn_worker, worker_env
+from ipyparmap.process.resources import cpu_count, thread_limits
+from ipyparmap.results import Failure
+from ipyparmap.views.textui import OutputPrinter
+from ipyparmap.wire import messages as P
+from ipyparmap.wire.serialize import (
     ItemPicklingError,
     dumps,
     pickle_function,
     pickle_items,
     rebuild_exception,
 )
-from .textui import OutputPrinter
 
 TimeoutError = multiprocessing.TimeoutError  # as multiprocessing.TimeoutError
 

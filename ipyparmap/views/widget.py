@@ -39,8 +39,8 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Any
 
-from .config import format_bytes
-from .progress import BUSY, ProgressModel, format_seconds
+from ipyparmap.options import format_bytes
+from ipyparmap.views.progress import BUSY, ProgressModel, format_seconds
 
 PANEL_CLASS = "ipyparmap-panel"
 EMPTY_HTML = "<div class='ipyparmap-summary'></div>"

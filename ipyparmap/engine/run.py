@@ -43,14 +43,14 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import errors
-from .config import Options, describe
-from .errors import Interrupted, ParmapError, SerializationError, TaskError
-from .plan import ChunkPlanner
-from .progress import BUSY, IDLE, ProgressModel
-from .protocol import Timings
-from .results import Failure, ItemOutput, Results, ResultSlots, RunStats
-from .serialize import (
+from ipyparmap import errors
+from ipyparmap.engine.plan import ChunkPlanner
+from ipyparmap.errors import Interrupted, ParmapError, SerializationError, TaskError
+from ipyparmap.options import Options, describe
+from ipyparmap.results import Failure, ItemOutput, Results, ResultSlots, RunStats
+from ipyparmap.views.progress import BUSY, IDLE, ProgressModel
+from ipyparmap.wire.messages import Timings
+from ipyparmap.wire.serialize import (
     PICKLING_ERRORS,
     Incoming,
     ItemPicklingError,

@@ -32,15 +32,15 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from . import protocol as P
-from .channel import Channel
-from .serialize import FunctionPayload, dumps_message, loads
-from .sharedmem import anonymous_file
+from ipyparmap.wire import messages as P
+from ipyparmap.wire.channel import Channel
+from ipyparmap.wire.serialize import FunctionPayload, dumps_message, loads
+from ipyparmap.wire.sharedmem import anonymous_file
 
 #: Seconds a stopping worker gets to exit before it is killed.
 STOP_GRACE = 1.0
 
-_WORKER_CODE = "import sys; from ipyparmap.worker import main; main(sys.argv[1:])"
+_WORKER_CODE = "import sys; from ipyparmap.process.worker import main; main(sys.argv[1:])"
 
 
 def _package_root() -> str:
@@ -95,7 +95,7 @@ class WorkerHandle:
     def kill(self) -> None:
         """SIGKILL the worker and anything it started."""
         if self.proc.returncode is None:
-            from .resources import kill_group
+            from ipyparmap.process.resources import kill_group
 
             kill_group(self.pid)
 

@@ -23,8 +23,9 @@ from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Enum, Float, Integer, TraitError, Unicode, validate
 
-from . import api
-from .cellcode import (
+from ipyparmap import api
+from ipyparmap.errors import ParmapError
+from ipyparmap.magics.cellcode import (
     CELL_FUNCTION,
     CellError,
     check_target,
@@ -34,8 +35,7 @@ from .cellcode import (
     split_func_expr,
     split_line,
 )
-from .config import describe
-from .errors import ParmapError
+from ipyparmap.options import describe
 
 _OPTION_NAMES = (
     "--out",
@@ -81,7 +81,7 @@ class Parmap(Magics):
 
     @validate("max_memory")
     def _check_max_memory(self, proposal):
-        from .config import parse_memory
+        from ipyparmap.options import parse_memory
 
         try:
             parse_memory(proposal["value"], "Parmap.max_memory")
@@ -153,7 +153,7 @@ class Parmap(Magics):
     def parmap_pool(self, line: str) -> None:
         """Show the warm worker pool (PIDs, state, memory), or restart / shut it down."""
         args = self.parmap_pool.parser.parse_argstring(line)
-        from .pool import default_pool
+        from ipyparmap.process.pool import default_pool
 
         pool = default_pool()
         if args.action == "shutdown":
@@ -168,7 +168,7 @@ class Parmap(Magics):
                     "or use %parmap_pool restart --force"
                 )
             api.shutdown()
-            from .resources import resolve_workers, thread_limits
+            from ipyparmap.process.resources import resolve_workers, thread_limits
 
             count = resolve_workers(self.workers)
             pool = default_pool()
@@ -272,7 +272,7 @@ class Parmap(Magics):
             raise UsageError(f"-o needs a Python identifier, got {out!r}")
         workers = _positive_int("-w/--workers", args.workers, self.workers)
         if workers is not None:
-            from .resources import resolve_workers
+            from ipyparmap.process.resources import resolve_workers
 
             try:
                 resolve_workers(workers)
@@ -285,7 +285,7 @@ class Parmap(Magics):
         if backend not in (None, "local", "dask"):
             raise UsageError(f"--backend must be local or dask, got {backend!r}")
         if backend == "dask":
-            from .executor import resolve_backend
+            from ipyparmap.engine.executor import resolve_backend
 
             try:
                 resolve_backend("dask")
@@ -372,7 +372,7 @@ def _timeout(text: str | None, default: float | None) -> float | None:
 
 
 def _memory(text: str | None, default: str | None) -> int | None:
-    from .config import parse_memory
+    from ipyparmap.options import parse_memory
 
     try:
         return parse_memory(text if text is not None else default, "--max-memory")
@@ -412,7 +412,7 @@ def _ends_with_semicolon(cell: str) -> bool:
 
 
 def _pool_table(pool) -> str:
-    from .resources import rss_bytes
+    from ipyparmap.process.resources import rss_bytes
 
     rows = pool.workers()
     if not rows:

@@ -12,9 +12,9 @@ import traceback
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from .config import Options
-from .errors import TaskError
-from .results import Failure, Results, RunStats
+from ipyparmap.errors import TaskError
+from ipyparmap.options import Options
+from ipyparmap.results import Failure, Results, RunStats
 
 
 def serial_events(
