@@ -94,3 +94,15 @@ def test_layers_contract_holds():
 def test_ruff_clean():
     out = subprocess.run([_tool("ruff"), "check", "."], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_workers_import_this_very_package():
+    """A worker's PYTHONPATH starts with the folder holding this ipyparmap (a source
+    checkout or a worktree must not run an installed copy in its workers)."""
+    import os
+
+    import ipyparmap
+    from ipyparmap.process.pool import worker_env
+
+    first = worker_env()["PYTHONPATH"].split(os.pathsep)[0]
+    assert Path(first, "ipyparmap", "__init__.py").samefile(ipyparmap.__file__)

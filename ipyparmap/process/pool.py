@@ -44,7 +44,10 @@ _WORKER_CODE = "import sys; from ipyparmap.process.worker import main; main(sys.
 
 
 def _package_root() -> str:
-    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    """The folder that holds the ``ipyparmap`` package (this file is ipyparmap/process/,
+    pinned by test_architecture.py::test_workers_import_this_very_package)."""
+    here = os.path.abspath(__file__)
+    return os.path.dirname(os.path.dirname(os.path.dirname(here)))
 
 
 class WorkerHandle:
