@@ -246,11 +246,11 @@ def loop() -> None:
     import mmap
 
     from ipyparmap.process import worker as WK
-    from ipyparmap.wire import messages as P
+    from ipyparmap.wire import board as B
     from ipyparmap.wire.serialize import dumps, loads
 
     worker = WK.Worker.__new__(WK.Worker)
-    worker.board = P.Board(mmap.mmap(-1, P.BOARD_SIZE))
+    worker.board = B.Board(mmap.mmap(-1, B.BOARD_SIZE))
     worker.sink = WK._OutputSink(worker.board.ints)
     worker._send_results = lambda *args: None
     items = list(range(16_384))

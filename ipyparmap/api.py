@@ -146,18 +146,13 @@ def parmap_async(
     Argument errors are raised here, before anything starts.
     """
     from ipyparmap.engine.background import Run
-    from ipyparmap.views.progress import ProgressModel
 
     options = check_options(
         workers, chunksize, errors, timeout, retries, progress, star, backend,
         max_memory=max_memory,
     )  # fmt: skip
     _check_call(func, iterable, options)
-    runner = _runner(func, iterable, options, keep_details=True)
-    if runner.progress is None:  # a Run always has a live model, even with no view
-        runner.progress = ProgressModel()
-    runner.progress.total = runner.total
-    runner.progress.background = True
+    runner = _runner(func, iterable, options, keep_details=True, background=True)
     return Run(runner, on_finish)
 
 
@@ -201,17 +196,21 @@ def cpu_count() -> int:
 
 
 # ---------------------------------------------------------------------------- helpers
-def _runner(func, iterable, options: Options, keep_details: bool):
-    from ipyparmap.engine.local import LocalRunner
-    from ipyparmap.process.pool import default_pool
-    from ipyparmap.process.resources import cpu_count as _cpu_count
-    from ipyparmap.process.resources import resolve_workers, thread_limits
+def _runner(func, iterable, options: Options, keep_details: bool, background: bool = False):
+    from ipyparmap.engine.run import function_name, map_run
 
     progress = _progress_model(options.progress)
-    if options.backend not in (None, "local"):
-        from ipyparmap.engine.executor import ExecutorRunner, default_concurrency, resolve_backend
+    if background:
+        if progress is None:  # a Run always has a live model, even with no view
+            from ipyparmap.views.progress import ProgressModel
 
-        kind, executor = resolve_backend(options.backend)
+            progress = ProgressModel()
+        progress.background = True
+    name = function_name(func)
+    if options.backend not in (None, "local"):
+        from ipyparmap.engine.executor import ExecutorEngine, resolve_backend
+
+        backend = resolve_backend(options.backend)
         if options.timeout is not None:
             raise ValueError(
                 "timeout= needs the local backend: a task in an executor or on a Dask "
@@ -219,31 +218,23 @@ def _runner(func, iterable, options: Options, keep_details: bool):
             )
         if options.max_memory is not None:
             raise ValueError("max_memory= needs the local backend (its workers are ours)")
-        workers = options.workers or default_concurrency(kind, executor)
-        return ExecutorRunner(
-            func,
-            iterable,
-            options,
-            kind=kind,
-            executor=executor,
-            workers=workers,
-            progress=progress,
-            on_output=_output_forwarder(),
-            keep_details=keep_details,
-        )
-    cpus = _cpu_count()
-    workers = resolve_workers(options.workers, cpus)
-    return LocalRunner(
-        func,
-        iterable,
-        options,
-        pool=default_pool(),
-        workers=workers,
-        env=functools.partial(thread_limits, workers, cpus),  # built only to spawn
-        progress=progress,
-        on_output=_output_forwarder(),
-        keep_details=keep_details,
-    )
+        engine = ExecutorEngine(backend, func_name=name)
+        workers = options.workers or backend.concurrency()
+    else:
+        from ipyparmap.engine.local import LocalEngine
+        from ipyparmap.process.pool import default_pool
+        from ipyparmap.process.resources import cpu_count as _cpu_count
+        from ipyparmap.process.resources import resolve_workers, thread_limits
+
+        cpus = _cpu_count()
+        workers = resolve_workers(options.workers, cpus)
+        env = functools.partial(thread_limits, workers, cpus)  # built only to spawn
+        engine = LocalEngine(default_pool(), env=env, func_name=name)
+    return map_run(
+        func, iterable, options, engine, workers=workers, progress=progress,
+        on_output=_output_forwarder(), keep_details=keep_details,
+        share_buffers=engine.share_buffers,
+    )  # fmt: skip
 
 
 def _progress_model(mode):

@@ -17,6 +17,7 @@ from conftest import notebook_function
 
 import ipyparmap as pm
 from ipyparmap.process.worker import _CapturedStream, _OutputSink, run_items
+from ipyparmap.wire import board as B
 from ipyparmap.wire import messages as P
 from ipyparmap.wire import serialize
 from ipyparmap.wire.fingerprint import fingerprint
@@ -119,7 +120,7 @@ def _fail_on_multiples_of_7(x):
 
 def test_blocks_pin_errors_and_output_to_their_items():
     items = list(range(100))
-    positions, times = [P.IDLE, P.LOADING, 1], [0.0]
+    positions, times = [B.IDLE, B.LOADING, 1], [0.0]
     sink = _OutputSink(positions)
     saved = sys.stdout
     sys.stdout = _CapturedStream(sink, "stdout", saved)
@@ -175,7 +176,7 @@ def test_warm_calls_reuse_the_selector_of_their_workers_and_shutdown_closes_it()
     from ipyparmap.engine import local
 
     seen = []
-    original = local.LocalRunner._close_engine
+    original = local.LocalEngine.close
 
     def close_engine(self):
         seen.append((self.selector, frozenset(self.workers)))
@@ -184,11 +185,11 @@ def test_warm_calls_reuse_the_selector_of_their_workers_and_shutdown_closes_it()
     pm.shutdown()
     before = _open_fds()
     try:
-        local.LocalRunner._close_engine = close_engine
+        local.LocalEngine.close = close_engine
         for _ in range(3):
             assert pm.parmap(helpers.square, [1, 2], workers=2) == [1, 4]
     finally:
-        local.LocalRunner._close_engine = original
+        local.LocalEngine.close = original
     assert len({id(selector) for selector, _ in seen}) == 1  # made once, then reused
     assert len({workers for _, workers in seen}) == 1
     assert seen[-1][0].get_map() is not None  # still open: kept by the pool

@@ -43,8 +43,8 @@ def test_function_and_big_global_sent_once_per_worker_chunks_carry_items(sent):
     )
     res = pm.parmap(func, range(60), workers=2, chunksize=1)
     assert res == [BIG + i for i in range(60)]
-    funcs = [m for m in sent if m[1] == P.FUNC]
-    chunks = [m for m in sent if m[1] == P.CHUNK]
+    funcs = [m for m in sent if m[1] == P.LoadFunction.TAG]
+    chunks = [m for m in sent if m[1] == P.RunChunk.TAG]
     assert len(funcs) == 2 and len({pid for pid, *_ in funcs}) == 2
     assert all(size > BIG for _, _, size, _ in funcs)  # the global travels with the function
     assert len(chunks) == 60
@@ -52,7 +52,7 @@ def test_function_and_big_global_sent_once_per_worker_chunks_carry_items(sent):
 
     sent.clear()  # a second call with the same function and globals: nothing to resend
     assert pm.parmap(func, range(10), workers=2) == [BIG + i for i in range(10)]
-    assert [m for m in sent if m[1] == P.FUNC] == []
+    assert [m for m in sent if m[1] == P.LoadFunction.TAG] == []
 
 
 def test_changed_globals_are_resent():
@@ -116,8 +116,8 @@ def test_large_arrays_travel_in_shared_memory_not_through_the_pipe(sent):
     for k, out in enumerate(res):
         assert out.shape == big.shape and out.flags.writeable
         assert np.array_equal(out, big * k + 1_000_000)
-    funcs = [m for m in sent if m[1] == P.FUNC]
-    chunks = [m for m in sent if m[1] == P.CHUNK]
+    funcs = [m for m in sent if m[1] == P.LoadFunction.TAG]
+    chunks = [m for m in sent if m[1] == P.RunChunk.TAG]
     assert all(size < 100_000 and fds == 1 for _, _, size, fds in funcs)  # the 8 MB: shared
     assert all(size < 10_000 and fds == 1 for _, _, size, fds in chunks)  # 16 MB items: shared
 
@@ -215,7 +215,7 @@ def test_a_shared_global_is_not_hashed_and_workers_see_it_live(copies, sent):
     table[:2] = [5.0, 6.0]  # changed between calls, in place
     assert pm.parmap(lookup, [0, 1], workers=2) == [5.0, 6.0]  # the workers see it
     assert copies == []
-    assert sum(1 for m in sent if m[1] == P.FUNC) == 2  # sent once per worker, not again
+    assert sum(1 for m in sent if m[1] == P.LoadFunction.TAG) == 2  # sent once per worker, not again
     plain = notebook_function("def first(i):\n    return float(g[i])\n", "first", g=np.zeros(9000))
     pm.parmap(plain, [0], workers=1)
     plain.__globals__["g"][0] = 1.0  # a plain array changed in place: sent again

@@ -25,7 +25,7 @@ def simulate(durations: list[float], workers: int, chunksize=None, overhead=0.00
     Each chunk costs ``overhead`` seconds of messaging plus its items' durations, and a
     worker asks for a new chunk when its current one ends, as in the runner.
     """
-    planner = plan.ChunkPlanner(workers, chunksize, total=len(durations))
+    planner = plan.ChunkPlanner(workers, chunksize)
     next_item, chunks, makespan = 0, 0, 0.0
     free = [(0.0, w) for w in range(workers)]
     while next_item < len(durations):
@@ -73,7 +73,7 @@ def test_uneven_items_balance_close_to_ideal(durations, workers):
 
 
 def test_fixed_chunksize_is_respected():
-    planner = plan.ChunkPlanner(2, chunksize=7, total=100)
+    planner = plan.ChunkPlanner(2, chunksize=7)
     assert [planner.next_size(100 - 7 * i) for i in range(3)] == [7, 7, 7]
 
 
@@ -85,10 +85,10 @@ def test_growth_is_capped_after_one_fast_item():
 
 
 def test_tail_share_shrinks_chunks_near_the_end():
-    slow = plan.ChunkPlanner(2, total=1000)
+    slow = plan.ChunkPlanner(2)
     slow.record(10, 0.1)  # 10 ms items
     assert slow.next_size(remaining=8) == 2  # 8 / (2 * 2 workers)
-    tiny = plan.ChunkPlanner(2, total=1000)
+    tiny = plan.ChunkPlanner(2)
     tiny.record(100, 1e-5)  # 0.1 us items: a 2 ms chunk floor, but at most an even split
     assert tiny.next_size(remaining=8) == 4
 

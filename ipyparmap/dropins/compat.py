@@ -13,7 +13,7 @@ exception is re-raised with a ``multiprocessing.pool.RemoteTraceback`` as its ca
 is re-raised unchanged, an argument that cannot be pickled raises its own error.
 
 Each ``Pool``/``ProcessPoolExecutor`` owns its worker processes (``processes`` of them,
-recycled after ``maxtasksperchild`` items) and a `JobRunner`
+recycled after ``maxtasksperchild`` items) and a `JobServer`
 thread that feeds them, oldest submission first.
 """
 
@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ipyparmap.dropins.calls import PoolCall
-from ipyparmap.engine.jobs import MAP, STREAM, EndOfStream, Job, JobRunner
+from ipyparmap.engine.jobs import MAP, STREAM, EndOfStream, Job, JobServer
 from ipyparmap.process.pool import Pool as ProcessSet
 from ipyparmap.process.pool import spawn_worker, worker_env
 from ipyparmap.process.resources import cpu_count, thread_limits
@@ -82,7 +82,7 @@ def _check_chunksize(chunksize: Any) -> int | None:
 
 
 class _Engine:
-    """A private set of worker processes and the JobRunner thread feeding them."""
+    """A private set of worker processes and the JobServer thread feeding them."""
 
     def __init__(self, workers: int, initializer, initargs, max_tasks: int | None):
         if initializer is not None and not callable(initializer):
@@ -92,7 +92,7 @@ class _Engine:
         self.initargs = tuple(initargs)
         self.token = uuid.uuid4().hex
         self.processes = ProcessSet()
-        self.runner = JobRunner(
+        self.runner = JobServer(
             pool=self.processes,
             workers=workers,
             env=thread_limits(workers),
@@ -483,9 +483,9 @@ class Process:
         blob = dumps([item])
         self._worker = worker = spawn_worker(worker_env())
         worker.send_function(payload)
-        worker.send((P.CHUNK, 0, payload.key, blob, False, 1, None))
+        worker.send(P.pack(P.RunChunk(0, payload.key, blob, star=False, stride=1, table=None)))
         payload.close()
-        worker.send((P.STOP,))
+        worker.send(P.pack(P.Stop()))
         self._reader = threading.Thread(
             target=contextvars.copy_context().run, args=(self._read,), daemon=True,
             name=f"ipyparmap-{self.name}",
@@ -507,18 +507,17 @@ class Process:
                 return
             for fd in fds:  # shared memory of a result nobody reads
                 os.close(fd)
-            if message[0] == P.OUTPUT:
-                for _, stream, text in message[2]:
+            if type(message) is P.Output:
+                for _, stream, text in message.lines:
                     (sys.stdout if stream == "stdout" else sys.stderr).write(text)
-            elif message[0] == P.RESULTS:
-                _, _, _, _, _, errors, _, _, outputs, _, _ = message
-                for _, stream, text in outputs:
+            elif type(message) is P.ResultBatch:
+                for _, stream, text in message.outputs:
                     (sys.stdout if stream == "stdout" else sys.stderr).write(text)
                 self._target_exitcode = 0
-                if errors:
-                    self._target_exitcode = self._report(next(iter(errors.values())))
-            elif message[0] == P.LOAD_ERROR:
-                self._target_exitcode = self._report(message[3])
+                if message.errors:
+                    self._target_exitcode = self._report(next(iter(message.errors.values())))
+            elif type(message) is P.LoadFailed:
+                self._target_exitcode = self._report(message.info)
 
     def _report(self, info) -> int:
         if info is None:

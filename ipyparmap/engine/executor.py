@@ -1,23 +1,24 @@
-"""The executor engine: chunks become tasks of any Executor or a Dask cluster (layer L3).
+"""The executor engine: chunks become tasks of any Executor or a Dask cluster (layer: engine).
 
 ``backend=`` may be a ``concurrent.futures.Executor`` (threads or processes), a
-``distributed.Client``, or ``"dask"`` (the current client). The generic run state in
-runner.py stays the same; here a chunk is one task running
-`run_task`, which returns the chunk's results, errors, timings
-and captured output in one piece. So progress moves per chunk, and what a task cannot
-tell us (which item a dead process was running) is found out by running again: when
-Dask gives up on a task because its workers died (``KilledWorker``, which also hits
-innocent tasks that were queued on those workers), each item of the chunk runs again
-alone, with nothing else in flight, and only an item that kills its worker alone fails
-as ``crashed``. A ``ProcessPoolExecutor`` breaks as a whole when one of its processes
-dies (the standard library's behaviour): every unfinished item fails as ``crashed``.
+``distributed.Client``, or ``"dask"`` (the current client). A chunk is one task running
+`process.worker.run_task`, which returns the chunk's results, errors, timings and
+captured output in one piece (a `messages.TaskDone`). So progress moves per chunk,
+and what a task cannot tell us (which item a dead process was running) is found out by
+running again: a lost task of several items runs each item alone, with nothing else in
+flight, and only an item that loses its worker alone fails as ``crashed``
+(engine/attribution.py, the same policy as the local engine's). Dask gives up on every
+task that sat on the workers a bad task killed (``KilledWorker``), so the innocent ones
+run again, each alone. A ``ProcessPoolExecutor`` breaks as a whole when one of its
+processes dies (the standard library's behaviour): every unfinished item fails as
+``crashed`` and nothing more can be sent.
 
-The function is pickled once per run; a Dask cluster gets it once per worker
-(scattered, broadcast), a process executor with each task (it has no other way in),
-a thread executor not at all.
-
-Per-item ``timeout`` needs the local engine (a task in someone else's executor cannot
-be killed) and is refused up front.
+What differs between executors is a `TaskBackend` (`ThreadTasks`, `ProcessTasks`,
+`DaskTasks`): how the function travels (not at all to threads; with each task to a
+process executor, which has no other way in; as one Dask task that every chunk task
+depends on, recomputed if the workers holding it die), how tasks are submitted, waited
+for and cancelled. Per-item ``timeout`` needs the local engine (a task in someone
+else's executor cannot be killed) and is refused up front.
 """
 
 from __future__ import annotations
@@ -25,18 +26,130 @@ from __future__ import annotations
 import concurrent.futures
 import time
 from concurrent.futures import FIRST_COMPLETED, Executor, ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ipyparmap.engine.run import OutputCallback, Runner, _Chunk, _name
-from ipyparmap.errors import SerializationError, WorkerCrashed
-from ipyparmap.options import Options
-from ipyparmap.process.worker import TASK_DONE, run_task
-from ipyparmap.views.progress import BUSY, IDLE, ProgressModel
-from ipyparmap.wire.serialize import rebuild_exception
+from ipyparmap.engine.attribution import function_unloadable
+from ipyparmap.engine.feed import Chunk
+from ipyparmap.errors import WorkerCrashed
+from ipyparmap.process.worker import run_task
+from ipyparmap.views.progress import BUSY, IDLE
+from ipyparmap.wire import messages as M
+from ipyparmap.wire.serialize import FunctionPayload, rebuild_exception
+
+if TYPE_CHECKING:
+    from ipyparmap.engine.run import Runner
+
+#: Seconds an interrupted or cancelled run waits for results that are on their way.
+HARVEST_SECONDS = 0.25
+#: Exceptions (by name: Dask's types differ between versions) that mean a task was lost
+#: with its worker, not that the task raised.
+LOST_TASK_ERRORS = ("BrokenProcessPool", "KilledWorker", "BrokenExecutor", "FuturesCancelledError")
 
 
-def resolve_backend(backend: Any) -> tuple[str, Any]:
-    """``(kind, executor)`` for a backend option; kind is "thread", "process" or "dask".
+class TaskBackend:
+    """How chunks run as tasks of one kind of executor."""
+
+    name = "executor"
+    #: capture print output inside the task (not in threads: sys.stdout is shared)
+    capture = True
+
+    def __init__(self, executor: Any):
+        self.executor = executor
+
+    def concurrency(self) -> int:
+        """How many chunks run at once when ``workers`` is not given."""
+        count = getattr(self.executor, "_max_workers", None)
+        if isinstance(count, int) and count > 0:
+            return count
+        from ipyparmap.process.resources import cpu_count
+
+        return cpu_count()
+
+    def prepare(self, func: Any, payload: FunctionPayload) -> Any:
+        """What each task gets as its function (see `run_task`)."""
+        return (payload.key, payload.blob, payload.sources)
+
+    def submit(self, *args: Any) -> Any:
+        return self.executor.submit(run_task, *args)
+
+    def first_completed(self, futures: list, timeout: float) -> set:
+        """The futures that are done, waiting up to ``timeout`` for at least one."""
+        return concurrent.futures.wait(futures, timeout, FIRST_COMPLETED)[0]
+
+    def cancel(self, futures: list) -> None:
+        for future in futures:
+            future.cancel()  # a task that already runs finishes alone
+
+    def release(self) -> None:
+        """The run is over."""
+
+
+class ThreadTasks(TaskBackend):
+    name = "thread"
+    capture = False
+
+    def prepare(self, func: Any, payload: FunctionPayload) -> Any:
+        return func  # same process: nothing to pickle
+
+
+class ProcessTasks(TaskBackend):
+    name = "process"
+
+
+class DaskTasks(TaskBackend):
+    name = "dask"
+
+    def __init__(self, executor: Any):
+        super().__init__(executor)
+        self.function_task: Any = None
+
+    def concurrency(self) -> int:
+        try:
+            return max(1, sum(self.executor.nthreads().values()))
+        except Exception:
+            return 1
+
+    def prepare(self, func: Any, payload: FunctionPayload) -> Any:
+        # A task whose result is the payload, not scattered data: if the workers
+        # holding it die, the scheduler recomputes it instead of cancelling every
+        # task that needs it. Workers fetch it once and keep it while it is needed.
+        self.function_task = self.executor.submit(
+            _payload, (payload.key, payload.blob, payload.sources), pure=False
+        )
+        return self.function_task
+
+    def submit(self, *args: Any) -> Any:
+        return self.executor.submit(run_task, *args, pure=False)
+
+    def first_completed(self, futures: list, timeout: float) -> set:
+        from distributed import wait as dask_wait
+
+        try:
+            return dask_wait(futures, timeout=timeout, return_when=FIRST_COMPLETED)[0]
+        except Exception as exc:  # its TimeoutError type differs between versions
+            if "Timeout" in type(exc).__name__:
+                return set()
+            if "Cancelled" in type(exc).__name__:  # lost on the cluster's side
+                return {f for f in futures if f.status in ("cancelled", "error")}
+            raise
+
+    def cancel(self, futures: list) -> None:
+        try:
+            self.executor.cancel(futures, force=True)
+        except Exception:
+            pass
+
+    def release(self) -> None:
+        self.function_task = None  # lets Dask forget the function's task
+
+
+def _payload(payload: tuple) -> tuple:
+    """The Dask task whose result is the pickled function (see DaskTasks.prepare)."""
+    return payload
+
+
+def resolve_backend(backend: Any) -> TaskBackend:
+    """The `TaskBackend` for a ``backend=`` option.
 
     Raises ValueError with what is wrong: no Dask client, a closed client, a shut-down
     executor, something that is not an executor at all.
@@ -58,11 +171,13 @@ def resolve_backend(backend: Any) -> tuple[str, Any]:
     if _is_dask_client(backend):
         if backend.status in ("closed", "closing"):
             raise ValueError("the Dask client is closed")
-        return "dask", backend
+        return DaskTasks(backend)
     if isinstance(backend, Executor):
         if getattr(backend, "_shutdown", False) or getattr(backend, "_shutdown_thread", False):
             raise ValueError("the executor is shut down")
-        return ("thread" if isinstance(backend, ThreadPoolExecutor) else "process"), backend
+        if isinstance(backend, ThreadPoolExecutor):
+            return ThreadTasks(backend)
+        return ProcessTasks(backend)
     raise ValueError(
         "backend must be None, 'local', 'dask', a distributed.Client or a "
         f"concurrent.futures.Executor, got {type(backend).__name__}"
@@ -74,93 +189,48 @@ def _is_dask_client(obj: Any) -> bool:
     return module.startswith("distributed") and hasattr(obj, "submit") and hasattr(obj, "scatter")
 
 
-def default_concurrency(kind: str, executor: Any) -> int:
-    """How many chunks run at once when ``workers`` is not given."""
-    if kind == "dask":
-        try:
-            return max(1, sum(executor.nthreads().values()))
-        except Exception:
-            return 1
-    count = getattr(executor, "_max_workers", None)
-    if isinstance(count, int) and count > 0:
-        return count
-    from ipyparmap.process.resources import cpu_count
+class ExecutorEngine:
+    """Runs chunks as tasks of ``backend``, at most ``2 x workers`` in flight."""
 
-    return cpu_count()
+    share_buffers = False  # items' buffers travel inside the pickle
 
+    def __init__(self, backend: TaskBackend, *, func_name: str = "the function"):
+        self.backend = backend
+        self.func_name = func_name
+        self.run: Runner = None  # type: ignore[assignment]  # set by start()
+        self.in_flight: dict[Any, Chunk] = {}  # future -> the chunk it runs
+        self.task_function: Any = None
 
-#: Seconds an interrupted or cancelled run waits for results that are on their way.
-HARVEST_SECONDS = 0.25
-
-
-def _payload(payload: tuple) -> tuple:
-    """The Dask task whose result is the pickled function (see _start_engine)."""
-    return payload
-
-
-class ExecutorRunner(Runner):
-    """Runs the map as tasks of ``executor`` (kind "thread", "process" or "dask")."""
-
-    def __init__(
-        self,
-        func,
-        iterable,
-        options: Options,
-        *,
-        kind: str,
-        executor: Any,
-        workers: int,
-        progress: ProgressModel | None = None,
-        on_output: OutputCallback | None = None,
-        keep_details: bool = True,
-    ):
-        super().__init__(
-            func, iterable, options, workers=workers, progress=progress,
-            on_output=on_output, keep_details=keep_details,
-        )  # fmt: skip
-        self.kind = kind
-        self.executor = executor
-        self.task_payload: Any = None
+    def start(self, run: Runner) -> None:
+        self.run = run
+        self.options = run.options
         # Keep twice the concurrency queued so no executor worker waits for the next task.
-        self.depth = 2 * self.n_workers
+        self.depth = 2 * run.n_workers
+        self.task_function = self.backend.prepare(run.feed.func, run.feed.payload)
 
-    # ------------------------------------------------------------------ engine hooks
-    def _start_engine(self) -> None:
-        payload = self.payload
-        if self.kind == "thread":
-            self.task_payload = self.func  # same process: nothing to pickle
-        elif self.kind == "dask":
-            # A task whose result is the payload, not scattered data: if the workers
-            # holding it die, the scheduler recomputes it instead of cancelling every
-            # task that needs it. Workers fetch it once and keep it while it is needed.
-            self.task_payload = self.executor.submit(
-                _payload, (payload.key, payload.blob, payload.sources), pure=False
-            )
-        else:
-            self.task_payload = (payload.key, payload.blob, payload.sources)
+    def busy(self) -> bool:
+        return bool(self.in_flight)
 
-    def _dispatch(self) -> None:
-        while not self.stopping and len(self.in_flight) < self.depth:
-            if self.requeue and self.requeue[0].solo and self.in_flight:
+    def dispatch(self) -> None:
+        run = self.run
+        feed = run.feed
+        while not run.state.stopping and len(self.in_flight) < self.depth:
+            if feed.suspect_next() and self.in_flight:
                 return  # a suspect runs alone, so that a lost worker is its own doing
-            chunk = self._next_chunk(None)
+            chunk = feed.next_chunk(None)
             if chunk is None:
                 return
             self._submit(chunk)
             if chunk.solo:
                 return
 
-    def _submit(self, chunk: _Chunk) -> None:
-        capture = self.kind != "thread"
-        args = (self.task_payload, chunk.blob, self.options.star, capture)
+    def _submit(self, chunk: Chunk) -> None:
+        args = (self.task_function, chunk.blob, self.options.star, self.backend.capture)
         try:
-            if self.kind == "dask":
-                future = self.executor.submit(run_task, *args, pure=False)
-            else:
-                future = self.executor.submit(run_task, *args)
+            future = self.backend.submit(*args)
         except RuntimeError as exc:
-            self.stopping = True
-            self._cancel_rest(chunk)
+            self.run.state.stop()
+            self.run.sink.cancel_rest(chunk)
             if isinstance(exc, concurrent.futures.BrokenExecutor):
                 return  # a worker died and broke the pool: its items failed, these wait
             raise ValueError(f"the executor is shut down ({exc})") from None
@@ -168,33 +238,19 @@ class ExecutorRunner(Runner):
         chunk.owner = future
         self.in_flight[future] = chunk
 
-    def _wait(self, timeout: float) -> None:
+    def wait(self, timeout: float) -> None:
         futures = list(self.in_flight)
         if not futures:
             return
-        for future in self._first_completed(futures, timeout):
+        for future in self.backend.first_completed(futures, timeout):
             chunk = self.in_flight.pop(future, None)
             if chunk is not None:
                 self._finished(chunk, future)
-        if self.progress is not None:
-            self.progress.maybe_refresh()
+        if self.run.progress is not None:
+            self.run.progress.maybe_refresh()
 
-    def _first_completed(self, futures: list, timeout: float) -> set:
-        """The futures that are done, waiting up to ``timeout`` for at least one."""
-        if self.kind != "dask":
-            return concurrent.futures.wait(futures, timeout, FIRST_COMPLETED)[0]
-        from distributed import wait as dask_wait
-
-        try:
-            return dask_wait(futures, timeout=timeout, return_when=FIRST_COMPLETED)[0]
-        except Exception as exc:  # its TimeoutError type differs between versions
-            if "Timeout" in type(exc).__name__:
-                return set()
-            if "Cancelled" in type(exc).__name__:  # lost on the cluster's side
-                return {f for f in futures if f.status in ("cancelled", "error")}
-            raise
-
-    def _finished(self, chunk: _Chunk, future) -> None:
+    def _finished(self, chunk: Chunk, future) -> None:
+        run = self.run
         try:
             outcome = future.result()
         except BaseException as exc:  # the task itself failed: a lost worker, a broken pool
@@ -202,74 +258,57 @@ class ExecutorRunner(Runner):
                 raise
             self._task_failed(chunk, exc)
             return
-        if outcome[0] == TASK_DONE:
-            _, values_blob, errors, timings, began, outputs, memory_kb, worker = outcome
-            chunk.worker_id = worker
-            self._progress_worker(worker, BUSY)
-            if outputs:
-                self._on_output(chunk, outputs)
-            self._fold(chunk, 0, values_blob, errors, timings, memory_kb, began)
-            self._progress_worker(worker, IDLE)
+        if type(outcome) is M.TaskDone:
+            chunk.worker_id = outcome.worker
+            run.worker_state(outcome.worker, BUSY)
+            if outcome.outputs:
+                run.sink.output(chunk, outcome.outputs)
+            run.sink.fold(chunk, 0, outcome.values, outcome.errors, outcome.timings,
+                          outcome.memory_kb, outcome.began)  # fmt: skip
+            run.worker_state(outcome.worker, IDLE)
             return
-        _, what, info = outcome  # TASK_LOAD_ERROR
-        cause = rebuild_exception(info)
-        if what == "func":
-            error = SerializationError(
-                f"the function {_name(self.func)} could not be unpickled in a worker: "
-                f"{type(cause).__name__}: {cause}"
-            )
-            error.__cause__ = cause
-            self.abort()
-            raise error
-        if len(chunk.items) == 1:
-            error = SerializationError(
-                f"item {self._label(chunk.indices[0])} could not be unpickled in the worker: "
-                f"{type(cause).__name__}: {cause}"
-            )
-            error.__cause__ = cause
-            self._item_failed(chunk, 0, "error", error, "")
-        else:  # find the bad item: send each alone
-            for position in reversed(range(len(chunk.items))):
-                self._requeue_position(chunk, position, solo=True)
+        cause = rebuild_exception(outcome.info)  # a TaskFailed
+        if outcome.what == "func":
+            error = function_unloadable(self.func_name, cause)
+            run.sink.function_failed(run.feed.payload.key, error)
+        else:
+            run.policy.items_unloadable(chunk, cause)
 
-    def _task_failed(self, chunk: _Chunk, exc: BaseException) -> None:
+    def _task_failed(self, chunk: Chunk, exc: BaseException) -> None:
+        run = self.run
         name = type(exc).__name__
-        if self.stopping and (
+        if run.state.stopping and (
             isinstance(exc, concurrent.futures.CancelledError) or "Cancelled" in name
         ):
-            self._cancel_rest(chunk)  # we cancelled it
+            run.sink.cancel_rest(chunk)  # we cancelled it
             return
-        crashed = name in (
-            "BrokenProcessPool",
-            "KilledWorker",
-            "BrokenExecutor",
-            "FuturesCancelledError",
-        )
-        if name == "KilledWorker" and not chunk.solo:
-            # Dask gives up on every task that sat on the workers a bad task killed, so
-            # the innocent ones run again, each alone; the guilty one dies alone.
-            for position in reversed(range(chunk.reported, len(chunk.items))):
-                self._requeue_position(chunk, position, solo=True)
+        if name not in LOST_TASK_ERRORS:  # the task machinery raised: every item fails
+            for position in chunk.unreported():
+                run.sink.item_failed(chunk, position, "error", exc)
+            return
+        if name == "KilledWorker":
+            crash = WorkerCrashed(
+                f"the {self.backend.name} worker running item "
+                f"{run.label(chunk.indices[chunk.reported])} was lost: {name}: {exc}"
+            )
+            run.policy.task_lost(chunk, crash)
             return
         message = (
-            f"the {self.kind} worker running items {chunk.indices[0]}..{chunk.indices[-1]} "
-            f"was lost: {name}: {exc}"
+            f"the {self.backend.name} worker running items {chunk.indices[0]}.."
+            f"{chunk.indices[-1]} was lost: {name}: {exc}"
         )
-        for position in range(chunk.reported, len(chunk.items)):
-            if crashed:
-                error: BaseException = WorkerCrashed(message)
-                self._item_failed(chunk, position, "crashed", error, "")
-            else:
-                self._item_failed(chunk, position, "error", exc, "")
+        for position in chunk.unreported():
+            run.sink.item_failed(chunk, position, "crashed", WorkerCrashed(message))
         if name in ("BrokenProcessPool", "BrokenExecutor"):
             # the executor is unusable now: stop sending, the unsent items are cancelled
-            self.stopping = True
+            run.state.stop()
 
-    def _kill_busy(self) -> None:
+    def kill_busy(self) -> None:
+        sink = self.run.sink
         # Tasks that finished a moment ago may not have told us yet: keep their results.
         deadline = time.monotonic() + HARVEST_SECONDS
         while self.in_flight and (remaining := deadline - time.monotonic()) > 0:
-            finished = self._first_completed(list(self.in_flight), remaining)
+            finished = self.backend.first_completed(list(self.in_flight), remaining)
             if not finished:
                 break
             for future in finished:
@@ -277,17 +316,14 @@ class ExecutorRunner(Runner):
                 try:
                     self._finished(chunk, future)
                 except Exception:  # a failure now must not stop the cancelling
-                    self._cancel_rest(chunk)
+                    sink.cancel_rest(chunk)
         futures = list(self.in_flight)
-        if self.kind == "dask" and futures:
-            try:
-                self.executor.cancel(futures, force=True)
-            except Exception:
-                pass
+        if futures:
+            self.backend.cancel(futures)
         for future in futures:
-            if self.kind != "dask":
-                future.cancel()  # a task that already runs in a thread/process finishes alone
-            self._cancel_rest(self.in_flight.pop(future))
+            sink.cancel_rest(self.in_flight.pop(future))
 
-    def _close_engine(self) -> None:
-        self.task_payload = None  # lets Dask forget the scattered function
+    def close(self) -> None:
+        self.task_function = None
+        self.backend.release()
+        self.run = None  # type: ignore[assignment]  # (a cycle: the run holds us)

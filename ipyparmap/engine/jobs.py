@@ -1,13 +1,14 @@
-"""A long-lived local run fed with jobs, each with its own function (layer L3).
+"""A long-lived local run fed with jobs, each with its own function (layer: engine).
 
-The drop-in ``Pool`` and ``ProcessPoolExecutor`` (compat.py) accept work piece by
-piece: ``apply_async`` after ``apply_async``, a ``map`` while another runs. A
-`JobRunner` is a LocalRunner whose input is a FIFO of `Job` objects
-instead of one iterable: chunks never mix jobs, each job has its own pickled function,
-chunk planner and results, and a dispatcher thread drives the loop for the life of the
-pool. Everything the local engine does (one pipe per worker, death sentinels, crash
-attribution to the item, replacement workers) applies unchanged; a crash fails only the
-job item that was running.
+The drop-in ``Pool`` and ``ProcessPoolExecutor`` (dropins/compat.py) accept work piece
+by piece: ``apply_async`` after ``apply_async``, a ``map`` while another runs. A
+`JobServer` is an ordinary `Runner` on the ordinary `LocalEngine`, composed with a
+`JobFeed` (its input is a FIFO of `Job` objects instead of one iterable: chunks never
+mix jobs, each job has its own pickled function and chunk planner) and a `JobSink`
+(each outcome goes to its job), driven by a thread for the life of the pool. Everything
+the local engine does (one pipe per worker, death sentinels, crash attribution to the
+item, replacement workers) applies unchanged; a crash fails only the job item that was
+running.
 
 Indices are ``(job id, index in job)`` pairs, so outcomes route to their job.
 """
@@ -22,13 +23,16 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ipyparmap.engine.local import LocalRunner
+from ipyparmap.engine.feed import Chunk, Feed, Pending
+from ipyparmap.engine.local import LocalEngine
+from ipyparmap.engine.outcomes import OutcomeSink
 from ipyparmap.engine.plan import ChunkPlanner
-from ipyparmap.engine.run import _CancelRun, _Chunk, _Pending
+from ipyparmap.engine.run import CancelRun, Runner
+from ipyparmap.engine.state import RunState
 from ipyparmap.errors import Cancelled
 from ipyparmap.options import Options
-from ipyparmap.process.pool import EnvExtra, Pool, WorkerHandle
-from ipyparmap.results import Failure
+from ipyparmap.process.pool import EnvExtra, Pool
+from ipyparmap.results import Failure, RunStats
 from ipyparmap.wire.serialize import FunctionPayload, pickle_function
 
 _job_ids = itertools.count()
@@ -62,7 +66,7 @@ class Job:
         except TypeError:
             self.total = None
         self.source = iter(items)
-        self.planner = ChunkPlanner(workers, chunksize, self.total)
+        self.planner = ChunkPlanner(workers, chunksize)
         self.pulled = 0
         self.finished = 0
         self.exhausted = False
@@ -155,7 +159,116 @@ class EndOfStream:
         self.error = error
 
 
-class JobRunner(LocalRunner):
+class JobFeed(Feed):
+    """Chunks from a FIFO of jobs, oldest first; a chunk never mixes jobs."""
+
+    def __init__(self, workers: int):
+        super().__init__(ChunkPlanner(workers), share_buffers=True)
+        self.jobs: dict[int, Job] = {}  # live jobs by id (outcomes route here)
+        self.queue: deque[Job] = deque()  # jobs with items still to send, oldest first
+        self.lock = threading.Lock()  # the pool's callers submit from other threads
+        self.closing = False  # no more jobs will come
+        self.engine_busy: Callable[[], bool] = lambda: False
+
+    def add(self, job: Job) -> None:
+        with self.lock:
+            if self.closing:
+                raise ValueError("Pool not running")
+            self.jobs[job.id] = job
+            self.queue.append(job)
+
+    def close(self) -> None:
+        with self.lock:
+            self.closing = True
+
+    def take_new(self, stopping: bool) -> tuple | None:
+        with self.lock:
+            while self.queue and (self.queue[0].exhausted or self.queue[0].done.is_set()):
+                self.queue.popleft()
+            if not self.queue:
+                if self.closing and not self.engine_busy():
+                    self.exhausted = True  # closed and nothing left: the server ends
+                return None
+            job = self.queue[0]
+        remaining = None if job.total is None else job.total - job.pulled
+        start = job.pulled
+        items = job.take(job.planner.next_size(remaining))
+        if not items:
+            return None
+        indices = [(job.id, start + i) for i in range(len(items))]
+        return indices, items, None, None, False, job.payload, job.planner
+
+    def requeued_payload(self, pending: Pending) -> tuple | None:
+        job = self.jobs.get(pending.index[0])
+        if job is None:  # items of jobs that ended meanwhile (a map's first failure)
+            return None
+        return job.payload, job.planner
+
+    def payload_for(self, chunk: Chunk) -> FunctionPayload | None:
+        job = self.jobs.get(chunk.indices[0][0])
+        return None if job is None else job.payload  # None: its job ended meanwhile
+
+    def same_batch(self, first: Pending, other: Pending) -> bool:
+        return first.index[0] == other.index[0]  # chunks never mix jobs
+
+    def label(self, index: Any) -> str:
+        return str(index[1])  # (job, index in job): users know the latter
+
+    def forget_if_done(self, job: Job) -> None:
+        if job.done.is_set():
+            with self.lock:
+                self.jobs.pop(job.id, None)  # its results live on in the caller's handle
+
+
+class JobSink(OutcomeSink):
+    """Each outcome goes to its job; a job's own rules say when it is done."""
+
+    def __init__(self, feed: JobFeed, state: RunState, options: Options,
+                 on_output: Callable[[Any, str, str], None] | None = None):  # fmt: skip
+        super().__init__(feed, state, options, RunStats())
+        self.feed: JobFeed = feed
+        self.print_output = on_output
+
+    def succeeded(self, indices, values: list, worker_id: Any) -> None:
+        jobs = self.feed.jobs
+        for (job_id, index), value in zip(indices, values, strict=True):
+            job = jobs.get(job_id)
+            if job is not None:
+                job.deliver(index, value)
+                self.feed.forget_if_done(job)
+
+    def final_failure(self, index, item, kind, exc, worker_id, attempts, tb_text="") -> None:
+        job_id, local = index
+        job = self.feed.jobs.get(job_id)
+        if job is None:
+            return
+        if not tb_text and exc is not None:
+            tb_text = getattr(exc.__cause__, "tb", "")
+        job.deliver(local, Failure(local, item, kind, exc, tb_text, worker_id, attempts))
+        self.feed.forget_if_done(job)
+
+    def function_failed(self, key: bytes, error: BaseException) -> None:
+        """Only the jobs of that function fail; the pool goes on serving the others."""
+        for job in list(self.feed.jobs.values()):
+            if job.payload.key == key and not job.done.is_set():
+                job.error = error
+                job.exhausted = True
+                job._finish()
+                self.feed.forget_if_done(job)
+
+    def output(self, chunk: Chunk, lines: list) -> None:
+        if self.print_output is None:
+            return
+        for position, stream, text in lines:
+            index = chunk.indices[position] if 0 <= position < len(chunk.indices) else None
+            job = self.feed.jobs.get(index[0]) if index is not None else None
+            if job is None:
+                self.print_output(index, stream, text)
+            else:  # printed in the cell that submitted the job
+                job.context.run(self.print_output, index, stream, text)
+
+
+class JobServer:
     """A local run, driven by its own thread, whose input is a queue of jobs."""
 
     def __init__(
@@ -167,47 +280,37 @@ class JobRunner(LocalRunner):
         max_tasks_per_worker: int | None = None,
         on_output: Callable[[Any, str, str], None] | None = None,
     ):
-        super().__init__(
-            None, (), Options(workers=workers, errors="collect"), pool=pool, workers=workers,
-            env=env, keep_details=False,
-        )  # fmt: skip
-        self.total = None  # an open-ended stream of jobs
-        self.sequence = None
-        self.n_workers = workers
-        self.jobs: dict[int, Job] = {}
-        self.queue: deque[Job] = deque()  # jobs with items still to send, oldest first
-        self.closing = False
-        self.job_lock = threading.Lock()
-        self.max_tasks = max_tasks_per_worker
-        self.task_counts: dict[WorkerHandle, int] = {}
-        self.print_output = on_output
-        self.on_output = self._route_output
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
+        self.feed = JobFeed(workers)
+        state = RunState()
+        self.sink = JobSink(self.feed, state, Options(workers=workers, errors="collect"), on_output)
+        self.engine = LocalEngine(
+            pool, env=env, max_items_per_worker=max_tasks_per_worker,
+            wake=self._wake_r, on_wake=self._drain_wakeups,
+        )  # fmt: skip
+        self.feed.engine_busy = self.engine.busy
+        self.run = Runner(self.feed, self.sink, self.engine, workers=workers)
         self.thread = threading.Thread(target=self._serve, name="ipyparmap-pool", daemon=True)
 
-    # ------------------------------------------------------------------ public side
     def start(self) -> None:
         self.thread.start()
 
     def submit(self, job: Job) -> None:
-        with self.job_lock:
-            if self.closing or self.closed:
-                raise ValueError("Pool not running")
-            self.jobs[job.id] = job
-            self.queue.append(job)
+        if self.run.state.closed:
+            raise ValueError("Pool not running")
+        self.feed.add(job)
         self._wake()
 
     def close(self) -> None:
         """Take no more jobs; the thread ends once the submitted ones are done."""
-        with self.job_lock:
-            self.closing = True
+        self.feed.close()
         self._wake()
 
     def terminate(self) -> None:
         """Kill the workers now; unfinished jobs end with ``pm.Cancelled``."""
         self.close()
-        self.cancel()
+        self.run.cancel()
         self._wake()
 
     def _wake(self) -> None:
@@ -216,34 +319,6 @@ class JobRunner(LocalRunner):
         except OSError:
             pass
 
-    def _serve(self) -> None:
-        try:
-            for _ in self.events():  # outcomes are routed to jobs, nothing is yielded
-                pass
-        except _CancelRun:
-            pass
-        except BaseException as exc:  # the engine itself broke: fail every job with it
-            for job in list(self.jobs.values()):
-                if not job.done.is_set():
-                    job.error = exc
-                    job._finish()
-        finally:
-            self.abort()
-            for job in list(self.jobs.values()):
-                job.cancel("the pool was terminated")
-            self._wake_r.close()
-            self._wake_w.close()
-
-    # ------------------------------------------------------------------ engine hooks
-    def _start(self) -> None:
-        self._start_engine()  # no function of its own: each job brings one
-
-    def _drained(self) -> bool:
-        return not self.requeue and (self.exhausted or self.stopping)
-
-    def _extra_waitables(self) -> dict:
-        return {self._wake_r: self._drain_wakeups}
-
     def _drain_wakeups(self) -> None:
         try:
             while self._wake_r.recv(4096):
@@ -251,96 +326,20 @@ class JobRunner(LocalRunner):
         except (BlockingIOError, OSError):
             pass
 
-    def _take_new(self):
-        with self.job_lock:
-            while self.queue and (self.queue[0].exhausted or self.queue[0].done.is_set()):
-                self.queue.popleft()
-            if not self.queue:
-                if self.closing and not self.in_flight:
-                    self.exhausted = True
-                return None
-            job = self.queue[0]
-        remaining = None if job.total is None else job.total - job.pulled
-        start = job.pulled
-        items = job.take(job.planner.next_size(remaining))
-        if not items:
-            return None
-        return [(job.id, start + i) for i in range(len(items))], items, None, False
-
-    def _prefetch_allowed(self) -> bool:
-        return self.max_tasks is None  # counting items per worker needs one chunk at a time
-
-    def _function_failed(self, worker: WorkerHandle, key: bytes, error: BaseException) -> None:
-        """Only the jobs of that function fail; the pool goes on serving the others."""
-        chunk = self.in_flight.get(worker)
-        if chunk is not None:  # the chunk this report answers
-            self._chunk_finished(worker, chunk)
-        for job in list(self.jobs.values()):
-            if job.payload.key == key and not job.done.is_set():
-                job.error = error
-                job.exhausted = True
-                job._finish()
-                self._forget_if_done(job)
-
-    def _take_requeued(self):
-        # items of jobs that ended meanwhile (a map's first failure) are dropped
-        while self.requeue and self.requeue[0].index[0] not in self.jobs:
-            self.requeue.popleft()
-        if not self.requeue:
-            return self._take_new()
-        return super()._take_requeued()
-
-    def _payload_for(self, chunk: _Chunk) -> FunctionPayload | None:
-        job = self.jobs.get(chunk.indices[0][0])
-        return None if job is None else job.payload  # None: its job ended meanwhile
-
-    def _same_batch(self, first: _Pending, other: _Pending) -> bool:
-        return first.index[0] == other.index[0]  # chunks never mix jobs
-
-    def _label(self, index: Any) -> str:
-        return str(index[1])  # (job, index in job): users know the latter
-
-    def _planner_for(self, chunk: _Chunk) -> ChunkPlanner:
-        job = self.jobs.get(chunk.indices[0][0])
-        return job.planner if job is not None else self.planner
-
-    def _chunk_done(self, worker: WorkerHandle, chunk: _Chunk) -> None:
-        if self.max_tasks is None:
-            return
-        count = self.task_counts.get(worker, 0) + len(chunk.items)
-        self.task_counts[worker] = count
-        if count >= self.max_tasks:  # recycle it, like maxtasksperchild
-            self.task_counts.pop(worker, None)
-            self._retire(worker)
-
-    # ------------------------------------------------------------------ outcomes
-    def _succeeded(self, indices, values: list, worker_id: Any) -> None:
-        for (job_id, index), value in zip(indices, values, strict=True):
-            job = self.jobs.get(job_id)
-            if job is not None:
-                job.deliver(index, value)
-                self._forget_if_done(job)
-
-    def _final_failure(self, index, item, kind, exc, pid, attempts, tb_text: str = "") -> None:
-        job_id, local = index
-        job = self.jobs.get(job_id)
-        if job is None:
-            return
-        if not tb_text and exc is not None:
-            tb_text = getattr(exc.__cause__, "tb", "")
-        job.deliver(local, Failure(local, item, kind, exc, tb_text, pid, attempts))
-        self._forget_if_done(job)
-
-    def _forget_if_done(self, job: Job) -> None:
-        if job.done.is_set():
-            with self.job_lock:
-                self.jobs.pop(job.id, None)  # its results live on in the caller's handle
-
-    def _route_output(self, index: Any, stream: str, text: str) -> None:
-        if self.print_output is None:
-            return
-        job = self.jobs.get(index[0]) if isinstance(index, tuple) else None
-        if job is None:
-            self.print_output(index, stream, text)
-        else:
-            job.context.run(self.print_output, index, stream, text)
+    def _serve(self) -> None:
+        try:
+            for _ in self.run.events():  # outcomes are routed to jobs, nothing is yielded
+                pass
+        except CancelRun:
+            pass
+        except BaseException as exc:  # the engine itself broke: fail every job with it
+            for job in list(self.feed.jobs.values()):
+                if not job.done.is_set():
+                    job.error = exc
+                    job._finish()
+        finally:
+            self.run.abort()
+            for job in list(self.feed.jobs.values()):
+                job.cancel("the pool was terminated")
+            self._wake_r.close()
+            self._wake_w.close()

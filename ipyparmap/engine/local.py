@@ -1,25 +1,35 @@
-"""The local engine: chunks go to leased workers of the warm process pool (layer L3).
+"""The local engine: chunks go to leased workers of a process pool (layer: engine).
 
-The generic run state and loop live in runner.py; this module adds what only local
-worker processes have: one pipe each (chunks go to a specific idle worker, so we
-always know who holds what), death sentinels (a dead worker fails only the item it was
-running; the rest of its chunk is requeued and a replacement starts), the status board
-(per-item timeouts kill only the stuck worker), and boot-failure detection.
+What only local worker processes have: one socketpair each (a chunk goes to a specific
+idle worker, so we always know who holds what), death sentinels (a dead worker fails
+only the item it was running: engine/attribution.py decides; a replacement starts), the
+status board (per-item timeouts kill only the stuck worker), boot-failure detection,
+memory sampling, and recycling (``max_memory``; ``maxtasksperchild`` for the drop-ins).
+
+The engine reads chunks from the run's feed and hands results to its sink; it holds no
+other run state. The drop-ins' job server (engine/jobs.py) uses it unchanged, with a
+wake-up socket among the waited-on objects and a per-worker item limit.
 """
 
 from __future__ import annotations
 
 import selectors
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from ipyparmap.engine.run import OutputCallback, Runner, _Chunk, _name
-from ipyparmap.errors import ParmapError, SerializationError, TaskError, TaskTimeout, WorkerCrashed
-from ipyparmap.options import Options, describe, format_bytes
+from ipyparmap.engine.attribution import function_unloadable
+from ipyparmap.engine.feed import Chunk
+from ipyparmap.errors import ParmapError, TaskError, TaskTimeout, WorkerCrashed
+from ipyparmap.options import describe, format_bytes
 from ipyparmap.process.pool import EnvExtra, Pool, WorkerHandle
 from ipyparmap.process.resources import describe_exit, signal_name
-from ipyparmap.views.progress import BUSY, DEAD, IDLE, ProgressModel
-from ipyparmap.wire import messages as P
+from ipyparmap.views.progress import BUSY, DEAD, IDLE
+from ipyparmap.wire import messages as M
 from ipyparmap.wire.serialize import Incoming, rebuild_exception
+
+if TYPE_CHECKING:
+    from ipyparmap.engine.run import Runner
 
 #: Workers that die before they ever start, in a row, before the run gives up.
 MAX_BOOT_FAILURES = 3
@@ -34,136 +44,136 @@ PREFETCH_SECONDS = 0.05
 PREFETCH_MIN_ITEMS = 8
 
 
-class LocalRunner(Runner):
-    """Runs ``func`` over ``iterable`` on leased workers of ``pool``."""
+class LocalEngine:
+    """Runs chunks on ``workers`` leased workers of ``pool``.
 
-    share_buffers = True
+    ``max_items_per_worker`` retires a worker after that many items (the drop-ins'
+    ``maxtasksperchild``); ``wake`` is a socket whose readiness calls ``on_wake`` (a
+    job server's way to say "new work"); ``func_name`` names the function in errors.
+    """
 
-    def __init__(
-        self,
-        func,
-        iterable,
-        options: Options,
-        *,
-        pool: Pool,
-        workers: int,
-        env: EnvExtra = None,
-        progress: ProgressModel | None = None,
-        on_output: OutputCallback | None = None,
-        keep_details: bool = True,
-    ):
-        super().__init__(
-            func, iterable, options, workers=workers, progress=progress,
-            on_output=on_output, keep_details=keep_details,
-        )  # fmt: skip
+    share_buffers = True  # items' large buffers travel in shared memory
+
+    def __init__(self, pool: Pool, *, env: EnvExtra = None, max_items_per_worker: int | None = None,
+                 wake: Any = None, on_wake: Callable[[], None] | None = None,
+                 func_name: str = "the function"):  # fmt: skip
         self.pool = pool
         self.env = env
+        self.max_items = max_items_per_worker
+        self.wake, self.on_wake = wake, on_wake
+        self.func_name = func_name
+        self.run: Runner = None  # type: ignore[assignment]  # set by start()
         self.workers: list[WorkerHandle] = []
+        self.in_flight: dict[WorkerHandle, Chunk] = {}  # worker -> the chunk it runs
+        self.queued: dict[WorkerHandle, Chunk] = {}  # a busy worker's next chunk
         self.timed_out: dict[WorkerHandle, int] = {}  # worker -> position killed for
-        self.queued: dict[WorkerHandle, _Chunk] = {}  # a busy worker's next chunk
-        self.selector = None  # every pipe and sentinel (from the pool's cache, if it can)
-        self.extra: list = []  # waitables of this run only, unregistered at the end
+        self.items_run: dict[WorkerHandle, int] = {}  # for max_items_per_worker
+        self.selector: Any = None  # every pipe and sentinel (from the pool's cache, if it can)
         self.boot_failures = 0
         self.memory_sampled = time.monotonic()  # when busy workers' RSS was last read
 
-    def _start_engine(self) -> None:
-        self.workers = self.pool.acquire(self.n_workers, self.env)
+    # ------------------------------------------------------------------ the run's calls
+    def start(self, run: Runner) -> None:
+        self.run = run
+        self.options = run.options
+        self.workers = self.pool.acquire(run.n_workers, self.env)
         self.selector = self.pool.take_selector(self.workers)
         if self.selector is None:
             self.selector = selectors.DefaultSelector()
             for worker in self.workers:
                 self._watch(worker)
         for worker in self.workers:
-            self._progress_worker(worker.pid, IDLE)
-        for waitable, callback in self._extra_waitables().items():
-            self.selector.register(waitable, selectors.EVENT_READ, (None, callback))
-            self.extra.append(waitable)
+            run.worker_state(worker.pid, IDLE)
+        if self.wake is not None:
+            self.selector.register(self.wake, selectors.EVENT_READ, (None, "wake"))
 
-    def _watch(self, worker: WorkerHandle) -> None:
-        self.selector.register(worker.conn.fileno(), selectors.EVENT_READ, (worker, "pipe"))
-        self.selector.register(worker.sentinel, selectors.EVENT_READ, (worker, "death"))
+    def busy(self) -> bool:
+        return bool(self.in_flight)
 
-    def _unwatch(self, worker: WorkerHandle) -> None:
-        for fd in (worker.conn.fileno(), worker.sentinel):
-            try:
-                self.selector.unregister(fd)
-            except (KeyError, ValueError, OSError):
-                pass
-
-    def _kill_busy(self) -> None:
-        busy = [w for w in self.in_flight if not w.closed]
-        for worker in busy:
-            worker.kill()
-        for worker in busy:
-            worker.reap(5.0)
-            self._cancel_rest(self.in_flight.pop(worker))
-            if worker in self.queued:
-                following = self.queued.pop(worker)
-                _release(following)
-                self._cancel_rest(following)
-            self._forget(worker)
-
-    def _close_engine(self) -> None:
-        keep = max(self.n_workers, len(self.workers))
-        idle = [w for w in self.workers if w not in self.in_flight]
-        self.pool.release(idle, keep=keep)
-        if self.selector is None:
+    def dispatch(self) -> None:
+        run = self.run
+        if run.state.stopping:
             return
-        for waitable in self.extra:
-            self.selector.unregister(waitable)
-        if len(idle) == len(self.workers):  # it watches exactly these: keep it for them
-            self.pool.keep_selector(self.workers, self.selector)
-        else:
-            self.selector.close()
-
-    def _forget(self, worker: WorkerHandle) -> None:
-        if worker in self.workers:
-            self.workers.remove(worker)
-            self._unwatch(worker)
-        self.timed_out.pop(worker, None)
-        self.pool.discard(worker)
-        self._progress_worker(worker.pid, DEAD)
-
-    def _dispatch(self) -> None:
-        if self.stopping:
-            return
+        feed = run.feed
         for worker in list(self.workers):
             if worker in self.in_flight or worker.closed:
                 continue
-            chunk = self._next_chunk(worker)
+            chunk = feed.next_chunk(worker)
             if chunk is None:
                 return
             self._send(chunk)
         for worker, running in list(self.in_flight.items()):
             if worker in self.queued or not self._prefetch_ok(running):
                 continue
-            chunk = self._next_chunk(worker)
+            chunk = feed.next_chunk(worker)
             if chunk is None:
                 return
             self._send(chunk, queued=True)
 
-    def _prefetch_ok(self, running: _Chunk) -> bool:
+    def wait(self, timeout: float) -> None:
+        if self.options.timeout is not None:
+            timeout = min(timeout, max(0.01, self.options.timeout / 10))
+        for key, _ in self.selector.select(timeout):
+            worker, what = key.data
+            if worker is None:
+                self.on_wake()
+            elif worker.closed:
+                continue
+            elif what == "pipe":
+                self._receive(worker)
+            else:
+                self._on_death(worker)
+        self._check_timeouts()
+        self._sample_memory()
+        self._refresh_progress()
+
+    def kill_busy(self) -> None:
+        sink = self.run.sink
+        busy = [w for w in self.in_flight if not w.closed]
+        for worker in busy:
+            worker.kill()
+        for worker in busy:
+            worker.reap(5.0)
+            sink.cancel_rest(self.in_flight.pop(worker))
+            if worker in self.queued:
+                following = self.queued.pop(worker)
+                _release(following)
+                sink.cancel_rest(following)
+            self._forget(worker)
+
+    def close(self) -> None:
+        keep = max(self.run.n_workers, len(self.workers))
+        idle = [w for w in self.workers if w not in self.in_flight]
+        self.pool.release(idle, keep=keep)
+        if self.selector is None:
+            return
+        if self.wake is not None:
+            self.selector.unregister(self.wake)
+        if len(idle) == len(self.workers):  # it watches exactly these: keep it for them
+            self.pool.keep_selector(self.workers, self.selector)
+        else:
+            self.selector.close()
+        self.run = None  # type: ignore[assignment]  # (a cycle: the run holds us)
+
+    # ------------------------------------------------------------------ sending
+    def _prefetch_ok(self, running: Chunk) -> bool:
         """Whether to queue a next chunk behind ``running`` (short chunks only)."""
-        per_item = self.planner.per_item
+        per_item = running.planner.per_item
         return (
             per_item is not None
             # big arrays: the next chunk's copy into shared memory overlaps this one
             and (len(running.items) >= PREFETCH_MIN_ITEMS or running.shared)
             and per_item * len(running.items) < PREFETCH_SECONDS
             and not running.solo
-            and not self.requeue  # suspects and retries go out one at a time
+            and not self.run.feed.requeue  # suspects and retries go out one at a time
             and self.options.max_memory is None  # recycling needs an idle worker
-            and self._prefetch_allowed()
+            and self.max_items is None  # counting items per worker: one chunk at a time
         )
 
-    def _prefetch_allowed(self) -> bool:
-        """Hook: whether this engine may queue chunks behind running ones."""
-        return True
-
-    def _send(self, chunk: _Chunk, queued: bool = False) -> None:
+    def _send(self, chunk: Chunk, queued: bool = False) -> None:
         worker = chunk.owner
         chunk.worker_id = worker.pid
-        payload = self._payload_for(chunk)
+        payload = self.run.feed.payload_for(chunk)
         if payload is None:  # nothing wants it any more (a drop-in pool's job ended)
             _release(chunk)
             return
@@ -176,58 +186,27 @@ class LocalRunner(Runner):
                 return
         else:
             self.in_flight[worker] = chunk
-            self._progress_worker(worker.pid, BUSY, chunk.indices[0])
+            self.run.worker_state(worker.pid, BUSY, chunk.indices[0])
         packed = chunk.blob
         try:
             worker.send_function(payload)
             # Blocks of tiny items (stride > 1) pin a stuck item only to its block: with
             # a timeout, every item runs on its own.
-            stride = self.planner.timing_stride() if self.options.timeout is None else 1
-            fds, table = packed.share()  # large buffers: one memfd, mapped by the worker
+            stride = chunk.planner.timing_stride() if self.options.timeout is None else 1
+            fds, table = packed.share()  # large buffers: shared memory, mapped by the worker
             chunk.shared = bool(fds)
-            fresh_rss = self.options.max_memory is not None  # it decides on recycling
-            message = (P.CHUNK, chunk.id, payload.key, packed.blob, self.options.star, stride,
-                       table, fresh_rss)  # fmt: skip
-            worker.send(message, fds)
+            message = M.RunChunk(
+                chunk.id, payload.key, packed.blob, self.options.star, stride, table,
+                fresh_rss=self.options.max_memory is not None,  # it decides on recycling
+            )  # fmt: skip
+            worker.send(M.pack(message), fds)
         except OSError:
             pass  # it died; its sentinel fires and _on_death requeues the chunk
         finally:
             packed.close()  # the worker has its own descriptor
         chunk.blob = None
 
-    def _wait(self, timeout: float) -> None:
-        if self.options.timeout is not None:
-            timeout = min(timeout, max(0.01, self.options.timeout / 10))
-        for key, _ in self.selector.select(timeout):
-            worker, what = key.data
-            if worker is None:  # an extra waitable: what is its callback
-                what()
-            elif worker.closed:
-                continue
-            elif what == "pipe":
-                self._receive(worker)
-            else:
-                self._on_death(worker)
-        self._check_timeouts()
-        self._sample_memory()
-        self._refresh_progress()
-
-    def _sample_memory(self) -> None:
-        """Note busy workers' RSS now and then: an OOM-killed worker's message says how
-        big it was, and the progress view shows it."""
-        now = time.monotonic()
-        if now - self.memory_sampled < MEMORY_SAMPLE_SECONDS or not self.in_flight:
-            return
-        self.memory_sampled = now
-        from ipyparmap.process.resources import rss_bytes
-
-        for worker in self.in_flight:
-            rss = rss_bytes(worker.pid)
-            if rss is not None:
-                worker.last_rss = rss
-                if self.progress is not None:
-                    self.progress.worker(worker.pid).rss = rss
-
+    # ------------------------------------------------------------------ receiving
     def _receive(self, worker: WorkerHandle) -> None:
         try:
             message, fds = worker.recv()
@@ -236,103 +215,118 @@ class LocalRunner(Runner):
             return
         self._handle(worker, message, fds)
 
-    def _handle(self, worker: WorkerHandle, message: tuple, fds: list[int] = ()) -> None:
-        tag = message[0]
-        if tag == P.RESULTS:
-            chunk_id, start, blob, table, *rest = message[1:]
-            self._on_results(worker, chunk_id, start, Incoming(blob, list(fds), table), *rest)
-        elif tag == P.OUTPUT:
+    def _handle(self, worker: WorkerHandle, message: Any, fds: list[int] = ()) -> None:
+        kind = type(message)
+        if kind is M.ResultBatch:
+            self._on_results(worker, message, Incoming(message.values, list(fds), message.table))
+        elif kind is M.Output:
             chunk = self.in_flight.get(worker)
-            if chunk is not None and chunk.id == message[1]:
-                self._on_output(chunk, message[2])
-        elif tag == P.READY:
+            if chunk is not None and chunk.id == message.chunk_id:
+                self.run.sink.output(chunk, message.lines)
+        elif kind is M.Ready:
             worker.ready = True
             self.boot_failures = 0
-        elif tag == P.LOAD_ERROR:
-            self._on_load_error(worker, *message[1:])
+        elif kind is M.LoadFailed:
+            self._on_load_failed(worker, message)
 
-    def _on_results(self, worker, chunk_id, start, values: Incoming, errors, timings, began,
-                    outputs, memory_kb, done) -> None:  # fmt: skip
+    def _on_results(self, worker: WorkerHandle, batch: M.ResultBatch, values: Incoming) -> None:
         chunk = self.in_flight.get(worker)
-        if chunk is None or chunk.id != chunk_id:
+        if chunk is None or chunk.id != batch.chunk_id:
             values.discard()
             return
-        if outputs:
-            self._on_output(chunk, outputs)
+        sink = self.run.sink
+        if batch.outputs:
+            sink.output(chunk, batch.outputs)
+        memory_kb = batch.memory_kb
         if memory_kb and memory_kb[1]:
             worker.last_rss = memory_kb[1] * 1024
-        self._fold(chunk, start, values, errors, timings, memory_kb, began)
-        if done:
+        sink.fold(chunk, batch.start, values, batch.errors, batch.timings, memory_kb, batch.began)
+        if batch.done:
             self._chunk_finished(worker, chunk)
 
-    def _chunk_finished(self, worker: WorkerHandle, chunk: _Chunk) -> None:
+    def _chunk_finished(self, worker: WorkerHandle, chunk: Chunk) -> None:
         """The worker is through with its running chunk: it starts the queued one, if any."""
         del self.in_flight[worker]
         following = self.queued.pop(worker, None)
         if following is not None and following.blob is not None:  # assigned, not yet sent
             self._send(following)
             if worker not in self.in_flight:  # it was not wanted any more
-                self._progress_worker(worker.pid, IDLE)
+                self.run.worker_state(worker.pid, IDLE)
         elif following is not None:
             self.in_flight[worker] = following
-            self._progress_worker(worker.pid, BUSY, following.indices[0])
+            self.run.worker_state(worker.pid, BUSY, following.indices[0])
         else:
-            self._progress_worker(worker.pid, IDLE)
-        self._chunk_done(worker, chunk)
+            self.run.worker_state(worker.pid, IDLE)
+        self._maybe_recycle(worker, chunk)
 
-    def _payload_for(self, chunk: _Chunk):
-        """Hook: the pickled function this chunk runs."""
-        return self.payload
+    def _on_load_failed(self, worker: WorkerHandle, message: M.LoadFailed) -> None:
+        chunk = self.in_flight.get(worker)
+        if message.what == "func":
+            cause = rebuild_exception(message.info) if message.info is not None else None
+            if chunk is not None:  # the chunk this report answers
+                self._chunk_finished(worker, chunk)
+            self.run.sink.function_failed(message.ident, function_unloadable(self.func_name, cause))
+            return
+        if chunk is None:
+            return
+        self._chunk_finished(worker, chunk)
+        self.run.policy.items_unloadable(chunk, rebuild_exception(message.info))
 
-    def _chunk_done(self, worker: WorkerHandle, chunk: _Chunk) -> None:
-        """``worker`` finished ``chunk`` and is idle again: recycle it if it grew too big."""
+    # ------------------------------------------------------------------ workers
+    def _watch(self, worker: WorkerHandle) -> None:
+        self.selector.register(worker.conn.fileno(), selectors.EVENT_READ, (worker, "pipe"))
+        self.selector.register(worker.sentinel, selectors.EVENT_READ, (worker, "death"))
+
+    def _unwatch(self, worker: WorkerHandle) -> None:
+        for fd in (worker.conn.fileno(), worker.sentinel):
+            try:
+                self.selector.unregister(fd)
+            except (KeyError, ValueError, OSError):
+                pass
+
+    def _forget(self, worker: WorkerHandle) -> None:
+        if worker in self.workers:
+            self.workers.remove(worker)
+            self._unwatch(worker)
+        self.timed_out.pop(worker, None)
+        self.items_run.pop(worker, None)
+        self.pool.discard(worker)
+        self.run.worker_state(worker.pid, DEAD)
+
+    def _maybe_recycle(self, worker: WorkerHandle, chunk: Chunk) -> None:
+        """``worker`` finished ``chunk`` and is idle again: retire it if it grew too big
+        (max_memory) or ran its share of items (max_items_per_worker)."""
         limit = self.options.max_memory
         if limit is not None and worker.last_rss is not None and worker.last_rss > limit:
-            self.stats.recycled += 1
+            self.run.stats.recycled += 1
             self._retire(worker)
+            return
+        if self.max_items is not None:
+            count = self.items_run.get(worker, 0) + len(chunk.items)
+            self.items_run[worker] = count
+            if count >= self.max_items:  # like maxtasksperchild
+                self._retire(worker)
 
     def _retire(self, worker: WorkerHandle) -> None:
         """Stop an idle worker on purpose and start a fresh one in its place."""
         self.workers.remove(worker)
         self._unwatch(worker)
+        self.items_run.pop(worker, None)
         self.pool.release([worker], keep=0)  # stops it
-        if not self.stopping and (self.requeue or not self.exhausted):
+        if not self.run.state.stopping and self.run.feed.more_work():
             self._replace_worker(planned=True)
 
-    def _extra_waitables(self) -> dict:
-        """Hook: more objects for the wait, each mapped to what to call when it is ready."""
-        return {}
-
-    def _on_load_error(self, worker: WorkerHandle, what: str, ident, info) -> None:
-        if what == "func":
-            cause = rebuild_exception(info) if info is not None else None
-            error = SerializationError(
-                f"the function {_name(self.func)} could not be unpickled in a worker"
-                + (f": {type(cause).__name__}: {cause}" if cause is not None else "")
-            )
-            error.__cause__ = cause
-            self._function_failed(worker, ident, error)
-            return
-        chunk = self.in_flight.get(worker)
-        if chunk is None:
-            return
-        self._chunk_finished(worker, chunk)
-        if len(chunk.items) == 1:
-            cause = rebuild_exception(info)
-            error = SerializationError(
-                f"item {self._label(chunk.indices[0])} could not be unpickled in the worker: "
-                f"{type(cause).__name__}: {cause}"
-            )
-            error.__cause__ = cause
-            self._item_failed(chunk, 0, "error", error, "")
-        else:  # find the bad item: send each alone
-            for position in reversed(range(len(chunk.items))):
-                self._requeue_position(chunk, position, solo=True)
-
-    def _function_failed(self, worker: WorkerHandle, key: bytes, error: BaseException) -> None:
-        """The function could not be loaded in a worker: nothing of this run can run."""
-        self.abort()
-        raise error
+    def _replace_worker(self, planned: bool = False) -> None:
+        """Start a worker in place of one that died (or, ``planned``, was retired)."""
+        worker = self.pool.spawn(self.env)
+        stats = self.run.stats
+        if not planned:
+            stats.restarts += 1
+        self.workers.append(worker)
+        self._watch(worker)
+        self.run.worker_state(worker.pid, IDLE)
+        if self.run.progress is not None:
+            self.run.progress.worker(worker.pid).restarts = stats.restarts
 
     def _on_death(self, worker: WorkerHandle) -> None:
         if worker.closed:
@@ -351,76 +345,40 @@ class LocalRunner(Runner):
         returncode = worker.reap(5.0)
         booted = worker.ready
         timed_out = self.timed_out.get(worker)
-        board = worker.board.read()  # what it was doing when it died
+        where = worker.board.read()  # what it was doing when it died
         chunk = self.in_flight.pop(worker, None)
         following = self.queued.pop(worker, None)  # queued behind: it never started
         self._forget(worker)
+        run = self.run
         if following is not None:
             _release(following)
             for position in reversed(range(len(following.items))):
-                self._requeue_position(following, position, solo=following.solo)
+                run.feed.put_back(following.pending(position, solo=following.solo))
         if chunk is not None:
-            self._crashed_chunk(chunk, worker, returncode, board, timed_out)
+            self._crashed(chunk, worker, returncode, where, timed_out)
         if not booted:
             self.boot_failures += 1
             if self.boot_failures >= MAX_BOOT_FAILURES:
-                self.abort()
+                run.abort()
                 raise ParmapError(
                     f"worker processes {describe_exit(returncode)} before they started; "
                     f"their error output is above. Can {describe(_executable())} import "
                     "ipyparmap?"
                 )
-        if not self.stopping and (self.requeue or not self.exhausted):
+        if not run.state.stopping and run.feed.more_work():
             self._replace_worker()
 
-    def _replace_worker(self, planned: bool = False) -> None:
-        """Start a worker in place of one that died (or, ``planned``, was retired)."""
-        worker = self.pool.spawn(self.env)
-        if not planned:
-            self.stats.restarts += 1
-        self.workers.append(worker)
-        self._watch(worker)
-        self._progress_worker(worker.pid, IDLE)
-        if self.progress is not None:
-            self.progress.worker(worker.pid).restarts = self.stats.restarts
-
-    def _crashed_chunk(self, chunk, worker, returncode, board, timed_out_position) -> None:
-        remaining = list(range(chunk.reported, len(chunk.items)))
-        if not remaining:
-            return
-        board_chunk, position, span, started = board
-        suspects: set = set()  # positions that may have killed it: each runs alone again
-        if board_chunk != chunk.id:  # it died before it even looked at the chunk
-            blame = None
-        elif 0 <= position < len(chunk.items):
-            blame = position
-            if span > 1:  # somewhere in a block of tiny items (see worker.run_items)
-                end = min(position + span, len(chunk.items))
-                suspects = set(range(max(position, chunk.reported), end))
-                blame = min(suspects) if len(suspects) == 1 else None
-        elif chunk.solo or len(remaining) == 1:  # died loading items or sending results
-            blame = remaining[0]
-        else:  # which item? run each alone to find out
-            blame, suspects = None, set(remaining)
-        if blame is None and len(suspects) > 1:
-            for pos in reversed(remaining):
-                self._requeue_position(chunk, pos, solo=chunk.solo or pos in suspects)
-            return
-        for pos in reversed(remaining):
-            if pos != blame:
-                self._requeue_position(chunk, pos, solo=chunk.solo)
-        if blame is None:
-            return
-        label = self._label(chunk.indices[blame])
-        if timed_out_position == blame:
-            exc: TaskError = TaskTimeout(
-                f"item {label} ran longer than the timeout of {self.options.timeout:g} s; "
-                f"its worker (pid {worker.pid}) was killed",
-                self.options.timeout,
-            )
-            kind = "timeout"
-        else:
-            exc = WorkerCrashed(
+    def _crashed(self, chunk: Chunk, worker: WorkerHandle, returncode, where,
+                 timed_out_position) -> None:  # fmt: skip
+        def blame(position: int) -> tuple[str, BaseException]:
+            label = self.run.label(chunk.indices[position])
+            if timed_out_position == position:
+                return "timeout", TaskTimeout(
+                    f"item {label} ran longer than the timeout of {self.options.timeout:g} s; "
+                    f"its worker (pid {worker.pid}) was killed",
+                    self.options.timeout,
+                )
+            error: TaskError = WorkerCrashed(
                 f"the worker running item {label} (pid {worker.pid}) {describe_exit(returncode)}"
                 + (  # with SIGKILL, likely the OOM killer: how big was it?
                     f"; it used {format_bytes(worker.last_rss)} of memory at the last sample"
@@ -430,13 +388,17 @@ class LocalRunner(Runner):
                 returncode if returncode is None or returncode >= 0 else None,
                 signal_name(returncode),
             )
-            kind = "crashed"
-        if self.keep_details and started > 0:  # the timeline shows it ran until it died
+            return "crashed", error
+
+        blamed = self.run.policy.worker_died(chunk, where, blame)
+        started = where[3]
+        sink = self.run.sink
+        if blamed is not None and sink.keep_details and started > 0:
+            # the timeline shows it ran until it died
             ran = max(0.0, time.monotonic() - started)
-            self.slots.timing(
-                [chunk.indices[blame]], P.Timings.single(ran), worker.pid, time.time() - ran
+            sink.timing(
+                [chunk.indices[blamed]], M.Timings.single(ran), worker.pid, time.time() - ran
             )
-        self._item_failed(chunk, blame, kind, exc, "")
 
     def _check_timeouts(self) -> None:
         limit = self.options.timeout
@@ -452,14 +414,32 @@ class LocalRunner(Runner):
                 self.timed_out[worker] = position
                 worker.kill()
 
+    def _sample_memory(self) -> None:
+        """Note busy workers' RSS now and then: an OOM-killed worker's message says how
+        big it was, and the progress view shows it."""
+        now = time.monotonic()
+        if now - self.memory_sampled < MEMORY_SAMPLE_SECONDS or not self.in_flight:
+            return
+        self.memory_sampled = now
+        from ipyparmap.process.resources import rss_bytes
+
+        progress = self.run.progress
+        for worker in self.in_flight:
+            rss = rss_bytes(worker.pid)
+            if rss is not None:
+                worker.last_rss = rss
+                if progress is not None:
+                    progress.worker(worker.pid).rss = rss
+
     def _refresh_progress(self) -> None:
-        if self.progress is None or not self.progress.listeners:
+        progress = self.run.progress
+        if progress is None or not progress.listeners:
             return
         for worker, chunk in self.in_flight.items():
             board_chunk, position, _, _ = worker.board.read()
             if board_chunk == chunk.id and 0 <= position < len(chunk.indices):
-                self.progress.worker(worker.pid).current = chunk.indices[position]
-        self.progress.maybe_refresh()
+                progress.worker(worker.pid).current = chunk.indices[position]
+        progress.maybe_refresh()
 
 
 def _executable() -> str:
@@ -468,7 +448,7 @@ def _executable() -> str:
     return sys.executable
 
 
-def _release(chunk: _Chunk) -> None:
+def _release(chunk: Chunk) -> None:
     """Close the shared memory of a chunk that was never sent."""
     if chunk.blob is not None:
         chunk.blob.close()

@@ -33,10 +33,9 @@ FAST_STRIDE = 64
 class ChunkPlanner:
     """Chooses the size of each next chunk from measured per-item times."""
 
-    def __init__(self, workers: int, chunksize: int | None = None, total: int | None = None):
+    def __init__(self, workers: int, chunksize: int | None = None):
         self.workers = max(1, workers)
         self.fixed = chunksize
-        self.total = total
         self.per_item: float | None = None  # smoothed seconds per item
         self.largest = 1
 

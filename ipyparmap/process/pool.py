@@ -32,7 +32,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from ipyparmap.wire import messages as P
+from ipyparmap.wire import board as B
+from ipyparmap.wire import messages as M
 from ipyparmap.wire.channel import Channel
 from ipyparmap.wire.serialize import FunctionPayload, dumps_message, loads
 from ipyparmap.wire.sharedmem import anonymous_file
@@ -54,7 +55,7 @@ class WorkerHandle:
     """The parent's side of one worker process."""
 
     def __init__(self, proc: subprocess.Popen, conn: Channel, lifeline: socket.socket,
-                 board: P.Board, sentinel: int, owns_sentinel: bool):  # fmt: skip
+                 board: B.Board, sentinel: int, owns_sentinel: bool):  # fmt: skip
         self.proc = proc
         self.pid = proc.pid
         self.conn = conn
@@ -63,7 +64,6 @@ class WorkerHandle:
         self.sentinel = sentinel
         self._owns_sentinel = owns_sentinel
         self.functions: OrderedDict = OrderedDict()  # keys loaded, mirrors the worker's LRU
-        self.spawned = time.monotonic()
         self.ready = False  # it said READY: it booted fine
         self.last_rss: int | None = None  # bytes, as the worker last reported
         self.fits = 64 * 1024  # bytes a send surely fits in its pipe while it is busy
@@ -75,10 +75,11 @@ class WorkerHandle:
     def send(self, message: tuple, fds: tuple[int, ...] = ()) -> None:
         self.conn.send(dumps_message(message), fds)
 
-    def recv(self) -> tuple[tuple, list[int]]:
-        """The next message, and the descriptors that came with it (EOFError: gone)."""
+    def recv(self) -> tuple[Any, list[int]]:
+        """The next message (a `messages` record), and the descriptors that came with
+        it (EOFError: gone)."""
         payload, fds = self.conn.recv()
-        return loads(payload), fds
+        return M.unpack(loads(payload)), fds
 
     def send_function(self, payload: FunctionPayload) -> None:
         """Send the function unless this worker already has it loaded."""
@@ -87,9 +88,9 @@ class WorkerHandle:
             self.functions.move_to_end(key)
             return
         fds, table = payload.packed.share() if payload.packed is not None else ((), None)
-        self.send((P.FUNC, key, payload.blob, payload.sources, table), fds)
+        self.send(M.pack(M.LoadFunction(key, payload.blob, payload.sources, table)), fds)
         self.functions[key] = True
-        while len(self.functions) > P.FUNCTION_CACHE:
+        while len(self.functions) > M.FUNCTION_CACHE:
             self.functions.popitem(last=False)
 
     def alive(self) -> bool:
@@ -141,7 +142,7 @@ def spawn_worker(env: dict[str, str]) -> WorkerHandle:
     """Start one worker process; returns at once (the worker boots in the background)."""
     parent_sock, child_sock = socket.socketpair()
     parent_life, child_life = socket.socketpair()
-    board_fd = anonymous_file("ipyparmap-board", P.BOARD_SIZE)
+    board_fd = anonymous_file("ipyparmap-board", B.BOARD_SIZE)
     child_fds = (child_sock.fileno(), child_life.fileno(), board_fd)
     try:
         proc = subprocess.Popen(
@@ -159,7 +160,7 @@ def spawn_worker(env: dict[str, str]) -> WorkerHandle:
     finally:
         child_sock.close()
         child_life.close()
-    board = P.Board.from_fd(board_fd)
+    board = B.Board.from_fd(board_fd)
     board.reset()
     os.close(board_fd)
     conn = Channel(parent_sock)
@@ -170,7 +171,7 @@ def spawn_worker(env: dict[str, str]) -> WorkerHandle:
         sentinel, owns = parent_life.fileno(), False
     worker = WorkerHandle(proc, conn, parent_life, board, sentinel, owns)
     worker.fits = fits
-    worker.send((P.INIT, {"sys_path": list(sys.path)}))
+    worker.send(M.pack(M.Init({"sys_path": list(sys.path)})))
     return worker
 
 
@@ -184,7 +185,7 @@ def worker_env(extra: EnvExtra = None) -> dict[str, str]:
     if callable(extra):
         extra = extra()
     env = dict(os.environ)
-    env[P.WORKER_ENV] = "1"
+    env[M.WORKER_ENV] = "1"
     # The worker must import this very ipyparmap, also when it was put on sys.path by
     # hand (a source checkout, a notebook's sys.path.insert) rather than installed.
     root = _package_root()
@@ -202,7 +203,6 @@ class Pool:
         self._lock = threading.Lock()
         self._idle: list[WorkerHandle] = []
         self._leased: set[WorkerHandle] = set()
-        self.restarts = 0
         # Selectors watching a set of workers' pipes and sentinels, kept between runs:
         # a warm call on the same workers skips creating and filling an epoll set
         # (five system calls, ~18 us of a ~250 us small call).
@@ -239,7 +239,6 @@ class Pool:
         worker = spawn_worker(worker_env(env_extra))
         with self._lock:
             self._leased.add(worker)
-            self.restarts += 1
         return worker
 
     def release(self, workers, keep: int | None = None) -> None:
@@ -318,7 +317,7 @@ def _stop_all(workers: list[WorkerHandle], wait: bool = True) -> None:
     for worker in workers:
         if worker.alive():
             try:
-                worker.send((P.STOP,))
+                worker.send(M.pack(M.Stop()))
             except OSError:
                 worker.kill()
     if not wait:

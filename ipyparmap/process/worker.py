@@ -26,7 +26,8 @@ from collections import OrderedDict
 
 from ipyparmap.errors import SerializationError
 from ipyparmap.options import describe
-from ipyparmap.wire import messages as P
+from ipyparmap.wire import board as B
+from ipyparmap.wire import messages as M
 from ipyparmap.wire.channel import Channel
 from ipyparmap.wire.serialize import (
     PICKLING_ERRORS,
@@ -122,7 +123,7 @@ class _OutputSink:
         self._positions = positions
         self.lock = threading.Lock()
         self.pending: list = []
-        self.chunk_id = P.IDLE
+        self.chunk_id = B.IDLE
         # While a block of tiny items runs (see run_items): (its values list, how long
         # that list was when the block began); the item printing is the one after the
         # results produced since.
@@ -159,7 +160,7 @@ class _LoadFailure:
 
 
 class Worker:
-    def __init__(self, conn: Channel, lifeline: int, board: P.Board):
+    def __init__(self, conn: Channel, lifeline: int, board: B.Board):
         self.conn = conn
         self.board = board
         self.parent_pid = os.getppid()
@@ -189,61 +190,62 @@ class Worker:
                     lines = self.sink.take()
                     if lines:
                         try:
-                            self._send_locked((P.OUTPUT, self.sink.chunk_id, lines))
+                            self._send_locked(M.pack(M.Output(self.sink.chunk_id, lines)))
                         except OSError:
                             os._exit(0)
 
     # -- main loop ---------------------------------------------------------------------
     def serve(self) -> None:
-        self._send((P.READY, os.getpid()))
+        self._send(M.pack(M.Ready(os.getpid())))
         while True:
             try:
                 payload, fds = self.conn.recv()
             except (EOFError, OSError):
-                return
-            message = loads(payload)
-            tag = message[0]
-            if tag == P.CHUNK:
-                self.run_chunk(fds, *message[1:])
-            elif tag == P.FUNC:
-                self.load_function(fds, *message[1:])
-            elif tag == P.INIT:
-                self.init(message[1])
-            elif tag == P.STOP:
+                return  # the parent is gone (or closed our pipe): nothing left to do
+            message = M.unpack(loads(payload))
+            if type(message) is M.RunChunk:
+                self.run_chunk(fds, message)
+            elif type(message) is M.LoadFunction:
+                self.load_function(fds, message)
+            elif type(message) is M.Init:
+                self.init(message.settings)
+            elif type(message) is M.Stop:
                 return
 
     def init(self, settings: dict) -> None:
         sys.path[:] = settings.get("sys_path", sys.path)
 
-    def load_function(self, fds, key: bytes, blob: bytes, sources: dict, table) -> None:
-        install_sources(sources)
+    def load_function(self, fds, message: M.LoadFunction) -> None:
+        key = message.key
+        install_sources(message.sources)
         try:
-            func = loads_shared(blob, fds, table)  # big globals: mapped, not copied
+            func = loads_shared(message.blob, fds, message.table)  # big globals: mapped
         except PICKLING_ERRORS as exc:
             # reported by each chunk that needs it, so every report answers one chunk
             func = _LoadFailure(exception_info(exc, skip_frames=0))
         self.functions[key] = func
         self.functions.move_to_end(key)
-        while len(self.functions) > P.FUNCTION_CACHE:
+        while len(self.functions) > M.FUNCTION_CACHE:
             self.functions.popitem(last=False)
 
-    def run_chunk(self, fds, chunk_id: int, key: bytes, blob: bytes, star: bool, stride: int,
-                  table, fresh_rss: bool = False) -> None:  # fmt: skip
-        self.fresh_rss = fresh_rss
+    def run_chunk(self, fds, message: M.RunChunk) -> None:
+        chunk_id = message.chunk_id
+        self.fresh_rss = message.fresh_rss
         board = self.board
         board.begin_chunk(chunk_id)
-        func = self.functions.get(key)
+        func = self.functions.get(message.key)
         if func is None or isinstance(func, _LoadFailure):  # failed to load, or evicted
             for fd in fds:
                 os.close(fd)
             info = func.info if func is not None else None
-            self._send((P.LOAD_ERROR, "func", key, info))
+            self._send(M.pack(M.LoadFailed("func", message.key, info)))
             board.end_chunk()
             return
         try:
-            items = loads_shared(blob, fds, table)  # big buffers: mapped, not copied
+            items = loads_shared(message.items, fds, message.table)  # big buffers: mapped
         except PICKLING_ERRORS as exc:
-            self._send((P.LOAD_ERROR, "chunk", chunk_id, exception_info(exc, skip_frames=0)))
+            info = exception_info(exc, skip_frames=0)
+            self._send(M.pack(M.LoadFailed("chunk", chunk_id, info)))
             board.end_chunk()
             return
         self.sink.chunk_id = chunk_id
@@ -251,10 +253,10 @@ class Worker:
         sys.stdout = _CapturedStream(self.sink, "stdout", saved[0])
         sys.stderr = _CapturedStream(self.sink, "stderr", saved[1])
         try:
-            self._run_items(chunk_id, func, items, star, stride)
+            self._run_items(chunk_id, func, items, message.star, message.stride)
         finally:
             sys.stdout, sys.stderr = saved
-            self.sink.chunk_id = P.IDLE
+            self.sink.chunk_id = B.IDLE
             board.end_chunk()
 
     def _run_items(self, chunk_id: int, func, items: list, star: bool, stride: int) -> None:
@@ -271,12 +273,12 @@ class Worker:
         with self.sink.lock:
             packed, errors = pickle_values(values, errors, share=True)
             fds, table = packed.share()
-            message = (
-                P.RESULTS, chunk_id, start, packed.blob, table, errors, timings, began,
+            message = M.ResultBatch(
+                chunk_id, start, packed.blob, table, errors, timings, began,
                 self.sink.take(), _memory_kb(self.fresh_rss), done,
             )  # fmt: skip
             try:
-                self._send_locked(message, fds)
+                self._send_locked(M.pack(message), fds)
             finally:
                 packed.close()  # the parent has its own descriptor now
 
@@ -286,7 +288,7 @@ def run_items(func, items: list, star: bool, stride: int, positions, times, flus
     """Run ``func`` over ``items``; return the last batch.
 
     A batch is ``(start, values, errors, timings, began)``: ``timings`` the plain tuple
-    of a `protocol.Timings`, ``began`` the wall-clock time (``time.time()``, comparable
+    of a `messages.Timings`, ``began`` the wall-clock time (``time.time()``, comparable
     across machines, unlike the monotonic clock) at which its first item started.
 
     With ``stride`` 1 each item runs on its own: ``positions[1]`` is set to its position
@@ -395,28 +397,26 @@ def pickle_values(values: list, errors: dict, share: bool = False):
 
 
 # -- chunks as tasks of a concurrent.futures executor or Dask (see executor.py) ------------
-TASK_DONE = "done"
-TASK_LOAD_ERROR = "load_error"
 _task_functions: OrderedDict = OrderedDict()
 
 
-def run_task(payload, blob: bytes, star: bool, capture: bool) -> tuple:
+def run_task(payload, blob: bytes, star: bool, capture: bool) -> M.TaskDone | M.TaskFailed:
     """Run one chunk where an executor put it; never raises for the items' sake.
 
     ``payload`` is the function itself (thread executors) or the pickled
     ``(key, blob, sources)`` (process executors, Dask), loaded once per process.
-    Returns ``(TASK_DONE, values_blob, errors, timings, began, outputs, memory, worker)``
-    or ``(TASK_LOAD_ERROR, "func" | "chunk", error_info)``.
+    Returns a `messages.TaskDone`, or a `messages.TaskFailed` when the function or
+    the items could not be unpickled.
     """
     try:
         func = payload if callable(payload) else _task_function(*payload)
     except PICKLING_ERRORS as exc:
-        return (TASK_LOAD_ERROR, "func", exception_info(exc, skip_frames=0))
+        return M.TaskFailed("func", exception_info(exc, skip_frames=0))
     try:
         items = loads(blob)
     except PICKLING_ERRORS as exc:
-        return (TASK_LOAD_ERROR, "chunk", exception_info(exc, skip_frames=0))
-    positions, times = [P.IDLE, P.LOADING, 1], [0.0]
+        return M.TaskFailed("chunk", exception_info(exc, skip_frames=0))
+    positions, times = [B.IDLE, B.LOADING, 1], [0.0]
     sink = _OutputSink(positions)
     saved = sys.stdout, sys.stderr
     if capture:  # not in threads: sys.stdout is shared by every thread of the process
@@ -430,9 +430,7 @@ def run_task(payload, blob: bytes, star: bool, capture: bool) -> tuple:
     values_blob, errors = pickle_values(values, errors)
     with sink.lock:
         outputs = sink.take()
-    return (
-        TASK_DONE, values_blob, errors, timings, began, outputs, _memory_kb(), _task_worker(),
-    )  # fmt: skip
+    return M.TaskDone(values_blob, errors, timings, began, outputs, _memory_kb(), _task_worker())
 
 
 def _task_function(key: bytes, blob: bytes, sources: dict):
@@ -440,7 +438,7 @@ def _task_function(key: bytes, blob: bytes, sources: dict):
     if func is None:
         install_sources(sources)
         func = _task_functions[key] = loads(blob)
-        while len(_task_functions) > P.FUNCTION_CACHE:
+        while len(_task_functions) > M.FUNCTION_CACHE:
             _task_functions.popitem(last=False)
     return func
 
@@ -490,7 +488,7 @@ def main(argv: list[str]) -> None:
     conn_fd, lifeline_fd, board_fd = (int(arg) for arg in argv[:3])
     for fd in (conn_fd, lifeline_fd):  # processes a task starts must not hold our pipes
         os.set_inheritable(fd, False)
-    board = P.Board.from_fd(board_fd)
+    board = B.Board.from_fd(board_fd)
     os.close(board_fd)
     worker = Worker(Channel.from_fd(conn_fd), lifeline_fd, board)
     import cloudpickle  # noqa: F401  # load it now, while the parent prepares the run
