@@ -215,7 +215,8 @@ def test_a_shared_global_is_not_hashed_and_workers_see_it_live(copies, sent):
     table[:2] = [5.0, 6.0]  # changed between calls, in place
     assert pm.parmap(lookup, [0, 1], workers=2) == [5.0, 6.0]  # the workers see it
     assert copies == []
-    assert sum(1 for m in sent if m[1] == P.LoadFunction.TAG) == 2  # sent once per worker, not again
+    # sent once per worker, not again
+    assert sum(1 for m in sent if m[1] == P.LoadFunction.TAG) == 2
     plain = notebook_function("def first(i):\n    return float(g[i])\n", "first", g=np.zeros(9000))
     pm.parmap(plain, [0], workers=1)
     plain.__globals__["g"][0] = 1.0  # a plain array changed in place: sent again
