@@ -121,3 +121,18 @@ def test_a_new_option_reaches_the_record_the_check_and_the_docs():
     assert "| `nice` | `0` | a non-negative integer | Scheduling priority" in O.markdown_table(
         table
     )
+
+
+@pytest.mark.parametrize("value", [0, -1, 2.5, True, "4"])
+def test_dropins_check_through_the_table_in_the_stdlib_words(value, monkeypatch):
+    from ipyparmap.dropins import compat
+
+    with pytest.raises(ValueError, match=r"^Chunksize must be 1\+, not "):
+        compat._check_chunksize(value)
+    with pytest.raises(ValueError, match=r"^Number of processes must be at least 1$"):
+        compat.Pool(processes=value)  # refused before any worker starts
+    # the table decides: a looser check there is a looser drop-in
+    monkeypatch.setitem(
+        compat.OPTIONS, "chunksize", O.BY_NAME["chunksize"]._replace(check=lambda o, v, n: v)
+    )
+    assert compat._check_chunksize(value) == value
