@@ -93,11 +93,11 @@ class Option(NamedTuple):
     def from_text(self, text: str) -> Any:
         """The value of the magic's flag text; ``ValueError`` with a one-line reason."""
         flag = self.flag
-        if flag.accepts is None:
-            return self.validate(flag.parse(text), flag.label)
         try:
             return self.validate(flag.parse(text), flag.label)
         except (TypeError, ValueError):
+            if flag.accepts is None:
+                raise  # the check's own words, naming the flag
             # after "one of: a, b" a comma would read as one more choice
             sep = ";" if ":" in flag.accepts else ","
             raise ValueError(f"{flag.label} must be {flag.accepts}{sep} got {text!r}") from None
@@ -171,7 +171,7 @@ def _size(option: Option, value: Any, name: str) -> int | None:
 
 
 def _int_text(text: str) -> int:
-    """``"3"`` or ``"+3"``; not ``"2.5"``, ``"03"`` or ``"1_000"``, which int() reads."""
+    """``"3"`` or ``"+3"``; not ``"2.5"``, nor ``"03"`` or ``"1_000"`` (int() takes those)."""
     value = int(text)
     if str(value) != text.strip().lstrip("+"):
         raise ValueError(text)
