@@ -70,8 +70,8 @@ def parmap(
         Interrupted: on Ctrl-C / "interrupt kernel", with ``.results``.
     """
     options = check_options(
-        workers, chunksize, errors, timeout, retries, progress, star, backend,
-        max_memory=max_memory,
+        workers=workers, chunksize=chunksize, errors=errors, timeout=timeout, retries=retries,
+        progress=progress, star=star, backend=backend, max_memory=max_memory,
     )  # fmt: skip
     _check_call(func, iterable, options)
     if os.environ.get(P.WORKER_ENV):
@@ -107,8 +107,8 @@ def imap(
     Validation errors are raised here, at the call, not at the first ``next()``.
     """
     options = check_options(
-        workers, chunksize, errors, timeout, retries, progress, star, backend, ordered,
-        max_memory,
+        workers=workers, chunksize=chunksize, errors=errors, timeout=timeout, retries=retries,
+        progress=progress, star=star, backend=backend, ordered=ordered, max_memory=max_memory,
     )  # fmt: skip
     _check_call(func, iterable, options)
     if os.environ.get(P.WORKER_ENV):
@@ -148,8 +148,8 @@ def parmap_async(
     from ipyparmap.engine.background import Run
 
     options = check_options(
-        workers, chunksize, errors, timeout, retries, progress, star, backend,
-        max_memory=max_memory,
+        workers=workers, chunksize=chunksize, errors=errors, timeout=timeout, retries=retries,
+        progress=progress, star=star, backend=backend, max_memory=max_memory,
     )  # fmt: skip
     _check_call(func, iterable, options)
     runner = _runner(func, iterable, options, keep_details=True, background=True)

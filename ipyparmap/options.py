@@ -1,33 +1,28 @@
-"""Run options and their one shared validator (layer L0).
+"""The run options, declared once in `OPTIONS`, and their one validator (layer L0).
+
+Each `Option` holds all there is to know about one run option: its default, its check,
+one line of help, how the ``%%parmap`` magic spells it, whether it is a ``%config
+Parmap`` trait, and which API functions take it. The `Options` record, `check_options`,
+the magic's flags and traits (``ipyparmap.magics.flags``) and the API reference's
+parameter table are generated from it, so an option cannot be changed in one place
+and forgotten in another.
 
 ``parmap``, ``imap``, the magics and the drop-in classes all validate through
-`check_options`, so a bad argument gets the same message wherever it is passed,
-and it is raised before any worker starts (see BAD_INPUTS.md section 4.2).
+`check_options`, so a bad argument gets the same message wherever it is passed, and it
+is raised before any worker starts (see BAD_INPUTS.md section 4.2). Workers import this
+module: it stays standard library only.
 """
 
 from __future__ import annotations
 
+import collections
 import math
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 ERRORS_MODES = ("raise", "collect")
 PROGRESS_MODES = ("auto", "widget", "text", False)
 LOCAL_BACKENDS = (None, "local")
-
-
-class Options(NamedTuple):
-    """Validated options of one run (a NamedTuple: no dataclasses import in workers)."""
-
-    workers: int | None = None
-    chunksize: int | None = None
-    errors: str = "raise"
-    timeout: float | None = None
-    retries: int = 0
-    progress: str | bool = "auto"
-    star: bool = False
-    backend: Any = None
-    ordered: bool = True
-    max_memory: int | None = None  # bytes: recycle a worker whose RSS exceeds this
 
 
 def short_repr(value: Any, limit: int = 60) -> str:
@@ -52,66 +47,273 @@ def describe(value: Any, limit: int = 50) -> str:
     return f"{short_repr(value, limit)} ({type(value).__name__})"
 
 
+class Flag(NamedTuple):
+    """How the ``%%parmap`` magic spells an option."""
+
+    names: tuple[str, ...]  # ("-w", "--workers")
+    metavar: str | None = None  # the value's name in the help; None: a switch, no value
+    parse: Callable[[str], Any] = str  # the text given -> a value for the option's check
+    # The magic shows what it was given, the text, and says what the text may be (no None,
+    # no objects): "--x must be {accepts}, got 'text'". None: the check's own message.
+    accepts: str | None = None
+    switch: Any = None  # the option's value when the switch is given
+    help: str | None = None  # when the flag says less than the option (--no-progress)
+
+    @property
+    def label(self) -> str:
+        return "/".join(self.names)
+
+    @property
+    def dest(self) -> str:
+        return self.names[-1].lstrip("-").replace("-", "_")  # argparse's own choice
+
+
+API_FUNCTIONS = ("parmap", "imap", "parmap_async")
+
+
+class Option(NamedTuple):
+    """One run option: what the API, the magics and the docs need to know about it."""
+
+    name: str
+    default: Any
+    check: Callable[[Option, Any, str], Any]  # (option, value, name) -> the value to run with
+    accepts: str  # what the API accepts, as the error messages and the docs say it
+    help: str  # one line, for the docs, %%parmap? and %config Parmap
+    choices: tuple[Any, ...] = ()
+    flag: Flag | None = None  # None: the magic has no flag for it
+    trait: str | None = None  # the traitlets type of %config Parmap.<name>; None: no trait
+    apis: tuple[str, ...] = API_FUNCTIONS
+
+    def validate(self, value: Any, name: str | None = None) -> Any:
+        """The value to run with; ``TypeError``/``ValueError`` naming ``name``."""
+        if value is None and self.default is None:
+            return None  # None is "decide for me" wherever it is the default
+        return self.check(self, value, name or self.name)
+
+    def from_text(self, text: str) -> Any:
+        """The value of the magic's flag text; ``ValueError`` with a one-line reason."""
+        flag = self.flag
+        try:
+            return self.validate(flag.parse(text), flag.label)
+        except (TypeError, ValueError):
+            if flag.accepts is None:
+                raise  # the check's own words, naming the flag
+            # after "one of: a, b" a comma would read as one more choice
+            sep = ";" if ":" in flag.accepts else ","
+            raise ValueError(f"{flag.label} must be {flag.accepts}{sep} got {text!r}") from None
+
+
+# ---------------------------------------------------------------------------- checks
+def _bad(name: str, accepts: str, value: Any, error: type[Exception] = ValueError) -> Exception:
+    shown = short_repr(value)
+    if error is TypeError:  # a wrong type: say which, "got '4' (str)"
+        shown += f" ({type(value).__name__})"
+    return error(f"{name} must be {accepts}, got {shown}")
+
+
 def _is_int(value: Any) -> bool:
     # bool is an int subclass, but workers=True is a mistake, not "1 worker".
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _positive_int(name: str, value: Any, what: str) -> int:
+def _int_at_least(least: int, option: Option, value: Any, name: str) -> int:
     if not _is_int(value):
-        raise TypeError(f"{name} must be {what}, got {short_repr(value)} ({type(value).__name__})")
-    if value < 1:
-        raise ValueError(f"{name} must be {what}, got {value!r}")
+        raise _bad(name, option.accepts, value, TypeError)
+    if value < least:
+        raise _bad(name, option.accepts, value)
     return value
 
 
-def check_options(
-    workers: Any = None,
-    chunksize: Any = None,
-    errors: Any = "raise",
-    timeout: Any = None,
-    retries: Any = 0,
-    progress: Any = "auto",
-    star: Any = False,
-    backend: Any = None,
-    ordered: Any = True,
-    max_memory: Any = None,
-) -> Options:
+def _positive_int(option: Option, value: Any, name: str) -> int:
+    return _int_at_least(1, option, value, name)
+
+
+def _non_negative_int(option: Option, value: Any, name: str) -> int:
+    return _int_at_least(0, option, value, name)
+
+
+def _choice(option: Option, value: Any, name: str) -> Any:
+    # The type first: 0 == False, and an array's == is not a bool.
+    if any(isinstance(value, type(c)) and value == c for c in option.choices):
+        return value
+    raise _bad(name, option.accepts, value)
+
+
+def _progress(option: Option, value: Any, name: str) -> Any:
+    return "auto" if value is True else _choice(option, value, name)
+
+
+def _seconds(option: Option, value: Any, name: str) -> float | None:
+    """A positive, finite number of seconds; ``inf`` means no limit, like None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _bad(name, option.accepts, value, TypeError)
+    if math.isnan(value) or value <= 0:
+        raise _bad(name, option.accepts, value)
+    return None if math.isinf(value) else float(value)
+
+
+def _bool(option: Option, value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise _bad(name, option.accepts, value, TypeError)
+    return value
+
+
+def _backend(option: Option, value: Any, name: str) -> Any:
+    # A name must be known now; an object (a Client, an Executor) is checked when the
+    # run resolves it.
+    if isinstance(value, str) and value not in ("local", "dask"):
+        raise _bad(name, option.accepts, value)
+    return value
+
+
+def _size(option: Option, value: Any, name: str) -> int | None:
+    return parse_memory(value, name)
+
+
+def _int_text(text: str) -> int:
+    """``"3"`` or ``"+3"``; not ``"2.5"``, nor ``"03"`` or ``"1_000"`` (int() takes those)."""
+    value = int(text)
+    if str(value) != text.strip().lstrip("+"):
+        raise ValueError(text)
+    return value
+
+
+# ---------------------------------------------------------------------------- the table
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        name="workers",
+        default=None,
+        check=_positive_int,
+        accepts="a positive integer or None",
+        help="Worker processes (default: every usable CPU).",
+        flag=Flag(("-w", "--workers"), "N", _int_text, accepts="a positive integer"),
+        trait="Integer",
+    ),
+    Option(
+        name="chunksize",
+        default=None,
+        check=_positive_int,
+        accepts="a positive integer or None",
+        help="Items per message (default: adaptive).",
+        flag=Flag(("--chunksize",), "N", _int_text, accepts="a positive integer"),
+        trait="Integer",
+    ),
+    Option(
+        name="errors",
+        default="raise",
+        check=_choice,
+        accepts="'raise' or 'collect'",
+        help="raise (default): stop at the first failure; collect: record failures and go on.",
+        choices=ERRORS_MODES,
+        flag=Flag(("--errors",), "MODE", accepts="one of: raise, collect"),
+        trait="Enum",
+    ),
+    Option(
+        name="timeout",
+        default=None,
+        check=_seconds,
+        accepts="a positive number of seconds or None",
+        help="Seconds one item may run; its worker is killed (default: no limit).",
+        flag=Flag(("--timeout",), "S", float, accepts="a positive number of seconds"),
+        trait="Float",
+    ),
+    Option(
+        name="retries",
+        default=0,
+        check=_non_negative_int,
+        accepts="a non-negative integer",
+        help="Extra attempts for an item that failed.",
+        flag=Flag(("--retries",), "N", _int_text, accepts="a non-negative integer"),
+        trait="Integer",
+    ),
+    Option(
+        name="progress",
+        default="auto",
+        check=_progress,
+        accepts="'auto', 'widget', 'text' or False",
+        help="What shows the run: auto (default), widget, text, or False for nothing.",
+        choices=PROGRESS_MODES,
+        flag=Flag(("--no-progress",), switch=False, help="Show no progress bar or panel."),
+        trait="Enum",
+    ),
+    Option(
+        name="star",
+        default=False,
+        check=_bool,
+        accepts="a bool",
+        help="Call func(*item), like itertools.starmap.",
+    ),
+    Option(
+        name="backend",
+        default=None,
+        check=_backend,
+        accepts="None, 'local', 'dask', a distributed.Client or a concurrent.futures.Executor",
+        help="Where items run: the warm local pool (default), the current Dask client, "
+        "or the given Client or Executor.",
+        flag=Flag(("--backend",), "NAME", accepts="local or dask", help="local (default) or dask."),
+    ),
+    Option(
+        name="ordered",
+        default=True,
+        check=_bool,
+        accepts="a bool",
+        help="Yield in input order (default), or as items finish.",
+        apis=("imap",),
+    ),
+    Option(
+        name="max_memory",
+        default=None,
+        check=_size,
+        accepts="bytes (int) or a size like '2GB'",
+        help="Recycle a worker whose memory (RSS) exceeds this, e.g. 2GB (local pool only).",
+        flag=Flag(("--max-memory",), "SIZE"),
+        trait="Unicode",
+    ),
+)
+
+BY_NAME = {option.name: option for option in OPTIONS}
+
+
+def options_record(table: tuple[Option, ...] = OPTIONS) -> type:
+    """A record type with one field per option (a namedtuple: workers import it, and a
+    dataclass would import the dataclasses machinery there for nothing)."""
+    record = collections.namedtuple(
+        "Options",
+        [option.name for option in table],
+        defaults=[option.default for option in table],
+        module=__name__,
+    )
+    record.__doc__ = "Validated options of one run, one field per entry of OPTIONS."
+    return record
+
+
+Options = options_record()
+
+
+def validated(table: tuple[Option, ...], record: type, values: dict[str, Any]) -> Any:
+    """``record`` holding each option of ``table`` checked (its default where not given)."""
+    names = {option.name for option in table}
+    for name in values:
+        if name not in names:
+            raise TypeError(f"check_options() got an unexpected keyword argument {name!r}")
+    return record(*(option.validate(values.get(option.name, option.default)) for option in table))
+
+
+def check_options(**values: Any) -> Options:
     """Validate run options; raise ``TypeError``/``ValueError`` naming the culprit."""
-    if workers is not None:
-        _positive_int("workers", workers, "a positive integer or None")
-    if chunksize is not None:
-        _positive_int("chunksize", chunksize, "a positive integer or None")
-    if not isinstance(errors, str) or errors not in ERRORS_MODES:
-        raise ValueError(f"errors must be 'raise' or 'collect', got {short_repr(errors)}")
-    timeout = _check_timeout(timeout)
-    if not _is_int(retries):
-        raise TypeError(
-            f"retries must be a non-negative integer, got {short_repr(retries)} "
-            f"({type(retries).__name__})"
-        )
-    if retries < 0:
-        raise ValueError(f"retries must be a non-negative integer, got {retries!r}")
-    if progress is True:
-        progress = "auto"
-    if not (progress is False or (isinstance(progress, str) and progress in PROGRESS_MODES)):
-        raise ValueError(
-            f"progress must be 'auto', 'widget', 'text' or False, got {short_repr(progress)}"
-        )
-    for name, value in (("star", star), ("ordered", ordered)):
-        if not isinstance(value, bool):
-            raise TypeError(
-                f"{name} must be a bool, got {short_repr(value)} ({type(value).__name__})"
-            )
-    if isinstance(backend, str) and backend not in ("local", "dask"):
-        raise ValueError(
-            f"backend must be None, 'local', 'dask', a distributed.Client or a "
-            f"concurrent.futures.Executor, got {short_repr(backend)}"
-        )
-    return Options(
-        workers, chunksize, errors, timeout, retries, progress, star, backend, ordered,
-        parse_memory(max_memory),
-    )  # fmt: skip
+    return validated(OPTIONS, Options, values)
+
+
+def markdown_table(table: tuple[Option, ...] = OPTIONS) -> str:
+    """The API reference's parameter table (docs/api.md holds a copy a test compares)."""
+    rows = ["| parameter | default | accepts | meaning |", "| --- | --- | --- | --- |"]
+    for option in table:
+        meaning = option.help
+        if option.apis != API_FUNCTIONS:
+            meaning += " Only for " + ", ".join(f"`{api}`" for api in option.apis) + "."
+        cells = (f"`{option.name}`", f"`{option.default!r}`", option.accepts, meaning)
+        rows.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    return "\n".join(rows) + "\n"
 
 
 _UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
@@ -139,17 +341,3 @@ def parse_memory(value: Any, name: str = "max_memory") -> int | None:
     if not math.isfinite(size) or size <= 0:
         raise ValueError(f"{name} must be a positive size, got {value!r}")
     return int(size)
-
-
-def _check_timeout(timeout: Any) -> float | None:
-    """``None`` and ``inf`` mean no limit; otherwise a positive, finite number of seconds."""
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(
-            f"timeout must be a positive number of seconds or None, got "
-            f"{short_repr(timeout)} ({type(timeout).__name__})"
-        )
-    if math.isnan(timeout) or timeout <= 0:
-        raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
-    return None if math.isinf(timeout) else float(timeout)

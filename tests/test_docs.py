@@ -48,6 +48,35 @@ def test_magic_reference_lists_every_option():
             assert f"`{option}" in text, option
 
 
+def _generated_table(page: str) -> str:
+    """The table between a page's "options table" markers."""
+    text = (ROOT / "docs" / page).read_text()
+    match = re.search(
+        r"<!-- options table: .*? -->\n\n(.*?)\n<!-- end of the options table -->", text, re.S
+    )
+    assert match, f"docs/{page} lost its options-table markers"
+    return match.group(1)
+
+
+def test_api_reference_table_is_the_options_table():
+    from ipyparmap.options import markdown_table
+
+    assert _generated_table("api.md") == markdown_table(), (
+        "docs/api.md's options table differs from ipyparmap.options.OPTIONS; paste "
+        "ipyparmap.options.markdown_table() between its markers"
+    )
+
+
+def test_magic_reference_table_is_the_magics_flags():
+    from ipyparmap.magics import flags
+    from ipyparmap.magics.commands import Parmap
+
+    assert _generated_table("magics.md") == flags.markdown_table(Parmap.parmap.parser), (
+        "docs/magics.md's options table differs from the %%parmap flags; paste "
+        "ipyparmap.magics.flags.markdown_table(Parmap.parmap.parser) between its markers"
+    )
+
+
 def test_readme_links_exist():
     readme = (ROOT / "README.md").read_text()
     for target in re.findall(r"\]\(([^)#]+)\)", readme):

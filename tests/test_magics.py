@@ -220,6 +220,104 @@ def test_config_traits_are_validated(ip):
             magics.workers = value
 
 
+def test_config_traits_come_from_the_options_table(ip):
+    import traitlets
+    from traitlets import TraitError
+
+    from ipyparmap.magics.commands import Parmap
+    from ipyparmap.options import OPTIONS
+
+    traits = Parmap.class_traits(config=True)
+    declared = {o.name: o for o in OPTIONS if o.trait}
+    assert set(traits) == set(declared)
+    for name, option in declared.items():
+        assert traits[name].default_value == option.default, name
+        assert isinstance(traits[name], getattr(traitlets, option.trait)), name
+    magics = ip.magics_manager.registry["Parmap"]
+    # the option's own check, so a value every run would refuse is refused when set
+    with pytest.raises(TraitError, match=r"Parmap\.timeout must be a positive number of seconds"):
+        magics.timeout = 0
+    with pytest.raises(TraitError, match=r"Parmap\.max_memory must be a size like"):
+        magics.max_memory = "lots"
+    magics.max_memory = "2GB"  # kept as given
+    assert magics.max_memory == "2GB"
+    magics.max_memory = None
+
+
+def test_flags_come_from_the_options_table(ip):
+    from ipyparmap.magics.commands import Parmap
+    from ipyparmap.options import OPTIONS
+
+    spelled = {s for a in Parmap.parmap.parser._actions for s in a.option_strings}
+    declared = {name for o in OPTIONS if o.flag for name in o.flag.names}
+    assert spelled == declared | {"-o", "--out", "--report", "--bg"}
+
+
+def test_flags_and_config_defaults_reach_the_run(ip):
+    ip.run_line_magic("config", "Parmap.retries = 2")
+    ip.run_line_magic("config", "Parmap.timeout = 30")
+    try:
+        magics = ip.magics_manager.registry["Parmap"]
+        args = magics.parmap.parser.parse_argstring("--timeout 5 --no-progress --max-memory 1KB")
+        settings, out = magics._settings(args)
+        assert out is None
+        assert settings == {
+            "workers": 2,  # %config, set by the fixture
+            "chunksize": None,
+            "errors": "raise",
+            "timeout": 5.0,  # the flag wins
+            "retries": 2,
+            "progress": False,
+            "backend": None,
+            "max_memory": 1024,
+        }
+    finally:
+        ip.run_line_magic("config", "Parmap.retries = 0")
+        ip.run_line_magic("config", "Parmap.timeout = None")
+
+
+def test_a_new_option_gets_a_flag_help_and_a_trait():
+    from IPython.core.magic_arguments import magic_arguments, parse_argstring
+    from traitlets import Integer
+
+    from ipyparmap import options as O
+    from ipyparmap.magics import flags
+
+    extra = O.Option(
+        name="nice",
+        default=0,
+        check=O._non_negative_int,
+        accepts="a non-negative integer",
+        help="Scheduling priority of the workers.",
+        flag=O.Flag(("--nice",), "N", O._int_text, accepts="a non-negative integer"),
+        trait="Integer",
+    )
+    table = (*O.OPTIONS, extra)
+
+    @magic_arguments()
+    @flags.option_arguments(table)
+    def fake(line):
+        """A fake magic."""
+
+    assert "--nice N" in fake.__doc__ and "Scheduling priority" in fake.__doc__
+    assert "--nice N" in flags.markdown_table(fake.parser, table)
+    traits = flags.config_traits(table)
+    assert isinstance(traits["nice"], Integer) and traits["nice"].default_value == 0
+
+    class Config:
+        nice = 7
+        workers = chunksize = timeout = max_memory = None
+        errors, retries, progress = "raise", 0, "auto"
+
+    args = parse_argstring(fake, "")
+    assert flags.run_settings(args, Config, table)["nice"] == 7
+    args = parse_argstring(fake, "--nice 3")
+    assert flags.run_settings(args, Config, table)["nice"] == 3
+    args = parse_argstring(fake, "--nice -1")
+    with pytest.raises(ValueError, match="--nice must be a non-negative integer, got '-1'"):
+        flags.run_settings(args, Config, table)
+
+
 def test_help_is_generated_from_the_options(ip):
     doc = ip.magics_manager.magics["cell"]["parmap"].__doc__
     for option in ("-o NAME", "--workers N", "--timeout S", "--no-progress", "TARGET in EXPR"):

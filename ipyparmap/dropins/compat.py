@@ -37,6 +37,7 @@ from typing import Any
 
 from ipyparmap.dropins.calls import PoolCall
 from ipyparmap.engine.jobs import MAP, STREAM, EndOfStream, Job, JobServer
+from ipyparmap.options import BY_NAME as OPTIONS
 from ipyparmap.process.pool import Pool as ProcessSet
 from ipyparmap.process.pool import spawn_worker, worker_env
 from ipyparmap.process.resources import cpu_count, thread_limits
@@ -73,12 +74,17 @@ def _check_arguments(item: Any) -> None:
         raise bad.error from None
 
 
+def _stdlib_check(option: str, value: Any, message: str) -> Any:
+    """The run option's check, with the standard library's ValueError and words, which
+    code written for ``multiprocessing`` may catch or match."""
+    try:
+        return OPTIONS[option].validate(value)
+    except (TypeError, ValueError):
+        raise ValueError(message) from None
+
+
 def _check_chunksize(chunksize: Any) -> int | None:
-    if chunksize is None:
-        return None
-    if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
-        raise ValueError(f"Chunksize must be 1+, not {chunksize!r}")
-    return chunksize
+    return _stdlib_check("chunksize", chunksize, f"Chunksize must be 1+, not {chunksize!r}")
 
 
 class _Engine:
@@ -259,8 +265,7 @@ class Pool:
     ):
         if processes is None:
             processes = cpu_count()
-        if not isinstance(processes, int) or isinstance(processes, bool) or processes < 1:
-            raise ValueError("Number of processes must be at least 1")
+        _stdlib_check("workers", processes, "Number of processes must be at least 1")
         if maxtasksperchild is not None and (
             not isinstance(maxtasksperchild, int) or maxtasksperchild < 1
         ):

@@ -1,9 +1,10 @@
 """The IPython extension: ``%%parmap``, ``%parmap`` and ``%parmap_pool`` (layer L5).
 
-``%load_ext ipyparmap`` registers the `Parmap` magics. Options are declared
-once with ``magic_arguments`` (which generates ``%%parmap?`` help and turns argparse
-errors into ``UsageError``); defaults come from traitlets config
-(``%config Parmap.workers = 4`` or ``c.Parmap.workers = 4`` in a profile).
+``%load_ext ipyparmap`` registers the `Parmap` magics. The run options' flags and
+their traitlets config (``%config Parmap.workers = 4`` or ``c.Parmap.workers = 4`` in a
+profile) are generated from the options table (``ipyparmap.magics.flags``);
+``magic_arguments`` turns the flags into ``%%parmap?`` help and argparse errors into
+``UsageError``.
 
 Everything that can be wrong with an invocation is checked before any work starts:
 the option values, TARGET, EXPR (evaluated in the user namespace), and the body
@@ -21,10 +22,10 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
-from traitlets import Enum, Float, Integer, TraitError, Unicode, validate
 
 from ipyparmap import api
 from ipyparmap.errors import ParmapError
+from ipyparmap.magics import flags
 from ipyparmap.magics.cellcode import (
     CELL_FUNCTION,
     CellError,
@@ -37,70 +38,26 @@ from ipyparmap.magics.cellcode import (
 )
 from ipyparmap.options import describe
 
-_OPTION_NAMES = (
-    "--out",
-    "--workers",
-    "--chunksize",
-    "--errors",
-    "--timeout",
-    "--retries",
-    "--no-progress",
-    "--backend",
-    "--bg",
-    "--max-memory",
-    "--report",
-)
-
 
 @magics_class
 class Parmap(Magics):
     """Parallel map magics. Configure defaults with ``%config Parmap.<name> = value``."""
 
-    workers = Integer(
-        None, allow_none=True, min=1, help="Worker processes (None: every usable CPU)."
-    ).tag(config=True)
-    chunksize = Integer(
-        None, allow_none=True, min=1, help="Items per message (None: adaptive)."
-    ).tag(config=True)
-    errors = Enum(
-        ["raise", "collect"], default_value="raise", help="Stop at the first failure, or not."
-    ).tag(config=True)
-    timeout = Float(
-        None, allow_none=True, min=0.0, help="Seconds one item may run (None: no limit)."
-    ).tag(config=True)
-    retries = Integer(0, min=0, help="Extra attempts for a failed item.").tag(config=True)
-    max_memory = Unicode(
-        None, allow_none=True, help="Recycle a worker whose memory exceeds this, e.g. '2GB'."
-    ).tag(config=True)
+    # The %config traits (workers, errors, timeout...): the class body's namespace is a
+    # plain dict, and traitlets' metaclass sees what is put in it like written-out traits.
+    locals().update(flags.config_traits())
+    _check_config = flags.config_validator()
     last_results = None  # the Results of the last run, for %parmap_report
-    progress = Enum(
-        ["auto", "widget", "text", False],
-        default_value="auto",
-        help="'auto', 'widget', 'text' or False.",
-    ).tag(config=True)
-
-    @validate("max_memory")
-    def _check_max_memory(self, proposal):
-        from ipyparmap.options import parse_memory
-
-        try:
-            parse_memory(proposal["value"], "Parmap.max_memory")
-        except (TypeError, ValueError) as exc:
-            raise TraitError(str(exc)) from None
-        return proposal["value"]
 
     # ---------------------------------------------------------------------- %%parmap
     @magic_arguments()
-    @argument("-o", "--out", metavar="NAME", help="Also bind the Results to NAME (kept on errors).")
-    @argument("-w", "--workers", metavar="N", help="Worker processes (default: usable CPUs).")
-    @argument("--chunksize", metavar="N", help="Items per message (default: adaptive).")
-    @argument("--errors", metavar="MODE", help="raise (default): stop at the first failure; "
-              "collect: record failures and go on.")  # fmt: skip
-    @argument("--timeout", metavar="S", help="Seconds one item may run; its worker is killed.")
-    @argument("--retries", metavar="N", help="Extra attempts for an item that failed.")
-    @argument("--max-memory", metavar="SIZE", help="Recycle a worker above this memory (2GB).")
-    @argument("--no-progress", action="store_true", help="Draw no progress bar.")
-    @argument("--backend", metavar="NAME", help="local (default) or dask.")
+    @argument(
+        "-o",
+        "--out",
+        metavar="NAME",
+        help="Also bind the Results to NAME (kept on failure and interrupt).",
+    )
+    @flags.option_arguments()
     @argument("--report", action="store_true", help="Show the run's report (where the time "
               "went, failures, timeline) after it.")  # fmt: skip
     @argument("--bg", action="store_true", help="Run in the background: the cell returns "
@@ -270,42 +227,37 @@ class Parmap(Magics):
         out = args.out
         if out is not None and not is_identifier(out):
             raise UsageError(f"-o needs a Python identifier, got {out!r}")
-        workers = _positive_int("-w/--workers", args.workers, self.workers)
-        if workers is not None:
+        try:
+            settings = flags.run_settings(args, self)
+        except (TypeError, ValueError) as exc:
+            raise UsageError(str(exc)) from None
+        # What the options' checks cannot know: the CPUs here, an installed Dask.
+        if settings["workers"] is not None:
             from ipyparmap.process.resources import resolve_workers
 
             try:
-                resolve_workers(workers)
+                resolve_workers(settings["workers"])
             except ValueError as exc:
                 raise UsageError(f"-w/--workers: {exc}") from None
-        errors = self.errors if args.errors is None else args.errors
-        if errors not in ("raise", "collect"):
-            raise UsageError(f"--errors must be one of: raise, collect; got {errors!r}")
-        backend = args.backend
-        if backend not in (None, "local", "dask"):
-            raise UsageError(f"--backend must be local or dask, got {backend!r}")
-        if backend == "dask":
+        if settings["backend"] == "dask":
             from ipyparmap.engine.executor import resolve_backend
 
             try:
                 resolve_backend("dask")
             except ValueError as exc:
                 raise UsageError(f"--backend dask: {exc}") from None
-        settings = {
-            "workers": workers,
-            "chunksize": _positive_int("--chunksize", args.chunksize, self.chunksize),
-            "errors": errors,
-            "timeout": _timeout(args.timeout, self.timeout),
-            "retries": _non_negative_int("--retries", args.retries, self.retries),
-            "progress": False if args.no_progress else self.progress,
-            "backend": backend,
-            "max_memory": _memory(args.max_memory, self.max_memory),
-        }
         return settings, out
 
 
 # A typo such as --worker must be an error, not a silent abbreviation of --workers.
 Parmap.parmap.parser.allow_abbrev = False
+# What a "did you mean" may suggest.
+_OPTION_NAMES = tuple(
+    name
+    for action in Parmap.parmap.parser._actions
+    for name in action.option_strings
+    if name.startswith("--")
+)
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -333,51 +285,6 @@ def _reject_unknown_options(words: list[str]) -> None:
             close = difflib.get_close_matches(name, _OPTION_NAMES, n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise UsageError(f"unrecognized option {name}{hint}")
-
-
-def _positive_int(name: str, text: str | None, default: int | None) -> int | None:
-    if text is None:
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1 or str(value) != text.strip().lstrip("+"):
-        raise UsageError(f"{name} must be a positive integer, got {text!r}")
-    return value
-
-
-def _non_negative_int(name: str, text: str | None, default: int) -> int:
-    if text is None:
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0 or str(value) != text.strip().lstrip("+"):
-        raise UsageError(f"{name} must be a non-negative integer, got {text!r}")
-    return value
-
-
-def _timeout(text: str | None, default: float | None) -> float | None:
-    if text is None:
-        return default
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value > 0:  # also rejects nan
-        raise UsageError(f"--timeout must be a positive number of seconds, got {text!r}")
-    return value
-
-
-def _memory(text: str | None, default: str | None) -> int | None:
-    from ipyparmap.options import parse_memory
-
-    try:
-        return parse_memory(text if text is not None else default, "--max-memory")
-    except (TypeError, ValueError) as exc:
-        raise UsageError(str(exc)) from None
 
 
 def _check_iterable(value: Any, expr: str) -> None:
