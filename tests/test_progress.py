@@ -8,14 +8,9 @@ import sys
 import pytest
 from conftest import run_python
 
+from ipyparmap.figures import format_seconds
 from ipyparmap.views import textui
-from ipyparmap.views.progress import (
-    BUSY,
-    DEAD,
-    IDLE,
-    ProgressModel,
-    format_seconds,
-)
+from ipyparmap.views.progress import BUSY, DEAD, IDLE, ProgressModel
 
 
 class FakeClock:

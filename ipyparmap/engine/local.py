@@ -14,7 +14,8 @@ import time
 
 from ipyparmap.engine.run import OutputCallback, Runner, _Chunk, _name
 from ipyparmap.errors import ParmapError, SerializationError, TaskError, TaskTimeout, WorkerCrashed
-from ipyparmap.options import Options, describe, format_bytes
+from ipyparmap.figures import format_bytes
+from ipyparmap.options import Options, describe
 from ipyparmap.process.pool import EnvExtra, Pool, WorkerHandle
 from ipyparmap.process.resources import describe_exit, signal_name
 from ipyparmap.views.progress import BUSY, DEAD, IDLE, ProgressModel

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ipyparmap.figures import format_seconds
+
 IDLE, BUSY, STARTING, DEAD = "idle", "busy", "starting", "dead"
 #: Runs shorter than this (seconds) show no speedup: start-up noise dominates it (the
 #: same rule as ``results.SPEEDUP_MIN_WALL``; L1 siblings do not import each other).
@@ -192,16 +194,3 @@ class ProgressModel:
                     RuntimeWarning,
                     stacklevel=2,
                 )
-
-
-def format_seconds(seconds: float | None) -> str:
-    """``0.25 s``, ``3.2 s``, ``1:15``, ``1:01:40``; ``?`` when unknown."""
-    if seconds is None:
-        return "?"
-    if seconds < 1:
-        return f"{seconds:.2f} s"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"

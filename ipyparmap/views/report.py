@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ipyparmap.options import format_bytes
+from ipyparmap.figures import format_bytes, format_seconds, worker_label
 
 COLORS = {
     "ok": "#4c8bf5",
@@ -54,11 +54,6 @@ def spans(results) -> list[Span]:
     return found
 
 
-def _lane_name(worker: Any) -> str:
-    text = str(worker)
-    return f"pid {text}" if text.isdigit() else text.rsplit("/", 1)[-1]
-
-
 def timeline_svg(results, width: int = 880, lane_height: int = 22) -> str:
     """An SVG chart of the run: a lane per worker, a bar per item (aggregated if dense)."""
     items = spans(results)
@@ -85,7 +80,7 @@ def timeline_svg(results, width: int = 880, lane_height: int = 22) -> str:
         )
         out.append(
             f'<text x="{label_width - 6}" y="{y + lane_height - 9}" text-anchor="end" '
-            f'fill="#333">{html.escape(_lane_name(worker))}</text>'
+            f'fill="#333">{html.escape(worker_label(worker))}</text>'
         )
         mine = [s for s in items if s.worker == worker]
         draw = _dense_lane if dense else _bars
@@ -99,7 +94,7 @@ def timeline_svg(results, width: int = 880, lane_height: int = 22) -> str:
 def _title(results) -> str:
     stats = results.stats
     return (
-        f"{len(results)} items on {stats.workers} workers in {stats.wall:.2f} s: "
+        f"{len(results)} items on {stats.workers} workers in {format_seconds(stats.wall)}: "
         f"speedup {stats.speedup:.2f}x of {stats.ideal_speedup} ideal"
     )
 
@@ -193,23 +188,19 @@ class Timeline:
 
 
 # ------------------------------------------------------------------------------ report
-def _fmt_seconds(seconds: float) -> str:
-    return f"{seconds * 1000:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
-
-
 def stats_rows(results) -> list[tuple[str, str]]:
     stats = results.stats
     failures = ", ".join(f"{n} {kind}" for kind, n in sorted(stats.failures.items())) or "none"
     rows = [
         ("items", f"{len(results)} ({stats.items_per_second:,.1f} per second)"),
-        ("wall time", _fmt_seconds(stats.wall)),
-        ("time in items", f"{_fmt_seconds(stats.task_time)} of work"),
+        ("wall time", format_seconds(stats.wall, fine=True)),
+        ("time in items", f"{format_seconds(stats.task_time, fine=True)} of work"),
         (
             "speedup",
             f"{stats.speedup:.2f}x of {stats.ideal_speedup} ideal "
             f"({stats.efficiency:.0%} efficiency)",
         ),
-        ("overhead", f"{_fmt_seconds(stats.overhead)} of worker time not in items"),
+        ("overhead", f"{format_seconds(stats.overhead, fine=True)} of worker time not in items"),
         ("failures", failures),
         ("retries, restarts", f"{stats.retries} retries, {stats.restarts} workers replaced"),
         ("peak worker memory", format_bytes(stats.peak_rss) if stats.peak_rss else "?"),

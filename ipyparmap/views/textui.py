@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import sys
 
-from ipyparmap.views.progress import ProgressModel, format_seconds
+from ipyparmap.figures import format_seconds
+from ipyparmap.views.progress import ProgressModel
 
 __all__ = ["OutputPrinter", "TextProgress", "format_seconds", "status_line"]
 

@@ -39,8 +39,8 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Any
 
-from ipyparmap.options import format_bytes
-from ipyparmap.views.progress import BUSY, ProgressModel, format_seconds
+from ipyparmap.figures import format_bytes, format_seconds, worker_label
+from ipyparmap.views.progress import BUSY, ProgressModel
 
 PANEL_CLASS = "ipyparmap-panel"
 EMPTY_HTML = "<div class='ipyparmap-summary'></div>"
@@ -107,13 +107,6 @@ _TABLE_HEAD = "".join(
 )
 
 
-def worker_label(worker_id: Any) -> str:
-    """``pid 1234`` for a local worker, else the executor's id (``host:pid``, an address)."""
-    if type(worker_id) is int:
-        return f"pid {worker_id}"
-    return html.escape(str(worker_id))
-
-
 def workers_html(model: ProgressModel) -> str:
     """One table row per worker: PID, state, current item, items done, busy, RSS, restarts."""
     rows = []
@@ -122,7 +115,7 @@ def workers_html(model: ProgressModel) -> str:
         rss = format_bytes(w.rss) if w.rss is not None else ""
         state = html.escape(w.state)
         rows.append(
-            f"<tr class='ipyparmap-worker'><td>{worker_label(w.pid)}</td>"
+            f"<tr class='ipyparmap-worker'><td>{html.escape(worker_label(w.pid))}</td>"
             f"<td class='{state}'>{state}</td><td>{current}</td><td>{w.done}</td>"
             f"<td>{format_seconds(w.busy)}</td><td>{rss}</td><td>{w.restarts}</td></tr>"
         )
