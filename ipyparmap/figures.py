@@ -10,14 +10,18 @@ use it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import html
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 #: Runs shorter than this (seconds) show no speedup figure: start-up noise dominates it.
 SPEEDUP_MIN_WALL = 0.5
-#: The failure kind of items that never finished because the run stopped; it is counted
-#: with the failures but is no fault of the items (the panel does not colour it).
+#: How HTML views mark the counts of failed items.
+FAILED_STYLE = "color:#d9534f"
+#: The kind counted with the failures that is no fault of the items, so no view colours
+#: it: items the run stopped before they finished.
 CANCELLED = "cancelled"
+UNFINISHED = (CANCELLED,)
 
 
 # ----------------------------------------------------------------------------- units
@@ -73,9 +77,10 @@ def failure_parts(failures: Mapping[str, int]) -> list[str]:
     return [f"{n} {kind}" for kind, n in sorted(failures.items()) if n]
 
 
-def failed_count(failures: Mapping[str, int]) -> int:
-    """Items that failed through their own fault: every kind but ``cancelled``."""
-    return sum(n for kind, n in failures.items() if kind != CANCELLED)
+def failed_parts(failures: Mapping[str, int]) -> list[str]:
+    """The `failure_parts` that count items failing through their own fault (views
+    colour them): every kind but the `UNFINISHED` ones."""
+    return failure_parts({kind: n for kind, n in failures.items() if kind not in UNFINISHED})
 
 
 def workers_part(workers: int) -> str:
@@ -127,3 +132,14 @@ def status_parts(
     if eta is not None:
         parts.append(f"ETA {format_seconds(eta)}")
     return parts
+
+
+def line_html(parts: Iterable[str], highlight: Iterable[str] = (), sep: str = ", ") -> str:
+    """A line of pieces as HTML: each escaped, those in ``highlight`` (the failure counts
+    of `failed_parts`) in bold red."""
+    marked = set(highlight)
+    out = []
+    for part in parts:
+        text = html.escape(part)
+        out.append(f"<b style='{FAILED_STYLE}'>{text}</b>" if part in marked else text)
+    return sep.join(out)

@@ -125,3 +125,10 @@ def test_report_magics():
     finally:
         del ip.display_pub.publish
     assert any("where the time went" in d.get("text/html", "") for d in shown)
+
+
+def test_summary_of_results_made_by_hand():
+    from ipyparmap.results import Failure, Results
+
+    made = Results([1, Failure(1, "x", "error"), 3])
+    assert made.summary() == "2/3 done, 1 error, 0.00 s"  # counted from its slots

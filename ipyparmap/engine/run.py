@@ -334,7 +334,15 @@ class Runner:
                     record.state = IDLE
                     record.current = None
             self.progress.cancel = None
-            self.progress.finish()
+            # [figures, issue 14] The views draw the final line from the stats, so they
+            # must hold what _build will count: as many items as the Results has slots,
+            # and the ones that never finished as "cancelled" (every finished item went
+            # through progress.add, so those are size - progress.done).
+            size = self.total if self.sequence is not None else self.pulled
+            self.stats.items = size
+            if size > self.progress.done:
+                self.stats.failures["cancelled"] = size - self.progress.done
+            self.progress.finish(self.stats)
 
     def _cancel_rest(self, chunk: _Chunk) -> None:
         """The chunk's items that have not come back become ``cancelled``."""

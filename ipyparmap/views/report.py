@@ -2,8 +2,8 @@
 
 Pure functions from a Results' data (per-item start, duration, worker, outcome, read
 through ``results.outcomes()``) to SVG and HTML strings: no plotting library, no
-IPython; from the package only the L0 formatting helpers. The chart has one lane per
-worker and a bar per item, coloured by outcome; idle gaps show as empty lane. With many
+IPython; from the package only the wording of ``figures`` (L0). The chart has one lane
+per worker and a bar per item, coloured by outcome; idle gaps show as empty lane. With many
 items (more than about two per pixel) bars would be sub-pixel, so each lane is drawn
 as columns whose height is the share of that moment the worker was busy, coloured by
 the worst outcome in it: dense runs stay readable and load imbalance stays visible.
@@ -16,7 +16,13 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ipyparmap.figures import format_bytes, format_seconds, worker_label
+from ipyparmap.figures import (
+    failure_parts,
+    format_bytes,
+    format_seconds,
+    line_html,
+    worker_label,
+)
 
 COLORS = {
     "ok": "#4c8bf5",
@@ -190,7 +196,7 @@ class Timeline:
 # ------------------------------------------------------------------------------ report
 def stats_rows(results) -> list[tuple[str, str]]:
     stats = results.stats
-    failures = ", ".join(f"{n} {kind}" for kind, n in sorted(stats.failures.items())) or "none"
+    failures = ", ".join(failure_parts(stats.failures)) or "none"
     rows = [
         ("items", f"{len(results)} ({stats.items_per_second:,.1f} per second)"),
         ("wall time", format_seconds(stats.wall, fine=True)),
@@ -209,8 +215,9 @@ def stats_rows(results) -> list[tuple[str, str]]:
 
 
 def summary_html(results, failures: int = 5) -> str:
-    """The compact summary a Results shows in a notebook."""
-    head = html.escape(results.summary())
+    """The compact summary a Results shows in a notebook, headed by its summary line
+    (the one the progress panel ends with)."""
+    head = line_html(results.stats.summary_parts())
     table = "".join(
         f"<tr><th style='text-align:left;padding-right:1em'>{html.escape(k)}</th>"
         f"<td style='text-align:left'>{html.escape(v)}</td></tr>"
