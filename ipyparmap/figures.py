@@ -18,10 +18,11 @@ from typing import Any
 SPEEDUP_MIN_WALL = 0.5
 #: How HTML views mark the counts of failed items.
 FAILED_STYLE = "color:#d9534f"
-#: The kind counted with the failures that is no fault of the items, so no view colours
-#: it: items the run stopped before they finished.
-CANCELLED = "cancelled"
-UNFINISHED = (CANCELLED,)
+#: Kinds counted with the failures that are no fault of the items, so no view colours
+#: them: items the run stopped before they finished, and (in a running run's snapshot)
+#: items not finished yet.
+CANCELLED, PENDING = "cancelled", "pending"
+UNFINISHED = (CANCELLED, PENDING)
 
 
 # ----------------------------------------------------------------------------- units

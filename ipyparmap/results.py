@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -330,7 +331,18 @@ class ResultSlots:
         """A copy of the results so far; unfinished slots hold PENDING."""
         values = list(self.slots)
         values.extend([PENDING] * (size - len(values)))
-        return Results([PENDING if v is _MISSING else v for v in values], copy.copy(stats))
+        values = [PENDING if v is _MISSING else v for v in values]
+        # Its own figures, so its summary() reads "12/100 done, 88 pending, ..." (the
+        # run's stats are not final yet: no items count, no cancelled, no wall time).
+        now = copy.copy(stats)
+        now.items = size
+        now.failures = dict(stats.failures)
+        pending = sum(1 for v in values if v is PENDING)
+        if pending:
+            now.failures[figures.PENDING] = pending
+        if stats.started is not None:
+            now.wall = max(0.0, time.time() - stats.started)
+        return Results(values, now)
 
     def build(self, size: int, missing, stats: RunStats, outputs: dict) -> Results:
         """Results with ``size`` slots; ``missing(index)`` fills each slot never filled."""

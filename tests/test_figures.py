@@ -57,7 +57,7 @@ def test_summary_parts():
     assert line == "80/100 done, 19 cancelled, 1 error, 3.2 s, speedup 1.93x on 2 workers"
     assert figures.summary_line(5, 5, {}, 0.4, 1, 0.9) == "5/5 done, 0 failed, 0.40 s, on 1 worker"
     assert figures.summary_line(7, None, {"crashed": 0}, 1.0, 0) == "7 done, 0 failed, 1.0 s"
-    kinds = {"error": 1, "timeout": 2, "cancelled": 19}
+    kinds = {"error": 1, "timeout": 2, "cancelled": 19, "pending": 4}
     assert figures.failed_parts(kinds) == ["1 error", "2 timeout"]  # the ones views colour
 
 
