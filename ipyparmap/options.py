@@ -33,15 +33,6 @@ def short_repr(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def format_bytes(size: float) -> str:
-    """``1536`` -> ``"1.5 KB"`` (powers of 1024)."""
-    for unit in ("bytes", "KB", "MB", "GB", "TB"):
-        if size < 1024 or unit == "TB":
-            return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TB"
-
-
 def describe(value: Any, limit: int = 50) -> str:
     """A short, safe description for error messages: ``repr (type)``."""
     return f"{short_repr(value, limit)} ({type(value).__name__})"

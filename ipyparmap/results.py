@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import copy
 import itertools
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from ipyparmap import figures
 from ipyparmap.options import short_repr
 from ipyparmap.wire.messages import Timings
-
-FAILURE_KINDS = ("error", "crashed", "timeout", "cancelled")
-#: Runs shorter than this (seconds) show no speedup figure: start-up noise dominates it.
-SPEEDUP_MIN_WALL = 0.5
 
 
 @dataclass(eq=False)
@@ -26,7 +24,7 @@ class Failure:
 
     index: int
     item: Any
-    kind: str  # one of FAILURE_KINDS
+    kind: str  # "error", "crashed", "timeout" or "cancelled"
     exception: BaseException | None = None
     traceback: str = ""
     worker: int | None = None  # the worker's PID
@@ -63,7 +61,9 @@ class ItemOutput:
 
 @dataclass
 class RunStats:
-    """Where the time of a run went."""
+    """Where the time of a run went, and its counts: the figures every view shows at the
+    end of a run (the panel, the text bar, ``Results.summary()``, a failed run's
+    exception, the report)."""
 
     items: int = 0
     workers: int = 0
@@ -71,7 +71,7 @@ class RunStats:
     task_time: float = 0.0  # sum of the items' run times in the workers
     busy: dict = field(default_factory=dict)  # worker PID -> seconds spent running items
     peak_rss: int | None = None  # bytes, largest worker RSS seen
-    failures: dict = field(default_factory=dict)  # kind -> count
+    failures: dict = field(default_factory=dict)  # kind -> count, "cancelled" included
     retries: int = 0  # extra attempts made
     restarts: int = 0  # workers replaced after a crash or timeout
     chunks: int = 0  # messages of items sent to workers
@@ -104,12 +104,18 @@ class RunStats:
     def items_per_second(self) -> float:
         return self.items / self.wall if self.wall > 0 else 0.0
 
+    def summary_parts(self) -> list[str]:
+        """The pieces of `summary` (views lay them out and colour the failures)."""
+        failures = self.failures
+        done = self.items - sum(failures.values())
+        speedup = self.speedup if self.task_time > 0 else None
+        return figures.summary_parts(done, self.items, failures, self.wall, self.workers, speedup)
+
     def summary(self) -> str:
-        failed = sum(self.failures.values())
-        return (
-            f"{self.items} items, {failed} failed, {self.wall:.2f} s wall, "
-            f"{self.workers} workers, speedup {self.speedup:.2f}x"
-        )
+        """``80/100 done, 19 cancelled, 1 error, 3.2 s, speedup 1.90x on 2 workers``:
+        items that succeeded, the others by failure kind, wall time, and the achieved
+        speedup (left out of runs shorter than half a second)."""
+        return ", ".join(self.summary_parts())
 
 
 class Results(list):
@@ -129,7 +135,10 @@ class Results(list):
         workers: list | None = None,
     ):
         super().__init__(values)
-        self.stats = stats if stats is not None else RunStats(items=len(self))
+        if stats is None:  # made by hand: count what the slots hold, summary() reads it
+            kinds = Counter(v.kind for v in self if isinstance(v, Failure))
+            stats = RunStats(items=len(self), failures=dict(kinds))
+        self.stats = stats
         self.outputs: dict[int, ItemOutput] = outputs if outputs is not None else {}
         self._durations: list | None = durations if durations is not None else []
         self._workers: list | None = workers if workers is not None else []
@@ -233,20 +242,9 @@ class Results(list):
         return [default if isinstance(v, Failure) else v for v in self]
 
     def summary(self) -> str:
-        kinds = Counter(f.kind for f in self.failures)
-        done = len(self) - sum(kinds.values())
-        parts = [f"{done}/{len(self)} done"]
-        parts += [f"{n} {kind}" for kind, n in sorted(kinds.items())]
-        if not kinds:
-            parts.append("0 failed")
-        parts.append(f"{self.stats.wall:.2f} s")
-        workers = self.stats.workers
-        on = f"on {workers} worker{'s' if workers != 1 else ''}"
-        if self.stats.wall >= SPEEDUP_MIN_WALL and self.stats.task_time > 0:
-            parts.append(f"speedup {self.stats.speedup:.2f}x {on}")
-        elif workers:
-            parts.append(on)
-        return ", ".join(parts)
+        """The run in one line, from its `RunStats`: the same line as the progress
+        panel's and the text bar's last one (see `RunStats.summary`)."""
+        return self.stats.summary()
 
     def __reduce__(self):
         return (
@@ -333,7 +331,18 @@ class ResultSlots:
         """A copy of the results so far; unfinished slots hold PENDING."""
         values = list(self.slots)
         values.extend([PENDING] * (size - len(values)))
-        return Results([PENDING if v is _MISSING else v for v in values], copy.copy(stats))
+        values = [PENDING if v is _MISSING else v for v in values]
+        # Its own figures, so its summary() reads "12/100 done, 88 pending, ..." (the
+        # run's stats are not final yet: no items count, no cancelled, no wall time).
+        now = copy.copy(stats)
+        now.items = size
+        now.failures = dict(stats.failures)
+        pending = sum(1 for v in values if v is PENDING)
+        if pending:
+            now.failures[figures.PENDING] = pending
+        if stats.started is not None:
+            now.wall = max(0.0, time.time() - stats.started)
+        return Results(values, now)
 
     def build(self, size: int, missing, stats: RunStats, outputs: dict) -> Results:
         """Results with ``size`` slots; ``missing(index)`` fills each slot never filled."""

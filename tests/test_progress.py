@@ -8,14 +8,9 @@ import sys
 import pytest
 from conftest import run_python
 
+from ipyparmap.figures import format_seconds
 from ipyparmap.views import textui
-from ipyparmap.views.progress import (
-    BUSY,
-    DEAD,
-    IDLE,
-    ProgressModel,
-    format_seconds,
-)
+from ipyparmap.views.progress import BUSY, DEAD, IDLE, ProgressModel
 
 
 class FakeClock:
@@ -164,7 +159,7 @@ def test_summary_of_a_short_run_has_no_speedup_and_counts_workers_not_replacemen
     clock.advance(0.4)
     model.add(5, failed=1)
     model.finish()
-    assert model.summary() == "5/5 done, 1 failed, 0.40 s, on 2 workers"
+    assert model.summary() == "4/5 done, 1 failed, 0.40 s, on 2 workers"  # done: succeeded
 
 
 def test_a_worker_killed_at_the_end_still_counts(clock):
@@ -174,7 +169,7 @@ def test_a_worker_killed_at_the_end_still_counts(clock):
     clock.advance(1.0)
     model.add(4, failed=1)
     model.finish()
-    assert model.summary() == "4/4 done, 1 failed, 1.0 s, on 2 workers"
+    assert model.summary() == "3/4 done, 1 failed, 1.0 s, on 2 workers"
 
 
 def test_summary_with_failures_and_an_early_stop(clock):
@@ -183,7 +178,10 @@ def test_summary_with_failures_and_an_early_stop(clock):
     clock.advance(0.5)
     model.add(37, failed=1)
     model.finish()
-    assert model.summary() == "37/100 done, 1 failed, stopped, 0.50 s, speedup 1.00x on 1 worker"
+    # the items left when the run ended are counted as cancelled, as Results counts them
+    assert (
+        model.summary() == "36/100 done, 63 cancelled, 1 failed, 0.50 s, speedup 1.00x on 1 worker"
+    )
 
 
 # -- robustness -------------------------------------------------------------------------------
@@ -313,4 +311,4 @@ def test_failures_reach_the_model():
         timeout=90,
     )
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "OK 6/6 done, 1 failed" in out.stdout
+    assert "OK 5/6 done, 1 error" in out.stdout  # the final line comes from the run's stats

@@ -125,3 +125,19 @@ def test_report_magics():
     finally:
         del ip.display_pub.publish
     assert any("where the time went" in d.get("text/html", "") for d in shown)
+
+
+def test_summaries_of_results_made_by_hand_and_of_a_running_snapshot():
+    import time
+
+    from ipyparmap.results import Failure, Results, ResultSlots, RunStats
+
+    made = Results([1, Failure(1, "x", "error"), 3])
+    assert made.summary() == "2/3 done, 1 error, 0.00 s"  # counted from its slots
+    slots = ResultSlots()
+    slots.place(range(3), [0, 1, 2])
+    slots.place([5], [Failure(5, 5, "error")])
+    stats = RunStats(workers=2, failures={"error": 1}, started=time.time())
+    snapshot = slots.snapshot(10, stats)
+    assert snapshot.summary().startswith("3/10 done, 1 error, 6 pending, ")
+    assert stats.failures == {"error": 1} and stats.items == 0  # the run's stats untouched

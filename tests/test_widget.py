@@ -9,6 +9,7 @@ nbclient and checks what a saved notebook holds.
 from __future__ import annotations
 
 import copy
+import io
 import os
 import pty
 import re
@@ -151,7 +152,7 @@ def test_summary_object_renders_text_and_html():
     model.add(4, failed=1)
     model.finish()
     summary = Summary("work", model)
-    assert repr(summary) == "work: 4/4 done, 1 failed, 0.00 s"
+    assert repr(summary) == "work: 3/4 done, 1 failed, 0.00 s"  # done: the ones that succeeded
     html = summary._repr_mimebundle_()["text/html"]
     assert "#d9534f" in html  # the danger colour
     assert "width:100.0%" in html
@@ -252,7 +253,7 @@ def test_failures_turn_the_bar_red_while_running_and_at_the_end(comms, screen):
     run_items(model, clock, 12, 10)
     model.finish()
     assert panel.bar.bar_style == "danger"
-    assert screen.only["text/plain"].startswith("parmap: 20/20 done, 1 failed, ")
+    assert screen.only["text/plain"].startswith("parmap: 19/20 done, 1 failed, ")
 
 
 def test_a_stopped_run_ends_in_the_warning_style(comms, screen):
@@ -260,7 +261,7 @@ def test_a_stopped_run_ends_in_the_warning_style(comms, screen):
     run_items(model, clock, 11, 7)
     model.finish()  # interrupted: the runner finishes the model with items left
     assert (panel.bar.value, panel.bar.bar_style) == (7, "warning")
-    assert screen.only["text/plain"].startswith("parmap: 7/50 done, 0 failed, stopped, ")
+    assert screen.only["text/plain"].startswith("parmap: 7/50 done, 43 cancelled, ")
 
 
 def test_an_input_of_unknown_length(comms, screen):
@@ -304,7 +305,7 @@ def test_worker_rows_of_other_engines_show_their_ids(comms, screen):
     model.worker("host<1>:42").state = IDLE
     run_items(model, clock, "tcp://10.0.0.5:40123", 2)
     table = panel.workers.value
-    assert "<td>tcp://10.0.0.5:40123</td>" in table
+    assert "<td>10.0.0.5:40123</td>" in table  # as the report's timeline names it
     assert "<td>host&lt;1&gt;:42</td>" in table  # escaped
 
 
@@ -339,6 +340,48 @@ def test_the_cancel_button_of_a_background_run_cancels_it(comms, screen, no_leak
     wait_for(lambda: panel.final, timeout=10)
     assert panel.cancel_button.layout.display == "none"  # gone once the run is over
     assert panel.bar.bar_style == "warning"
+
+
+def test_a_run_stopped_by_its_first_failure_reads_the_same_everywhere(
+    comms, screen, monkeypatch, no_leaks
+):
+    """Issue 14: the panel, the text bar, Results.summary() and the exception all give
+    the run's figures from its RunStats: done, failures by kind, cancelled, total."""
+    import helpers
+
+    import ipyparmap as pm
+    from ipyparmap.errors import render_error
+
+    def fails_on_80(x):
+        time.sleep(0.02)  # long enough for the panel, and items left to cancel
+        return helpers.fail_on(x, bad=80)
+
+    stderr = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    model = ProgressModel()
+    panel = ProgressPanel(delay=0, display=screen.display, update_display=screen.update_display)
+    model.listeners += [panel, textui.TextProgress(summary=True, live=False)]
+    monkeypatch.setattr(api, "_progress_model", lambda mode: model)
+    with pytest.raises(pm.TaskError) as info:
+        pm.parmap(fails_on_80, range(100), workers=2, chunksize=1)
+
+    results = info.value.results
+    line = results.summary()
+    counts = re.match(r"(\d+)/(\d+) done, (\d+) cancelled, 1 error, ", line)
+    assert counts, line
+    done, total, cancelled = map(int, counts.groups())
+    assert total == 100 and cancelled > 0 and done + cancelled + 1 == total
+    assert done == sum(not isinstance(v, pm.Failure) for v in results)
+    assert results.stats.failures == {"error": 1, "cancelled": cancelled}
+
+    assert panel.panel is not None and panel.final  # the widget path, to its end
+    assert re.sub(r"<[^>]+>", "", panel.status.value) == line  # the panel's last status
+    assert "<b style='color:#d9534f'>1 error</b>" in panel.status.value
+    assert (panel.bar.bar_style, panel.bar.value) == ("danger", done + 1)
+    assert screen.only["text/plain"] == f"parmap: {line}"  # what a saved notebook shows
+    assert model.summary() == line
+    assert stderr.getvalue().rstrip("\n").endswith(f"] {line}")  # the text bar's last line
+    assert f"partial results: {line} -> in" in render_error(info.value)[1]  # the exception
 
 
 def test_a_panel_object_is_displayable_before_anything_ran():
@@ -542,5 +585,5 @@ def test_in_a_real_kernel_the_saved_notebook_holds_widget_and_readable_summary(t
 
     # failures: the danger style, and the count in the summary
     (data,) = panel_outputs(nb.cells[3])
-    assert data["text/plain"].startswith("parmap: 10/10 done, 1 failed, ")
+    assert data["text/plain"].startswith("parmap: 9/10 done, 1 error, ")  # as res.summary()
     assert panel_state(data)["bar_style"] == "danger"

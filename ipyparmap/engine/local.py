@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 from ipyparmap.engine.attribution import function_unloadable
 from ipyparmap.engine.feed import Chunk
 from ipyparmap.errors import ParmapError, TaskError, TaskTimeout, WorkerCrashed
-from ipyparmap.options import describe, format_bytes
+from ipyparmap.figures import format_bytes
+from ipyparmap.options import describe
 from ipyparmap.process.pool import EnvExtra, Pool, WorkerHandle
 from ipyparmap.process.resources import describe_exit, signal_name
 from ipyparmap.views.progress import BUSY, DEAD, IDLE

@@ -285,7 +285,17 @@ class Runner:
                     record.state = IDLE
                     record.current = None
             self.progress.cancel = None
-            self.progress.finish()
+            # The views draw the final line from the stats, so they must hold what
+            # ResultsSink.build will count: as many items as the Results has slots, and
+            # the ones that never finished as "cancelled" (every finished item went
+            # through progress.add, so those are size - progress.done). Pinned by
+            # tests/test_widget.py's agreement test.
+            if isinstance(self.feed, ItemFeed):
+                size = self.feed.size()
+                self.stats.items = size
+                if size > self.progress.done:
+                    self.stats.failures["cancelled"] = size - self.progress.done
+            self.progress.finish(self.stats)
 
     def _raise_first_failure(self) -> None:
         failure, self.sink.first_failure = self.sink.first_failure, None

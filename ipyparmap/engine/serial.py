@@ -46,6 +46,7 @@ def serial_results(func: Callable, iterable: Iterable, options: Options) -> Resu
     stats.task_time = stats.wall
     results = Results(values, stats)
     failures = results.failures
+    stats.failures = {"error": len(failures)} if failures else {}  # [figures] summary() reads it
     if failures and options.errors == "raise":
         raise TaskError(failures[0].describe(), failures[0], results) from failures[0].exception
     return results

@@ -7,6 +7,12 @@ nothing: a listener runs at most ``max_rate`` times a second, plus once at the e
 
 Worker memory (``WorkerState.rss``) is sampled by the local engine (``local.py``), which
 also needs it for ``max_memory`` and crash reports.
+
+While running, the figures are the model's own counts. At the end the runner hands
+`finish` the run's ``RunStats``, and the final line is drawn from those (items, failures
+by kind including the cancelled ones, wall time, speedup), so the panel, the text bar,
+``Results.summary()`` and a failed run's exception read the same. Every line is worded
+by ``ipyparmap.figures``.
 """
 
 from __future__ import annotations
@@ -17,10 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ipyparmap import figures
+
 IDLE, BUSY, STARTING, DEAD = "idle", "busy", "starting", "dead"
-#: Runs shorter than this (seconds) show no speedup: start-up noise dominates it (the
-#: same rule as ``results.SPEEDUP_MIN_WALL``; L1 siblings do not import each other).
-SPEEDUP_MIN_ELAPSED = 0.5
 
 
 @dataclass
@@ -39,8 +44,8 @@ class ProgressModel:
     total: int | None = None
     clock: Callable[[], float] = time.monotonic
     max_rate: float = 10.0  # refreshes per second
-    done: int = 0  # finished items, successful or failed
-    failed: int = 0
+    done: int = 0  # finished items, successful or failed (what the bar shows)
+    failed: int = 0  # of those, the failed ones
     rate: float = 0.0  # smoothed items per second
     started: float = 0.0
     ended: float | None = None
@@ -48,6 +53,9 @@ class ProgressModel:
     listeners: list = field(default_factory=list)  # callables(model, final: bool)
     cancel: Callable[[], None] | None = None  # set while a run can be cancelled
     background: bool = False  # a parmap_async run: the kernel's main thread is free
+    # The run's RunStats, given to finish(): the source of the final line. Typed Any
+    # because results.py is a sibling layer this module must not import.
+    stats: Any = None
     _last_refresh: float = 0.0
     _last_done: int = 0
 
@@ -77,7 +85,10 @@ class ProgressModel:
         self._notify(False)
         return True
 
-    def finish(self) -> None:
+    def finish(self, stats: Any = None) -> None:
+        """The run ended. ``stats`` (its ``RunStats``, final by now) gives the figures of
+        the final line; without it (a model driven by hand) the model's counts do."""
+        self.stats = stats
         self.ended = self.clock()
         self._update_rate(self.ended)
         self._notify(True)
@@ -116,8 +127,15 @@ class ProgressModel:
         return min(1.0, self.done / self.total)
 
     @property
+    def ok(self) -> int:
+        """Items that succeeded so far (``done`` less ``failed``): what lines call done."""
+        return self.done - self.failed
+
+    @property
     def complete(self) -> bool:
         """Every item finished (for an input of unknown length: the run ended)."""
+        if self.stats is not None:  # the run's own count of what never finished
+            return not self.stats.failures.get(figures.CANCELLED)
         if self.total is None:
             return self.ended is not None
         return self.done >= self.total
@@ -141,34 +159,36 @@ class ProgressModel:
         return self.done / elapsed if elapsed > 0 else 0.0
 
     def status_parts(self) -> list[str]:
-        """The running status in pieces: ``45/100 done``, ``2 failed``, ``12.3 items/s``,
+        """The running status in pieces: ``43/100 done``, ``2 failed``, ``12.3 items/s``,
         ``3.1 s`` and, while running with a known length, ``ETA 4.2 s``."""
-        count = f"{self.done}/{self.total}" if self.total is not None else f"{self.done}"
         rate = self.average_rate if self.ended is not None else self.rate
-        parts = [f"{count} done", f"{self.failed} failed", f"{rate:.1f} items/s"]
-        parts.append(format_seconds(self.elapsed))
-        if self.ended is None and self.eta is not None:
-            parts.append(f"ETA {format_seconds(self.eta)}")
-        return parts
+        eta = self.eta if self.ended is None else None
+        return figures.status_parts(self.ok, self.total, self.failed, rate, self.elapsed, eta)
+
+    def summary_parts(self) -> list[str]:
+        """The end of the run in pieces (see `summary`)."""
+        if self.stats is not None:
+            return self.stats.summary_parts()
+        # Driven by hand, without stats: the model's counts, worded the same way (items
+        # left when it ended are the cancelled ones).
+        failures = {"failed": self.failed}
+        if self.total is not None and self.ended is not None:
+            failures[figures.CANCELLED] = max(0, self.total - self.done)
+        return figures.summary_parts(
+            self.ok, self.total, failures, self.elapsed, self.size, self.speedup
+        )
 
     def summary(self) -> str:
-        """One line for the end of a run: ``100/100 done, 0 failed, 3.2 s, speedup 1.9x ...``
+        """One line for the end of a run, as ``Results.summary()`` words it:
+        ``80/100 done, 19 cancelled, 1 error, 3.2 s, speedup 1.90x on 2 workers``."""
+        return ", ".join(self.summary_parts())
 
-        The speedup (task time / elapsed) is left out of runs shorter than 0.5 s.
-        """
-        count = f"{self.done}/{self.total}" if self.total is not None else f"{self.done}"
-        parts = [f"{count} done", f"{self.failed} failed"]
-        if self.ended is not None and not self.complete:
-            parts.append("stopped")
-        parts.append(format_seconds(self.elapsed))
-        workers = self.size
-        on = f"on {workers} worker{'s' * (workers != 1)}"
-        speedup = self.speedup
-        if speedup is not None and self.elapsed >= SPEEDUP_MIN_ELAPSED:
-            parts.append(f"speedup {speedup:.2f}x {on}")
-        elif workers:
-            parts.append(on)
-        return ", ".join(parts)
+    def failure_parts(self) -> list[str]:
+        """The pieces of the current line that count failed items (views colour them):
+        each failure kind but ``cancelled`` at the end, ``2 failed`` while running."""
+        if self.ended is not None and self.stats is not None:
+            return figures.failed_parts(self.stats.failures)
+        return [f"{self.failed} failed"] if self.failed else []
 
     def _update_rate(self, now: float) -> None:
         interval = now - self._last_refresh
@@ -192,16 +212,3 @@ class ProgressModel:
                     RuntimeWarning,
                     stacklevel=2,
                 )
-
-
-def format_seconds(seconds: float | None) -> str:
-    """``0.25 s``, ``3.2 s``, ``1:15``, ``1:01:40``; ``?`` when unknown."""
-    if seconds is None:
-        return "?"
-    if seconds < 1:
-        return f"{seconds:.2f} s"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"

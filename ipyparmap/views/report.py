@@ -2,8 +2,8 @@
 
 Pure functions from a Results' data (per-item start, duration, worker, outcome, read
 through ``results.outcomes()``) to SVG and HTML strings: no plotting library, no
-IPython; from the package only the L0 formatting helpers. The chart has one lane per
-worker and a bar per item, coloured by outcome; idle gaps show as empty lane. With many
+IPython; from the package only the wording of ``figures`` (L0). The chart has one lane
+per worker and a bar per item, coloured by outcome; idle gaps show as empty lane. With many
 items (more than about two per pixel) bars would be sub-pixel, so each lane is drawn
 as columns whose height is the share of that moment the worker was busy, coloured by
 the worst outcome in it: dense runs stay readable and load imbalance stays visible.
@@ -16,7 +16,13 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ipyparmap.options import format_bytes
+from ipyparmap.figures import (
+    failure_parts,
+    format_bytes,
+    format_seconds,
+    line_html,
+    worker_label,
+)
 
 COLORS = {
     "ok": "#4c8bf5",
@@ -54,11 +60,6 @@ def spans(results) -> list[Span]:
     return found
 
 
-def _lane_name(worker: Any) -> str:
-    text = str(worker)
-    return f"pid {text}" if text.isdigit() else text.rsplit("/", 1)[-1]
-
-
 def timeline_svg(results, width: int = 880, lane_height: int = 22) -> str:
     """An SVG chart of the run: a lane per worker, a bar per item (aggregated if dense)."""
     items = spans(results)
@@ -85,7 +86,7 @@ def timeline_svg(results, width: int = 880, lane_height: int = 22) -> str:
         )
         out.append(
             f'<text x="{label_width - 6}" y="{y + lane_height - 9}" text-anchor="end" '
-            f'fill="#333">{html.escape(_lane_name(worker))}</text>'
+            f'fill="#333">{html.escape(worker_label(worker))}</text>'
         )
         mine = [s for s in items if s.worker == worker]
         draw = _dense_lane if dense else _bars
@@ -99,7 +100,7 @@ def timeline_svg(results, width: int = 880, lane_height: int = 22) -> str:
 def _title(results) -> str:
     stats = results.stats
     return (
-        f"{len(results)} items on {stats.workers} workers in {stats.wall:.2f} s: "
+        f"{len(results)} items on {stats.workers} workers in {format_seconds(stats.wall)}: "
         f"speedup {stats.speedup:.2f}x of {stats.ideal_speedup} ideal"
     )
 
@@ -193,23 +194,19 @@ class Timeline:
 
 
 # ------------------------------------------------------------------------------ report
-def _fmt_seconds(seconds: float) -> str:
-    return f"{seconds * 1000:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
-
-
 def stats_rows(results) -> list[tuple[str, str]]:
     stats = results.stats
-    failures = ", ".join(f"{n} {kind}" for kind, n in sorted(stats.failures.items())) or "none"
+    failures = ", ".join(failure_parts(stats.failures)) or "none"
     rows = [
         ("items", f"{len(results)} ({stats.items_per_second:,.1f} per second)"),
-        ("wall time", _fmt_seconds(stats.wall)),
-        ("time in items", f"{_fmt_seconds(stats.task_time)} of work"),
+        ("wall time", format_seconds(stats.wall, fine=True)),
+        ("time in items", f"{format_seconds(stats.task_time, fine=True)} of work"),
         (
             "speedup",
             f"{stats.speedup:.2f}x of {stats.ideal_speedup} ideal "
             f"({stats.efficiency:.0%} efficiency)",
         ),
-        ("overhead", f"{_fmt_seconds(stats.overhead)} of worker time not in items"),
+        ("overhead", f"{format_seconds(stats.overhead, fine=True)} of worker time not in items"),
         ("failures", failures),
         ("retries, restarts", f"{stats.retries} retries, {stats.restarts} workers replaced"),
         ("peak worker memory", format_bytes(stats.peak_rss) if stats.peak_rss else "?"),
@@ -218,8 +215,9 @@ def stats_rows(results) -> list[tuple[str, str]]:
 
 
 def summary_html(results, failures: int = 5) -> str:
-    """The compact summary a Results shows in a notebook."""
-    head = html.escape(results.summary())
+    """The compact summary a Results shows in a notebook, headed by its summary line
+    (the one the progress panel ends with)."""
+    head = line_html(results.stats.summary_parts())
     table = "".join(
         f"<tr><th style='text-align:left;padding-right:1em'>{html.escape(k)}</th>"
         f"<td style='text-align:left'>{html.escape(v)}</td></tr>"

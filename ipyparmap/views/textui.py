@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import sys
 
-from ipyparmap.views.progress import ProgressModel, format_seconds
+from ipyparmap.figures import format_seconds
+from ipyparmap.views.progress import ProgressModel
 
 __all__ = ["OutputPrinter", "TextProgress", "format_seconds", "status_line"]
 
 
 def status_line(model: ProgressModel, width: int = 24) -> str:
-    """``[#######.....] 45/100 done, 2 failed, 12.3 items/s, 3.1 s, ETA 4.2 s``"""
-    parts = model.status_parts()
+    """``[#######.....] 43/100 done, 2 failed, 12.3 items/s, 3.1 s, ETA 4.2 s`` while
+    running; once the run ended, the bar and the summary (the line ``Results.summary()``
+    and the panel show): ``[###...] 80/100 done, 19 cancelled, 1 error, 3.2 s, ...``"""
+    parts = model.summary_parts() if model.ended is not None else model.status_parts()
     fraction = model.fraction
     if fraction is not None:
         filled = round(fraction * width)

@@ -14,8 +14,9 @@ What the user sees in the cell's output, all in one display slot (a display id):
 
   refreshed by the model's throttle (at most ~10 times a second; the worker rows at most
   twice a second), every refresh batched with ``hold_sync`` (one comm message per
-  changed widget). At the end the status turns
-  into the summary (items, failures, wall time, achieved speedup) and the bar into
+  changed widget). At the end the status turns into the summary, drawn from the run's
+  ``RunStats`` (the line ``Results.summary()`` and a failed run's exception show: items
+  done, failures by kind, cancelled items, wall time, achieved speedup) and the bar into
   ``success`` (all done), ``danger`` (failures; already while running) or ``warning``
   (stopped early).
 
@@ -39,8 +40,8 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Any
 
-from ipyparmap.options import format_bytes
-from ipyparmap.views.progress import BUSY, ProgressModel, format_seconds
+from ipyparmap.figures import format_bytes, format_seconds, line_html, worker_label
+from ipyparmap.views.progress import BUSY, ProgressModel
 
 PANEL_CLASS = "ipyparmap-panel"
 EMPTY_HTML = "<div class='ipyparmap-summary'></div>"
@@ -82,8 +83,16 @@ def widgets_available(warn: bool = False) -> bool:
 
 # ------------------------------------------------------------------------ text pieces
 def status_text(model: ProgressModel) -> str:
-    """The running status: ``45/100 done · 2 failed · 12.3 items/s · 3.1 s · ETA 4.2 s``."""
+    """The running status: ``43/100 done · 2 failed · 12.3 items/s · 3.1 s · ETA 4.2 s``."""
     return " · ".join(model.status_parts())
+
+
+def line_parts(model: ProgressModel, final: bool) -> tuple[list[str], str]:
+    """The pieces of the status line and their separator: the running status, or at the
+    end the summary (from the run's stats, as ``Results.summary()`` words it)."""
+    if final:
+        return model.summary_parts(), ", "
+    return model.status_parts(), " · "
 
 
 def workers_title(model: ProgressModel) -> str:
@@ -107,13 +116,6 @@ _TABLE_HEAD = "".join(
 )
 
 
-def worker_label(worker_id: Any) -> str:
-    """``pid 1234`` for a local worker, else the executor's id (``host:pid``, an address)."""
-    if type(worker_id) is int:
-        return f"pid {worker_id}"
-    return html.escape(str(worker_id))
-
-
 def workers_html(model: ProgressModel) -> str:
     """One table row per worker: PID, state, current item, items done, busy, RSS, restarts."""
     rows = []
@@ -122,7 +124,7 @@ def workers_html(model: ProgressModel) -> str:
         rss = format_bytes(w.rss) if w.rss is not None else ""
         state = html.escape(w.state)
         rows.append(
-            f"<tr class='ipyparmap-worker'><td>{worker_label(w.pid)}</td>"
+            f"<tr class='ipyparmap-worker'><td>{html.escape(worker_label(w.pid))}</td>"
             f"<td class='{state}'>{state}</td><td>{current}</td><td>{w.done}</td>"
             f"<td>{format_seconds(w.busy)}</td><td>{rss}</td><td>{w.restarts}</td></tr>"
         )
@@ -134,14 +136,14 @@ def workers_html(model: ProgressModel) -> str:
 
 def bar_style(model: ProgressModel, final: bool) -> str:
     """``danger`` on failure, ``success`` when all is done, ``warning`` when stopped early."""
-    if model.failed:
+    if model.failure_parts():
         return "danger"
     if final:
         return "success" if model.complete else "warning"
     return ""
 
 
-def summary_html(label: str, model: ProgressModel) -> str:
+def panel_html(label: str, model: ProgressModel) -> str:
     """A static HTML rendering of the run's state (for viewers without widgets)."""
     fraction = model.fraction
     if fraction is None:
@@ -149,13 +151,14 @@ def summary_html(label: str, model: ProgressModel) -> str:
     style = bar_style(model, model.ended is not None)
     colour = {"danger": "#d9534f", "success": "#5cb85c", "warning": "#f0ad4e"}.get(style)
     bar_colour = f"background:{colour};" if colour else "background:#2196f3;"
-    text = model.summary() if model.ended is not None else status_text(model)
+    parts, sep = line_parts(model, model.ended is not None)
+    text = line_html(parts, sep=sep)
     return (
         "<div class='ipyparmap-summary' style='display:flex;align-items:center;gap:8px'>"
         f"<b>{html.escape(label)}</b>"
         "<span style='display:inline-block;width:160px;height:10px;background:#eee'>"
         f"<span style='display:block;height:100%;width:{fraction * 100:.1f}%;{bar_colour}'>"
-        f"</span></span><span>{html.escape(text)}</span></div>"
+        f"</span></span><span>{text}</span></div>"
     )
 
 
@@ -164,7 +167,7 @@ class Summary:
 
     def __init__(self, label: str, model: ProgressModel):
         self.text = f"{label}: {model.summary()}"
-        self.html = summary_html(label, model)
+        self.html = panel_html(label, model)
 
     def __repr__(self) -> str:
         return self.text
@@ -250,7 +253,7 @@ class ProgressPanel:
         """
         if self.model is None:
             return self._placeholder()
-        bundle = {"text/plain": self.text(), "text/html": summary_html(self.label, self.model)}
+        bundle = {"text/plain": self.text(), "text/html": panel_html(self.label, self.model)}
         if self.panel is not None and self.panel.comm is not None:
             bundle[WIDGET_VIEW] = {
                 "version_major": 2,
@@ -339,13 +342,8 @@ class ProgressPanel:
             bar_max, bar_value = 1, 1
         else:
             bar_max, bar_value = 1, 0
-        text = html.escape(model.summary() if final else status_text(model))
-        if model.failed:
-            text = text.replace(
-                f"{model.failed} failed",
-                f"<b style='color:#d9534f'>{model.failed} failed</b>",
-                1,
-            )
+        parts, sep = line_parts(model, final)
+        text = line_html(parts, model.failure_parts(), sep)
         return bar_max, bar_value, bar_style(model, final), text
 
     def _render(self, model: ProgressModel, final: bool) -> None:

@@ -1,0 +1,146 @@
+"""How run figures read, in one place (layer L0: pure functions, no package imports).
+
+The panel, the text bar, ``Results.summary()``, the exception shown for a failed run and
+the run report all word their counts, durations, sizes and worker names through these
+functions, so one run reads the same wherever it is shown. The figures themselves come
+from the caller: a `RunStats` at the end of a run, the progress model's counts while it
+runs. Nothing here knows those classes (plain numbers in, text out), so every layer may
+use it.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+#: Runs shorter than this (seconds) show no speedup figure: start-up noise dominates it.
+SPEEDUP_MIN_WALL = 0.5
+#: How HTML views mark the counts of failed items.
+FAILED_STYLE = "color:#d9534f"
+#: Kinds counted with the failures that are no fault of the items, so no view colours
+#: them: items the run stopped before they finished, and (in a running run's snapshot)
+#: items not finished yet.
+CANCELLED, PENDING = "cancelled", "pending"
+UNFINISHED = (CANCELLED, PENDING)
+
+
+# ----------------------------------------------------------------------------- units
+def format_seconds(seconds: float | None, fine: bool = False) -> str:
+    """``0.25 s``, ``3.2 s``, ``1:15``, ``1:01:40``; ``?`` when unknown.
+
+    ``fine`` writes durations under a second in milliseconds (``2.9 ms``): the report's
+    table compares small overheads, which ``0.00 s`` would hide.
+    """
+    if seconds is None:
+        return "?"
+    if seconds < 1:
+        return f"{seconds * 1000:.1f} ms" if fine else f"{seconds:.2f} s"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def format_bytes(size: float) -> str:
+    """``1536`` -> ``"1.5 KB"`` (powers of 1024)."""
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if size < 1024 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TB"
+
+
+def worker_label(worker: Any) -> str:
+    """``pid 1234`` for a local worker (its PID), else the executor's id without a URL
+    scheme (``10.0.0.5:40123`` for ``tcp://10.0.0.5:40123``, ``host:pid`` as it is).
+
+    Plain text: HTML views escape it.
+    """
+    if isinstance(worker, int) and not isinstance(worker, bool):
+        return f"pid {worker}"
+    text = str(worker)
+    if text.isdigit():  # a PID that went through text (a DataFrame, JSON)
+        return f"pid {text}"
+    return text.split("://", 1)[-1]
+
+
+# ----------------------------------------------------------------------------- counts
+def count_part(done: int, total: int | None) -> str:
+    """``45/100 done``; ``45 done`` when the input's length is unknown."""
+    return f"{done}/{total} done" if total is not None else f"{done} done"
+
+
+def failure_parts(failures: Mapping[str, int]) -> list[str]:
+    """``["19 cancelled", "1 error"]`` (kinds sorted by name, zero counts left out);
+    ``[]`` when nothing failed."""
+    return [f"{n} {kind}" for kind, n in sorted(failures.items()) if n]
+
+
+def failed_parts(failures: Mapping[str, int]) -> list[str]:
+    """The `failure_parts` that count items failing through their own fault (views
+    colour them): every kind but the `UNFINISHED` ones."""
+    return failure_parts({kind: n for kind, n in failures.items() if kind not in UNFINISHED})
+
+
+def workers_part(workers: int) -> str:
+    return f"on {workers} worker{'s' * (workers != 1)}"
+
+
+def summary_parts(
+    done: int,
+    total: int | None,
+    failures: Mapping[str, int],
+    seconds: float,
+    workers: int,
+    speedup: float | None = None,
+) -> list[str]:
+    """The end of a run in pieces: ``80/100 done``, ``19 cancelled``, ``1 error``,
+    ``3.2 s``, ``speedup 1.93x on 2 workers``.
+
+    ``done`` counts items that succeeded, ``failures`` the others by kind (``0 failed``
+    when there are none). The speedup (task time / wall time) is left out of runs
+    shorter than `SPEEDUP_MIN_WALL` and of runs where it is unknown (None or 0).
+    """
+    parts = [count_part(done, total), *(failure_parts(failures) or ["0 failed"])]
+    parts.append(format_seconds(seconds))
+    if speedup and seconds >= SPEEDUP_MIN_WALL:
+        parts.append(f"speedup {speedup:.2f}x {workers_part(workers)}")
+    elif workers:
+        parts.append(workers_part(workers))
+    return parts
+
+
+def summary_line(*args: Any, **kwargs: Any) -> str:
+    """`summary_parts` as one line: ``80/100 done, 19 cancelled, 1 error, 3.2 s, ...``"""
+    return ", ".join(summary_parts(*args, **kwargs))
+
+
+def status_parts(
+    done: int,
+    total: int | None,
+    failed: int,
+    rate: float,
+    seconds: float,
+    eta: float | None = None,
+) -> list[str]:
+    """A running status in pieces: ``45/100 done``, ``2 failed``, ``12.3 items/s``,
+    ``3.1 s`` and, when known, ``ETA 4.2 s``. ``done`` counts items that succeeded, as
+    in `summary_parts`, so the count does not step back when the run ends."""
+    parts = [count_part(done, total), f"{failed} failed", f"{rate:.1f} items/s"]
+    parts.append(format_seconds(seconds))
+    if eta is not None:
+        parts.append(f"ETA {format_seconds(eta)}")
+    return parts
+
+
+def line_html(parts: Iterable[str], highlight: Iterable[str] = (), sep: str = ", ") -> str:
+    """A line of pieces as HTML: each escaped, those in ``highlight`` (the failure counts
+    of `failed_parts`) in bold red."""
+    marked = set(highlight)
+    out = []
+    for part in parts:
+        text = html.escape(part)
+        out.append(f"<b style='{FAILED_STYLE}'>{text}</b>" if part in marked else text)
+    return sep.join(out)
