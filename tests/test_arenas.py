@@ -4,6 +4,7 @@ handful of descriptors, with the same no-copy transfer and lifetime rules."""
 from __future__ import annotations
 
 import gc
+import mmap
 import os
 import threading
 
@@ -11,7 +12,7 @@ import pytest
 from conftest import notebook_function
 
 import ipyparmap as pm
-from ipyparmap.wire import sharedmem
+from ipyparmap.wire import serialize, sharedmem
 
 np = pytest.importorskip("numpy")
 pytestmark = [
@@ -147,7 +148,7 @@ def test_allocating_and_freeing_from_threads_keeps_the_arenas_consistent(arenas)
     assert not any(t.is_alive() for t in threads)
 
 
-# -- a worker's own shared arrays --------------------------------------------------------
+# -- a worker's own shared arrays, and what a receiver maps --------------------------------
 def test_a_worker_returns_shared_arrays_it_allocated(arenas):
     """The worker drops each array once sent, before the parent reads it: its memory
     must not be reused (nor zeroed) meanwhile, though the worker keeps other arrays."""
@@ -163,3 +164,17 @@ def test_a_worker_returns_shared_arrays_it_allocated(arenas):
     )
     got = pm.parmap(make, range(40), workers=2, chunksize=1)
     assert [float(a.mean()) for a in got] == [float(i) for i in range(40)]
+
+
+def test_a_receiver_maps_only_the_span_its_buffers_cover(arenas):
+    keep = [pm.shared_array(100_000) for _ in range(20)]  # 16 MB of a 64 MiB arena
+    keep[7][:] = 7
+    packed = serialize.dumps_packed([keep[7], keep[9][5:]])
+    fds, table = packed.share()
+    got = serialize.loads_shared(packed.blob, [os.dup(fd) for fd in fds], table)
+    mapping = got[0]
+    while not isinstance(mapping, mmap.mmap):
+        mapping = mapping.base if isinstance(mapping, np.ndarray) else mapping.obj
+    assert len(mapping) < 3 * 800_000 + 2 * sharedmem._PAGE < sharedmem.ARENA_BYTES
+    assert (got[0] == 7).all() and not got[1].any()
+    packed.close()

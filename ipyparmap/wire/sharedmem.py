@@ -54,23 +54,30 @@ def write_buffers(buffers: list) -> tuple[int, list[tuple[int, int]]]:
 
 def map_buffers(fds: list[int], table: list[tuple[int, int, int]]) -> list[memoryview]:
     """The buffers of ``table`` (``(descriptor index, offset, length)`` each), mapped
-    copy-on-write from ``fds`` (which are closed): writes stay in this process."""
+    copy-on-write from ``fds`` (which are closed): writes stay in this process.
+
+    Only the span of a file that the buffers cover is mapped: an arena of shared arrays
+    (below) may be far bigger than the few arrays of one message.
+    """
     views = []
     try:
-        mappings: dict[int, memoryview] = {}
+        spans: dict[int, tuple[int, int]] = {}
+        for index, start, length in table:
+            if length:
+                low, high = spans.get(index, (start, start + length))
+                spans[index] = (min(low, start), max(high, start + length))
+        mappings: dict[int, tuple[int, memoryview]] = {}
+        for index, (low, high) in spans.items():
+            low -= low % mmap.ALLOCATIONGRANULARITY
+            prot = mmap.PROT_READ | mmap.PROT_WRITE
+            mapping = mmap.mmap(fds[index], high - low, mmap.MAP_PRIVATE, prot, offset=low)
+            mappings[index] = (low, memoryview(mapping))
         for index, start, length in table:
             if length == 0:
                 views.append(memoryview(b""))
                 continue
-            whole = mappings.get(index)
-            if whole is None:
-                fd = fds[index]
-                size = os.fstat(fd).st_size
-                mapping = mmap.mmap(
-                    fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE
-                )
-                whole = mappings[index] = memoryview(mapping)
-            views.append(whole[start : start + length])
+            low, whole = mappings[index]
+            views.append(whole[start - low : start - low + length])
     finally:
         for fd in fds:
             os.close(fd)
