@@ -9,7 +9,8 @@ import socket
 
 import pytest
 
-from ipyparmap.wire import channel
+import ipyparmap as pm
+from ipyparmap.wire import channel, serialize, sharedmem
 from ipyparmap.wire.channel import MAX_FDS, Channel, FrameError
 
 pytestmark = [
@@ -80,3 +81,55 @@ def test_frame_errors_keep_the_stream_in_sync_and_eof_stays_eof():
         for fd in spare:
             os.close(fd)
         right.close()
+
+
+# -- senders: Packed.share ----------------------------------------------------------------
+@pytest.mark.timeout(60)
+def test_two_hundred_small_shared_arrays_in_one_run():
+    pytest.importorskip("numpy")
+    items = [pm.shared_array(10_000) for _ in range(200)]
+    for i, a in enumerate(items):
+        a[:] = i
+    assert pm.parmap(_total, items, workers=2) == [10_000.0 * i for i in range(200)]
+
+
+@pytest.mark.timeout(60)
+def test_two_hundred_arrays_with_an_arena_each_still_run(monkeypatch):
+    pytest.importorskip("numpy")
+    monkeypatch.setattr(sharedmem, "ARENA_BYTES", 1)  # every array gets its own arena
+    items = [pm.shared_array(10_000) for _ in range(200)]
+    for i, a in enumerate(items):
+        a[:] = i
+    assert pm.parmap(_total, items, workers=2) == [10_000.0 * i for i in range(200)]
+
+
+def _total(a):
+    return float(a.sum())
+
+
+def test_share_never_builds_a_frame_with_more_descriptors_than_the_limit(monkeypatch):
+    np = pytest.importorskip("numpy")
+    monkeypatch.setattr(sharedmem, "ARENA_BYTES", 1)  # every array gets its own arena
+    arrays = [pm.shared_array(10_000 + 1_000 * i) for i in range(3 * MAX_FDS)]
+    for i, a in enumerate(arrays):
+        a[:] = i
+    plain = np.full(20_000, -1.0)  # needs the copy memfd anyway
+    cases = {"limit": arrays[:MAX_FDS], "limit + 1": arrays[: MAX_FDS + 1], "3 x limit": arrays,
+             "with a plain array": [*arrays, plain]}  # fmt: skip
+    for case, items in cases.items():
+        packed = serialize.dumps_packed(items)
+        fds, table = packed.share()
+        assert len(fds) <= MAX_FDS, case
+        if case == "limit":
+            assert packed.fd is None and len(fds) == MAX_FDS  # nothing copied
+        else:  # the copy memfd goes first; the biggest arrays (the last) keep their own
+            assert fds[0] == packed.fd
+            shared = len(items) - (items[-1] is plain)
+            own = [index != 0 for index, _, _ in table[:shared]]
+            assert own == [False] * (shared - MAX_FDS + 1) + [True] * (MAX_FDS - 1), case
+        got = serialize.loads_shared(packed.blob, [os.dup(fd) for fd in fds], table)
+        assert all((g == x).all() for g, x in zip(got, items, strict=True))
+        packed.close()
+        del got
+    with pytest.raises(ValueError, match=f"at most {MAX_FDS} descriptors"):
+        Channel(socket.socket()).send(b"x", tuple(range(MAX_FDS + 1)))
