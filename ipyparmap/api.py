@@ -173,6 +173,12 @@ def shared_array(shape: int | tuple[int, ...], dtype: Any = float) -> Any:
     into it, also between calls (a function using it as a global is not sent again),
     while what a worker writes stays in that worker (copy-on-write). Don't change it
     while a run is reading it.
+
+    Arrays are carved from a few large anonymous memory files (arenas), so any number
+    of them holds only a handful of file descriptors; an array of 64 MiB or more gets
+    one of its own. An array's memory is freed with the last reference to it (views
+    included) and may then be reused for a new array, zeroed; a worker that kept a view
+    of it past its task would see that reuse, as it sees your writes.
     """
     import numpy as np
 
@@ -185,7 +191,11 @@ def shared_array(shape: int | tuple[int, ...], dtype: Any = float) -> Any:
         if not isinstance(size, int) or size < 0:
             raise ValueError(f"shape must hold non-negative ints, got {shape!r}")
         count *= size
-    return np.ndarray(shape, dtype=dtype, buffer=allocate(count * dtype.itemsize))
+    # A worker returning the array drops it once sent, before the parent maps it: there,
+    # each array gets memory of its own, never reused under the parent.
+    in_worker = bool(os.environ.get(P.WORKER_ENV))
+    buffer = allocate(count * dtype.itemsize, dedicated=in_worker)
+    return np.ndarray(shape, dtype=dtype, buffer=buffer)
 
 
 def cpu_count() -> int:

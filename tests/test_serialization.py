@@ -183,7 +183,7 @@ def test_shared_array_semantics_copy_on_write_read_only_views_and_release(copies
     from ipyparmap.wire import sharedmem
 
     gc.collect()  # arrays of earlier tests, held by reference cycles
-    segments = len(sharedmem._segments)
+    segments = len(sharedmem._blocks)
     a = pm.shared_array(1_000_000, dtype=np.int64)
     a[:] = 7
     poke = notebook_function("def poke(x):\n    x[0] = -1\n    return int(x[0])\n", "poke")
@@ -193,10 +193,10 @@ def test_shared_array_semantics_copy_on_write_read_only_views_and_release(copies
     frozen.flags.writeable = False  # its address can't be taken: copied, still right
     assert pm.parmap(_total, [frozen], workers=1) == [7.0 * 1_000_000]
     assert copies == [8_000_000]
-    assert len(sharedmem._segments) == segments + 1
+    assert len(sharedmem._blocks) == segments + 1
     del a, frozen
     gc.collect()
-    assert len(sharedmem._segments) == segments  # its descriptor closed with the last array
+    assert len(sharedmem._blocks) == segments  # its memory freed with the last array
 
 
 def test_shared_array_validates_its_shape():

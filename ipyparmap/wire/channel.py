@@ -19,7 +19,24 @@ import socket
 import struct
 
 _HEADER = struct.Struct("!QI")  # payload bytes, descriptors
+#: The most descriptors one frame carries, on both sides: `Channel.recv` takes no more,
+#: `Channel.send` refuses more, and `serialize.Packed.share` builds no more (buffers past
+#: it are copied into one memfd instead of travelling by their own descriptor).
 MAX_FDS = 16
+
+
+class FrameError(OSError):
+    """A frame arrived whole but malformed: not the ``expected`` descriptors (too many
+    for `MAX_FDS`, so the kernel cut them, or fewer than its header announced).
+
+    The peer is alive and the stream is in sync: the next `Channel.recv` reads the next
+    frame. The descriptors that did come are closed; ``payload`` is the frame's payload,
+    read in full (the message can still be decoded, to tell its sender what went wrong).
+    """
+
+    def __init__(self, message: str, payload: bytearray | None = None, expected=0, received=0):
+        super().__init__(message)
+        self.payload, self.expected, self.received = payload, expected, received
 
 
 class Channel:
@@ -38,6 +55,10 @@ class Channel:
         return self.sock.fileno()
 
     def send(self, payload: bytes, fds: tuple[int, ...] = ()) -> None:
+        """Send one frame. ValueError (and nothing sent) for more than `MAX_FDS`
+        descriptors: the receiver could not take them."""
+        if len(fds) > MAX_FDS:
+            raise ValueError(f"a frame carries at most {MAX_FDS} descriptors, not {len(fds)}")
         header = _HEADER.pack(len(payload), len(fds))
         ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
         # Header and payload in one system call (no copy); the descriptors go with the
@@ -60,17 +81,24 @@ class Channel:
         return self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) // 2
 
     def recv(self) -> tuple[bytearray, list[int]]:
-        """The next frame's payload and descriptors; EOFError when the peer is gone."""
+        """The next frame's payload and descriptors (ours to close).
+
+        EOFError when the peer is gone (also in the middle of a frame). FrameError when
+        the frame came whole but not with the descriptors its header announced: the
+        frame is consumed, what came of it closed, and the channel stays usable.
+        """
         header = bytearray()
         fds: list[int] = []
+        truncated = False
         while len(header) < _HEADER.size:
-            data, ancdata, _flags, _addr = self.sock.recvmsg(
+            data, ancdata, flags, _addr = self.sock.recvmsg(
                 _HEADER.size - len(header), socket.CMSG_SPACE(MAX_FDS * 4)
             )
             if not data:
                 _close_all(fds)
                 raise EOFError("the other end closed the channel")
             header += data
+            truncated |= bool(flags & socket.MSG_CTRUNC)  # more than MAX_FDS came
             for level, kind, raw in ancdata:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                     fds.extend(array.array("i", raw[: len(raw) - len(raw) % 4]))
@@ -84,9 +112,13 @@ class Channel:
                 _close_all(fds)
                 raise EOFError("the other end closed the channel mid-message")
             received += count
-        if len(fds) != expected:
+        if truncated or len(fds) != expected:
             _close_all(fds)
-            raise OSError(f"expected {expected} descriptors, got {len(fds)}")
+            cut = f" (cut at the limit of {MAX_FDS})" if truncated else ""
+            raise FrameError(
+                f"a frame announced {expected} descriptors, {len(fds)} arrived{cut}",
+                payload, expected, len(fds),
+            )  # fmt: skip
         return payload, fds
 
     def poll(self, timeout: float = 0.0) -> bool:

@@ -68,15 +68,17 @@ class Packed:
 
         The table has ``(descriptor index, offset, length)`` per buffer. Buffers inside
         memory shared from the start (`sharedmem.allocate`, ``pm.shared_array``) go as
-        their segment's descriptor and offset; the others are copied once into a new
-        memfd.
+        their arena's descriptor and offset; the others are copied once into a new
+        memfd. Never more than `channel.MAX_FDS` descriptors: past it, the arenas that
+        carry the fewest bytes are copied too (correct, only slower).
         """
         if not self.buffers:
             return (), None
         if self.table is None:
             from ipyparmap.wire.sharedmem import find_segment, write_buffers
 
-            places = [find_segment(buffer) for buffer in self.buffers]
+            found = [find_segment(buffer) for buffer in self.buffers]
+            places = _within_limit(found, self.buffers)
             copies = [b for b, place in zip(self.buffers, places, strict=True) if place is None]
             fds: list[int] = []
             copied: list = []
@@ -101,6 +103,23 @@ class Packed:
             os.close(self.fd)
             self.fd = None
         self.buffers = []
+
+
+def _within_limit(places: list, buffers: list) -> list:
+    """``places`` (`find_segment` per buffer, None: to copy) with at most `MAX_FDS`
+    descriptors among them and the copy memfd; the arenas holding the most bytes keep
+    theirs, the others' buffers become copies."""
+    from ipyparmap.wire.channel import MAX_FDS
+
+    carried: dict[int, int] = {}  # descriptor -> bytes it carries
+    for buffer, place in zip(buffers, places, strict=True):
+        if place is not None:
+            carried[place[0]] = carried.get(place[0], 0) + buffer.nbytes
+    copy_memfd = 1 if None in places else 0
+    if len(carried) + copy_memfd <= MAX_FDS:
+        return places
+    kept = set(sorted(carried, key=carried.__getitem__, reverse=True)[: MAX_FDS - 1])
+    return [place if place is not None and place[0] in kept else None for place in places]
 
 
 def _share_large(buffers: list):

@@ -9,9 +9,13 @@ the memory is freed when the last descriptor and mapping are gone, also after a 
 
 from __future__ import annotations
 
+import bisect
+import collections
 import itertools
 import mmap
 import os
+import sys
+import threading
 
 #: Buffers start at multiples of this (cache lines; any dtype's alignment).
 ALIGN = 64
@@ -50,23 +54,30 @@ def write_buffers(buffers: list) -> tuple[int, list[tuple[int, int]]]:
 
 def map_buffers(fds: list[int], table: list[tuple[int, int, int]]) -> list[memoryview]:
     """The buffers of ``table`` (``(descriptor index, offset, length)`` each), mapped
-    copy-on-write from ``fds`` (which are closed): writes stay in this process."""
+    copy-on-write from ``fds`` (which are closed): writes stay in this process.
+
+    Only the span of a file that the buffers cover is mapped: an arena of shared arrays
+    (below) may be far bigger than the few arrays of one message.
+    """
     views = []
     try:
-        mappings: dict[int, memoryview] = {}
+        spans: dict[int, tuple[int, int]] = {}
+        for index, start, length in table:
+            if length:
+                low, high = spans.get(index, (start, start + length))
+                spans[index] = (min(low, start), max(high, start + length))
+        mappings: dict[int, tuple[int, memoryview]] = {}
+        for index, (low, high) in spans.items():
+            low -= low % mmap.ALLOCATIONGRANULARITY
+            prot = mmap.PROT_READ | mmap.PROT_WRITE
+            mapping = mmap.mmap(fds[index], high - low, mmap.MAP_PRIVATE, prot, offset=low)
+            mappings[index] = (low, memoryview(mapping))
         for index, start, length in table:
             if length == 0:
                 views.append(memoryview(b""))
                 continue
-            whole = mappings.get(index)
-            if whole is None:
-                fd = fds[index]
-                size = os.fstat(fd).st_size
-                mapping = mmap.mmap(
-                    fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE
-                )
-                whole = mappings[index] = memoryview(mapping)
-            views.append(whole[start : start + length])
+            low, whole = mappings[index]
+            views.append(whole[start - low : start - low + length])
     finally:
         for fd in fds:
             os.close(fd)
@@ -74,32 +85,200 @@ def map_buffers(fds: list[int], table: list[tuple[int, int, int]]) -> list[memor
 
 
 # -- memory that is shared from the start (pm.shared_array) ---------------------------------
-# Start address -> (size, descriptor, serial number) of each live segment made by
-# `allocate`. A buffer inside one travels as (descriptor, offset): no copy at all.
-_segments: dict[int, tuple[int, int, int]] = {}
+# Arrays are carved from a few big memfds, the arenas, so that any number of them holds a
+# handful of descriptors (one memfd per array ran out of them: 1,024 by default on Linux,
+# 256 on macOS). A buffer inside an arena travels as (arena descriptor, offset): no copy.
+#
+# Each new arena is at least as big as all open ones together (and ARENA_BYTES at least),
+# so N arrays need O(log N) arenas; memfd pages cost nothing until touched, so a big arena
+# is cheap. A request of ARENA_BYTES or more gets an arena of its own, sized to fit, as
+# does any with ``dedicated`` (see `allocate`). Inside an arena, blocks come from a free
+# list (best fit, neighbours merged on free). Free memory is always zero: a freed block is
+# zeroed at once, its whole pages given back to the system (MADV_REMOVE), so an allocation
+# needs no zeroing. An arena whose blocks are all free is unmapped and its descriptor
+# closed; receivers keep their own mapping of it.
+#
+# What numpy holds as its buffer is a ctypes array over the block: it keeps the arena's
+# mapping alive (an mmap cannot close under it), and a weak reference to it frees the
+# block. Such callbacks run wherever the garbage collector does, also while this thread
+# holds the lock: they queue the block and free it only if they get the lock at once;
+# whoever holds the lock frees queued blocks after releasing it (`_unlock`).
+
+#: The smallest arena; a request at least this big gets an arena of its own.
+ARENA_BYTES = 64 * 1024 * 1024
+_PAGE = mmap.PAGESIZE
+_MMAP_OPTIONS = {"trackfd": False} if sys.version_info >= (3, 13) else {}  # no dup'd fd
+
+
+class _Arena:
+    """One memfd, mapped shared, and the free extents inside it."""
+
+    __slots__ = ("address", "by_size", "dedicated", "ends", "fd", "free", "live", "mapping",
+                 "serial", "size")  # fmt: skip
+
+    def __init__(self, size: int, dedicated: bool):
+        self.size, self.dedicated, self.live = size, dedicated, 0
+        self.fd = anonymous_file("ipyparmap-shared", size)
+        try:
+            self.mapping = mmap.mmap(self.fd, size, **_MMAP_OPTIONS)
+        except BaseException:
+            os.close(self.fd)
+            raise
+        self.address = _address(self.mapping)
+        self.serial = next(_serials)
+        self.free: dict[int, int] = {}  # start -> length of each free extent
+        self.ends: dict[int, int] = {}  # end -> start of each free extent
+        self.by_size: list[tuple[int, int]] = []  # (length, start) of each, sorted
+        self._add(0, size)
+
+    def _add(self, start: int, length: int) -> None:
+        self.free[start], self.ends[start + length] = length, start
+        bisect.insort(self.by_size, (length, start))
+
+    def _remove(self, start: int) -> int:
+        length = self.free.pop(start)
+        del self.ends[start + length]
+        del self.by_size[bisect.bisect_left(self.by_size, (length, start))]
+        return length
+
+    def take(self, size: int) -> int | None:
+        """The start of a free block of ``size`` bytes (the smallest extent that fits)."""
+        i = bisect.bisect_left(self.by_size, (size, -1))
+        if i == len(self.by_size):
+            return None
+        length, start = self.by_size[i]
+        self._remove(start)
+        if length > size:
+            self._add(start + size, length - size)
+        self.live += 1
+        return start
+
+    def give_back(self, start: int, size: int) -> None:
+        """Free a block: merged with free neighbours and zeroed (see `_zero`)."""
+        self.live -= 1
+        low, high = start, start + size
+        if high in self.free:
+            high += self._remove(high)
+        if low in self.ends:
+            low = self.ends[low]
+            self._remove(low)
+        self._add(low, high - low)
+        _zero(self, start, start + size, low, high)
+
+    def close(self) -> None:
+        os.close(self.fd)
+        try:
+            self.mapping.close()
+        except BufferError:  # the dying block's view still holds it: it goes right after
+            pass
+        self.mapping = None
+
+
+_lock = threading.Lock()
+_pending: collections.deque = collections.deque()  # freed blocks not yet given back
 _serials = itertools.count()
+_pool: list[_Arena] = []  # arenas that take any small request, oldest first
+_arenas: dict[int, _Arena] = {}  # start address -> arena, every open one
+_starts: list[int] = []  # their start addresses, sorted (for find_segment)
+_blocks: dict[int, tuple] = {}  # id(weak reference) -> (reference, arena, start, size)
 
 
-def allocate(size: int) -> mmap.mmap:
+def allocate(size: int, dedicated: bool = False) -> object:
     """``size`` zero bytes of anonymous shared memory; buffers inside it go to workers
-    by descriptor, without a copy. Freed (descriptor closed) with the last reference."""
+    by descriptor and offset, without a copy. Freed with the last reference.
+
+    ``dedicated``: in an arena of its own, never reused for another block. A sender
+    must keep a block alive until its receiver is done with it; pass it when the sender
+    drops the block right after sending (a worker returning an array it allocated).
+    """
+    import ctypes  # here, not on import: a worker that gets no arrays never needs them
     import weakref
 
-    fd = anonymous_file("ipyparmap-shared", size)
+    size = max(ALIGN, -(-size // ALIGN) * ALIGN)
+    _lock.acquire()
     try:
-        mapping = mmap.mmap(fd, max(1, size))
-    except BaseException:
-        os.close(fd)
-        raise
-    start = _address(mapping)
-    _segments[start] = (max(1, size), fd, next(_serials))
-    weakref.finalize(mapping, _release_segment, start, fd)
-    return mapping
+        if dedicated or size >= ARENA_BYTES:
+            arena, start = _open(-(-size // _PAGE) * _PAGE, dedicated=True), 0
+            arena.live = 1
+        else:
+            for arena in _pool:
+                start = arena.take(size)
+                if start is not None:
+                    break
+            else:
+                arena = _open(max(ARENA_BYTES, sum(a.size for a in _pool)), dedicated=False)
+                start = arena.take(size)
+        block = (ctypes.c_char * size).from_buffer(arena.mapping, start)
+        reference = weakref.ref(block, _freed)
+        _blocks[id(reference)] = (reference, arena, start, size)
+    finally:
+        _unlock()
+    return block
 
 
-def _release_segment(start: int, fd: int) -> None:
-    _segments.pop(start, None)
-    os.close(fd)
+def _open(size: int, dedicated: bool) -> _Arena:
+    arena = _Arena(size, dedicated)
+    _arenas[arena.address] = arena
+    bisect.insort(_starts, arena.address)
+    if not dedicated:
+        _pool.append(arena)
+    return arena
+
+
+def _freed(reference, blocks=_blocks, pending=_pending) -> None:
+    """Weak reference callback: a block is garbage (any thread, any moment)."""
+    pending.append(blocks.pop(id(reference)))
+    _drain()
+
+
+def _unlock() -> None:
+    _lock.release()
+    _drain()
+
+
+def _drain() -> None:
+    """Give back queued blocks, unless another frame (or thread) holds the lock: it will."""
+    while _pending and _lock.acquire(blocking=False):
+        try:
+            while _pending:
+                _, arena, start, size = _pending.popleft()
+                if arena.live > 1:
+                    arena.give_back(start, size)
+                    continue
+                del _arenas[arena.address]  # its last block: no need to zero anything
+                del _starts[bisect.bisect_left(_starts, arena.address)]
+                if not arena.dedicated:
+                    _pool.remove(arena)
+                arena.close()
+        finally:
+            _lock.release()
+
+
+def _zero(arena: _Arena, start: int, end: int, free_start: int, free_end: int) -> None:
+    """Zero the freed block [start, end), now inside the free extent [free_start,
+    free_end). Pages of the block that are wholly free go back to the system (a hole in
+    the memfd reads as zeros); the rest is written with zeros (everywhere without
+    MADV_REMOVE: on macOS the backing is a file)."""
+    import ctypes
+
+    global _punch
+    low = max(start - start % _PAGE, -(-free_start // _PAGE) * _PAGE)
+    high = min(-(-end // _PAGE) * _PAGE, free_end - free_end % _PAGE)
+    if _punch and high > low:
+        try:
+            arena.mapping.madvise(mmap.MADV_REMOVE, low, high - low)
+        except OSError:  # a file system without hole punching
+            _punch = False
+        else:
+            if start < low:
+                ctypes.memset(arena.address + start, 0, low - start)
+            if high < end:
+                ctypes.memset(arena.address + high, 0, end - high)
+            return
+    ctypes.memset(arena.address + start, 0, end - start)
+
+
+_punch = hasattr(mmap, "MADV_REMOVE")
 
 
 def _address(buffer) -> int | None:
@@ -113,22 +292,19 @@ def _address(buffer) -> int | None:
 
 
 def find_segment(buffer: memoryview) -> tuple[int, int, int] | None:
-    """``(descriptor, offset, serial)`` when ``buffer`` lies inside a segment of
-    `allocate` (``serial`` tells segments apart even when a descriptor number is reused)."""
-    if not _segments:  # the common case: nobody allocated any (and no ctypes import)
+    """``(descriptor, offset, serial)`` when ``buffer`` lies inside memory of `allocate`
+    (``serial`` tells arenas apart even when a descriptor number is reused)."""
+    if not _arenas:  # the common case: nobody allocated any
         return None
     address = _address(buffer)
     if address is None:
         return None
-    for _ in range(3):  # another thread may allocate, a finalizer may free, meanwhile
-        try:
-            segments = list(_segments.items())
-            break
-        except RuntimeError:  # changed size during the copy
-            continue
-    else:
-        return None  # (then the buffer is copied: correct, only slower)
-    for start, (size, fd, serial) in segments:
-        if start <= address and address + buffer.nbytes <= start + size:
-            return fd, address - start, serial
-    return None
+    _lock.acquire()  # the buffer keeps its own arena open, not the others
+    try:
+        i = bisect.bisect_right(_starts, address) - 1
+        arena = _arenas[_starts[i]] if i >= 0 else None
+        if arena is not None and address + buffer.nbytes <= arena.address + arena.size:
+            return arena.fd, address - arena.address, arena.serial
+        return None
+    finally:
+        _unlock()
