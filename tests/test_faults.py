@@ -319,3 +319,18 @@ def test_input_generator_raising_halfway_keeps_earlier_results():
     assert any("item 5" in note for note in info.value.__notes__)
     # and the pool stays usable
     assert pm.parmap(helpers.square, [3]) == [9]
+
+
+def test_unpinned_deaths_end_in_a_clear_failure():
+    """A function whose loading kills every worker dies before any item starts, so no
+    death can be pinned on an item; each still counts against the items the worker held,
+    and the run ends with a clear failure instead of respawning workers forever."""
+    import functools
+
+    killer = functools.partial(helpers.add, BadToUnpickle("_exit"))  # dies as it loads
+    res = pm.parmap(killer, range(3), workers=2, errors="collect", progress=False)
+    assert [f.kind for f in res] == ["crashed"] * 3
+    assert all("died before they could say which item" in str(f.exception) for f in res)
+    assert res.stats.restarts <= 3 * 3  # at most MAX_UNPINNED_DEATHS per item
+    with pytest.raises(pm.WorkerCrashed, match="held by 3 workers that died"):
+        pm.parmap(killer, range(3), workers=2, progress=False)

@@ -133,3 +133,41 @@ def test_share_never_builds_a_frame_with_more_descriptors_than_the_limit(monkeyp
         del got
     with pytest.raises(ValueError, match=f"at most {MAX_FDS} descriptors"):
         Channel(socket.socket()).send(b"x", tuple(range(MAX_FDS + 1)))
+
+
+# -- a real worker, sent a malformed frame ---------------------------------------------------
+def test_a_worker_answers_a_malformed_frame():
+    """A chunk whose descriptors were lost on the way is refused as a load failure of
+    that chunk; the worker lives on and runs the next chunk (it used to exit, taken for
+    a dead parent, and the parent respawned it forever)."""
+    from ipyparmap.process.pool import spawn_worker, worker_env
+    from ipyparmap.wire import messages as M
+    from ipyparmap.wire.serialize import dumps, dumps_message, pickle_function
+
+    worker = spawn_worker(worker_env())
+    payload = pickle_function(abs)
+    spare = [os.open(os.devnull, os.O_RDONLY) for _ in range(MAX_FDS + 4)]
+    try:
+        worker.send_function(payload)
+        bad = dumps_message(M.pack(M.RunChunk(1, payload.key, dumps([-1]), False, 1, None)))
+        header = channel._HEADER.pack(len(bad), len(spare))
+        rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", spare))]
+        worker.conn.sock.sendmsg([header, bad], rights)  # by hand: Channel.send refuses it
+        worker.send(M.pack(M.RunChunk(2, payload.key, dumps([-2]), False, 1, None)))
+        replies = []
+        while len(replies) < 3:  # Ready, the refusal, the second chunk's results
+            assert worker.conn.poll(30), f"no answer from the worker; got {replies}"
+            replies.append(worker.recv()[0])
+        ready, refused, results = replies
+        assert type(ready) is M.Ready
+        assert type(refused) is M.LoadFailed and refused.what == "chunk" and refused.ident == 1
+        assert "FrameError" in refused.info[1] and "descriptors" in refused.info[2]
+        assert type(results) is M.ResultBatch and results.chunk_id == 2
+        assert serialize.loads(results.values) == [2]
+    finally:
+        for fd in spare:
+            os.close(fd)
+        payload.close()
+        worker.kill()
+        worker.reap(5)
+        worker.close()

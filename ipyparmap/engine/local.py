@@ -27,7 +27,8 @@ from ipyparmap.process.pool import EnvExtra, Pool, WorkerHandle
 from ipyparmap.process.resources import describe_exit, signal_name
 from ipyparmap.views.progress import BUSY, DEAD, IDLE
 from ipyparmap.wire import messages as M
-from ipyparmap.wire.serialize import Incoming, rebuild_exception
+from ipyparmap.wire.channel import FrameError
+from ipyparmap.wire.serialize import Incoming, loads, rebuild_exception
 
 if TYPE_CHECKING:
     from ipyparmap.engine.run import Runner
@@ -211,6 +212,9 @@ class LocalEngine:
     def _receive(self, worker: WorkerHandle) -> None:
         try:
             message, fds = worker.recv()
+        except FrameError as bad:  # whole, but its descriptors were lost: the batch's
+            # values cannot be mapped, so they fail to load like any unloadable result
+            message, fds = M.unpack(loads(bad.payload)), []
         except (EOFError, OSError):
             self._on_death(worker)
             return

@@ -28,7 +28,7 @@ from ipyparmap.errors import SerializationError
 from ipyparmap.options import describe
 from ipyparmap.wire import board as B
 from ipyparmap.wire import messages as M
-from ipyparmap.wire.channel import Channel
+from ipyparmap.wire.channel import Channel, FrameError
 from ipyparmap.wire.serialize import (
     PICKLING_ERRORS,
     dumps,
@@ -200,6 +200,9 @@ class Worker:
         while True:
             try:
                 payload, fds = self.conn.recv()
+            except FrameError as bad:  # the frame came whole, its descriptors did not
+                self.refuse(bad)
+                continue
             except (EOFError, OSError):
                 return  # the parent is gone (or closed our pipe): nothing left to do
             message = M.unpack(loads(payload))
@@ -211,6 +214,18 @@ class Worker:
                 self.init(message.settings)
             elif type(message) is M.Stop:
                 return
+
+    def refuse(self, bad: FrameError) -> None:
+        """A frame lost its descriptors on the way (the parent is alive: the stream is
+        in sync). Say so in answer to the chunk it carried, as a load failure, rather
+        than dying: a worker that dies on every such chunk would be respawned forever
+        (tests/test_frame_limits.py::test_a_worker_answers_a_malformed_frame)."""
+        message = M.unpack(loads(bad.payload))
+        info = exception_info(bad, skip_frames=0)
+        if type(message) is M.RunChunk:
+            self._send(M.pack(M.LoadFailed("chunk", message.chunk_id, info)))
+        elif type(message) is M.LoadFunction:  # reported by each chunk that needs it
+            self.functions[message.key] = _LoadFailure(info)
 
     def init(self, settings: dict) -> None:
         sys.path[:] = settings.get("sys_path", sys.path)
