@@ -24,6 +24,7 @@ import time
 from array import array
 from collections import OrderedDict
 
+from ipyparmap import system
 from ipyparmap.errors import SerializationError
 from ipyparmap.options import describe
 from ipyparmap.wire import messages as P
@@ -62,9 +63,9 @@ def _memory_kb(fresh: bool = False) -> tuple[int | None, int | None]:
         import resource
     except ImportError:  # Windows
         return None, None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    if sys.platform == "darwin":  # macOS reports bytes, and has no /proc
-        return peak // 1024, None
+    peak = system.maxrss_kib(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    if not system.has_proc():  # macOS: no /proc
+        return peak, None
     now = time.monotonic()
     if not fresh and peak == _memory["peak"] and now - _memory["read_at"] < MEMORY_READ_SECONDS:
         return peak, _memory["current"]
