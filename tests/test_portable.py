@@ -99,6 +99,24 @@ def test_anonymous_file_without_memfd_is_an_unlinked_private_file(monkeypatch, t
 
 
 @linux
+@pytest.mark.parametrize("masked", [(), ("memfd",)], ids=["memfd", "tempfile"])
+def test_anonymous_file_is_closed_when_sizing_it_fails(monkeypatch, masked):
+    if not masked and not system.has_memfd():
+        pytest.skip("no memfd here")
+    _mask(monkeypatch, *masked)
+
+    def no_space(fd, size):
+        raise OSError(28, "No space left on device")
+
+    before = _open_fds()
+    monkeypatch.setattr(os, "ftruncate", no_space)
+    with pytest.raises(OSError, match="No space left"):
+        sharedmem.anonymous_file("ipyparmap-test", 1 << 30)
+    monkeypatch.undo()
+    assert _open_fds() <= before
+
+
+@linux
 def test_a_run_without_memfd_names_nothing_in_the_temporary_folder(tmp_path):
     out = run_python(
         """

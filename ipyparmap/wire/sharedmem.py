@@ -28,7 +28,11 @@ def anonymous_file(name: str, size: int) -> int:
 
         fd, path = tempfile.mkstemp(prefix=name + "-")
         os.unlink(path)
-    os.ftruncate(fd, max(1, size))
+    try:
+        os.ftruncate(fd, max(1, size))
+    except BaseException:
+        os.close(fd)
+        raise
     return fd
 
 
