@@ -16,7 +16,7 @@ import sys
 import textwrap
 
 import pytest
-from conftest import run_python
+from conftest import run_python, wait_for
 
 from ipyparmap import system
 from ipyparmap.process import pool, resources
@@ -188,6 +188,45 @@ def test_with_pidfd_the_sentinel_is_its_own_descriptor(monkeypatch):
         handle.kill()
         handle.reap(5)
         handle.close()
+
+
+@pytest.mark.parametrize("mask", ["", "pidfd"], ids=["pidfd", "lifeline"])
+def test_a_worker_death_is_seen_while_a_process_it_forked_lives_on(tmp_path, mask):
+    # Without pidfd, a forked child that kept the worker's lifeline hid the worker's
+    # death until that child exited: the run waited for it (here 30 s; forever for a
+    # daemon). Forked children now close the lifeline.
+    pid_file = tmp_path / "grandchild.pid"
+    code = f"""
+        import os, time, ipyparmap as pm
+
+        def fork_and_die(x):
+            if x == 1:
+                if os.fork() == 0:
+                    quiet = os.open(os.devnull, os.O_WRONLY)
+                    os.dup2(quiet, 1)  # else the test waits for the end of our stdout
+                    os.dup2(quiet, 2)
+                    with open({str(pid_file)!r}, "w") as f:
+                        f.write(str(os.getpid()))
+                    time.sleep(30)
+                    os._exit(0)
+                os._exit(3)
+            return x
+
+        res = pm.parmap(fork_and_die, range(3), workers=1, chunksize=1, errors="collect")
+        print([getattr(r, "kind", r) for r in res])
+    """
+    try:
+        out = run_python(code, env={system.MASK_ENV: mask}, timeout=20)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == "[0, 'crashed', 2]"
+        grandchild = int(wait_for(lambda: pid_file.exists() and pid_file.read_text()))
+        os.kill(grandchild, 0)  # still alive: the run did not wait for it
+    finally:
+        if pid_file.exists() and pid_file.read_text():
+            try:
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 # -- affinity and cgroup: the plain CPU count ---------------------------------------------

@@ -484,6 +484,13 @@ def _isolate_unpicklable(values: list, errors: dict) -> tuple[list, dict]:
     return values, errors
 
 
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
 def main(argv: list[str]) -> None:
     # A Jupyter interrupt signals the kernel's whole process group; the parent decides
     # what to stop, so workers ignore SIGINT (they also run in their own session).
@@ -491,6 +498,10 @@ def main(argv: list[str]) -> None:
     conn_fd, lifeline_fd, board_fd = (int(arg) for arg in argv[:3])
     for fd in (conn_fd, lifeline_fd):  # processes a task starts must not hold our pipes
         os.set_inheritable(fd, False)
+    # ...nor processes an item forks (os.fork, multiprocessing's "fork"): without pidfd
+    # the lifeline is the parent's death sentinel, and a child holding it would hide
+    # this worker's death for as long as that child lives.
+    os.register_at_fork(after_in_child=lambda: _close_quietly(lifeline_fd))
     board = P.Board.from_fd(board_fd)
     os.close(board_fd)
     worker = Worker(Channel.from_fd(conn_fd), lifeline_fd, board)
