@@ -19,7 +19,7 @@ import pytest
 from conftest import run_python, wait_for
 
 from ipyparmap import system
-from ipyparmap.process import pool, resources
+from ipyparmap.process import pool, resources, worker
 from ipyparmap.wire import sharedmem
 
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
@@ -227,6 +227,32 @@ def test_a_worker_death_is_seen_while_a_process_it_forked_lives_on(tmp_path, mas
                 os.kill(int(pid_file.read_text()), signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+# -- /proc: no current RSS, the peak stands for it --------------------------------------------
+def test_without_proc_the_peak_stands_for_the_current_rss(monkeypatch):
+    _mask(monkeypatch, "proc")
+    peak, current = worker._memory_kb(fresh=True)
+    assert peak and peak > 1000  # KiB: an interpreter is well over 1 MB
+    assert current == peak  # an upper bound: max_memory still recycles (test_memory.py)
+
+
+def test_max_memory_recycles_without_proc():
+    out = run_python(
+        f"""
+        import sys
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        import ipyparmap as pm, helpers
+
+        items = [(i, 200 if i == 1 else 0) for i in range(4)]
+        res = pm.parmap(helpers.hoard, items, workers=1, chunksize=1, max_memory="150MB")
+        pids = [pid for _, pid in res]
+        print(pids[1] == pids[0], pids[2] != pids[1], res.stats.recycled)
+        """,
+        env={system.MASK_ENV: "proc"},
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[0] == "True True 1"
 
 
 # -- affinity and cgroup: the plain CPU count ---------------------------------------------

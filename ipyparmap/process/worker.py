@@ -57,7 +57,9 @@ def _memory_kb(fresh: bool = False) -> tuple[int | None, int | None]:
 
     The current figure is re-read when ``fresh`` (the parent enforces max_memory and
     decides on it), when the peak grew, or every MEMORY_READ_SECONDS; otherwise the
-    last reading stands (it is for the progress view and crash messages).
+    last reading stands (it is for the progress view and crash messages). Without
+    /proc (macOS) the peak stands for it: an upper bound, so max_memory still recycles
+    a worker that grew past it (also one that has shrunk since).
     """
     try:
         import resource
@@ -65,7 +67,7 @@ def _memory_kb(fresh: bool = False) -> tuple[int | None, int | None]:
         return None, None
     peak = system.maxrss_kib(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
     if not system.has_proc():  # macOS: no /proc
-        return peak, None
+        return peak, peak
     now = time.monotonic()
     if not fresh and peak == _memory["peak"] and now - _memory["read_at"] < MEMORY_READ_SECONDS:
         return peak, _memory["current"]
