@@ -261,6 +261,10 @@ class LocalRunner(Runner):
             self._on_output(chunk, outputs)
         if memory_kb and memory_kb[1]:
             worker.last_rss = memory_kb[1] * 1024
+        elif self.options.max_memory is not None:  # it cannot tell (no /proc: macOS)
+            from ipyparmap.process.resources import rss_bytes
+
+            worker.last_rss = rss_bytes(worker.pid) or worker.last_rss
         self._fold(chunk, start, values, errors, timings, memory_kb, began)
         if done:
             self._chunk_finished(worker, chunk)
