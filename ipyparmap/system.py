@@ -9,8 +9,8 @@ memfd      ``os.memfd_create``: memory with     an unlinked temporary file
            no name anywhere
 pidfd      ``os.pidfd_open``: a descriptor      the lifeline socket, which reads EOF once
            readable once a worker exits         the worker is gone
-proc       ``/proc/self/statm``: a worker's     the peak (``getrusage``) stands in for it
-           current RSS
+proc       ``/proc/self/status``: a worker's    ``getrusage`` for the peak; the parent
+           peak and current RSS                 measures the current RSS (psutil)
 affinity   ``os.sched_getaffinity``             ``os.cpu_count()``
 cgroup     the CPU quota (``/proc/self/cgroup`` no quota
            and ``/sys/fs/cgroup``)
