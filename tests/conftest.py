@@ -109,3 +109,42 @@ def notebook_function(source: str, name: str, **namespace):
 
 # Notebooks under tests/ are fixtures for kernel and browser tests, not nbval tests.
 collect_ignore_glob = ["*.ipynb", "**/*.ipynb"]
+
+
+# -- the masked mode: IPYPARMAP_MASK=linux runs the portable (macOS) paths on Linux --------
+# Tests that assert a Linux facility itself is used, by node id: the feature whose masking
+# makes them moot, and why. Each has a portable counterpart in tests/test_portable.py.
+LINUX_ONLY = {
+    "tests/faults/test_cleanup.py::test_no_shared_memory_segment_is_ever_named": (
+        "memfd",
+        "asserts the board is a memfd (test_portable checks the unlinked temporary file)",
+    ),
+    "tests/faults/test_security.py::test_workers_hold_no_named_file_others_could_open": (
+        "memfd",
+        "accepts only memfd links (test_portable checks the temporary files are unlinked, 0600)",
+    ),
+    "tests/test_units.py::test_cpu_count_honours_affinity": (
+        "affinity",
+        "sets an affinity mask, which the portable path does not read",
+    ),
+}
+
+
+def pytest_report_header(config):
+    from ipyparmap import system
+
+    return f"ipyparmap platform: {system.describe()}"
+
+
+def pytest_collection_modifyitems(config, items):
+    from ipyparmap import system
+
+    collected = {item.nodeid.split("[")[0] for item in items}
+    files = {nodeid.split("::")[0] for nodeid in collected}
+    stale = [n for n in LINUX_ONLY if n.split("::")[0] in files and n not in collected]
+    if stale:  # a renamed test would silently run (and fail) in the masked mode
+        raise pytest.UsageError(f"conftest.LINUX_ONLY names tests that do not exist: {stale}")
+    for item in items:
+        feature, reason = LINUX_ONLY.get(item.nodeid.split("[")[0], (None, ""))
+        if feature in system.MASKED:
+            item.add_marker(pytest.mark.skip(reason=f"Linux-only ({feature} masked): {reason}"))

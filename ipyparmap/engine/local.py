@@ -245,6 +245,10 @@ class LocalEngine:
         memory_kb = batch.memory_kb
         if memory_kb and memory_kb[1]:
             worker.last_rss = memory_kb[1] * 1024
+        elif self.options.max_memory is not None:  # it cannot tell (no /proc: macOS)
+            from ipyparmap.process.resources import rss_bytes
+
+            worker.last_rss = rss_bytes(worker.pid) or worker.last_rss
         sink.fold(chunk, batch.start, values, batch.errors, batch.timings, memory_kb, batch.began)
         if batch.done:
             self._chunk_finished(worker, chunk)

@@ -32,6 +32,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from ipyparmap import system
 from ipyparmap.wire import board as B
 from ipyparmap.wire import messages as M
 from ipyparmap.wire.channel import Channel
@@ -166,6 +167,8 @@ def spawn_worker(env: dict[str, str]) -> WorkerHandle:
     conn = Channel(parent_sock)
     fits = conn.grow_send_buffer(SEND_BUFFER_BYTES)
     try:
+        if not system.has_pidfd():
+            raise OSError("no pidfd")
         sentinel, owns = os.pidfd_open(proc.pid), True
     except (AttributeError, OSError):  # no pidfd: the lifeline reads EOF when it dies
         sentinel, owns = parent_life.fileno(), False

@@ -12,6 +12,8 @@ import os
 import signal
 from pathlib import Path
 
+from ipyparmap import system
+
 #: Thread-pool variables of BLAS/OpenMP libraries, limited in workers so N workers
 #: with M threads each do not oversubscribe the CPUs.
 THREAD_ENV_VARS = (
@@ -27,10 +29,12 @@ THREAD_ENV_VARS = (
 def cpu_count() -> int:
     """The number of CPUs this process may use: affinity mask and cgroup quota, >= 1."""
     try:
+        if not system.has_affinity():
+            raise OSError("no affinity masks")
         count = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # macOS, Windows
         count = os.cpu_count() or 1
-    quota = _cgroup_limit_cached()
+    quota = _cgroup_limit_cached() if system.has_cgroup() else None
     if quota is not None:
         count = min(count, quota)
     return max(1, count)

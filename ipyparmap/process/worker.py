@@ -24,6 +24,7 @@ import time
 from array import array
 from collections import OrderedDict
 
+from ipyparmap import system
 from ipyparmap.errors import SerializationError
 from ipyparmap.options import describe
 from ipyparmap.wire import board as B
@@ -46,35 +47,42 @@ FLUSH_SECONDS = 0.1
 OUTPUT_SECONDS = 0.1
 
 
-#: Read this process's current RSS (a file read: 7 µs warm, ~30 µs in a worker just
-#: woken) at most this often, unless the peak grew or the parent asks for it.
+#: Read this process's memory from /proc (a file read: ~15 µs warm, more in a worker just
+#: woken) at most this often, unless getrusage's peak grew or the parent asks for it.
 MEMORY_READ_SECONDS = 0.5
-_memory = {"peak": None, "current": None, "read_at": float("-inf")}
+_memory = {"rusage": None, "peak": None, "current": None, "read_at": float("-inf")}
 
 
 def _memory_kb(fresh: bool = False) -> tuple[int | None, int | None]:
     """(peak, current) resident memory of this process in KiB (None where unknown).
 
-    The current figure is re-read when ``fresh`` (the parent enforces max_memory and
-    decides on it), when the peak grew, or every MEMORY_READ_SECONDS; otherwise the
-    last reading stands (it is for the progress view and crash messages).
+    Both are re-read when ``fresh`` (the parent enforces max_memory and decides on
+    it), when getrusage's peak grew, or every MEMORY_READ_SECONDS; otherwise the last
+    reading stands (it is for the progress view and crash messages). The peak is the
+    high-water mark of this process's own memory (VmHWM), not getrusage's: on Linux
+    that one starts at the spawning process's peak (the kernel counts the parent's
+    memory up to exec), so every worker of a 4 GB kernel would report 4 GB. Without
+    /proc (macOS) getrusage's peak is all there is, and the parent measures the
+    current RSS itself where max_memory needs it.
     """
     try:
         import resource
     except ImportError:  # Windows
         return None, None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    if sys.platform == "darwin":  # macOS reports bytes, and has no /proc
-        return peak // 1024, None
+    rusage = system.maxrss_kib(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    if not system.has_proc():  # macOS: no /proc
+        return rusage, None
     now = time.monotonic()
-    if not fresh and peak == _memory["peak"] and now - _memory["read_at"] < MEMORY_READ_SECONDS:
-        return peak, _memory["current"]
+    if not fresh and rusage == _memory["rusage"] and now - _memory["read_at"] < MEMORY_READ_SECONDS:
+        return _memory["peak"], _memory["current"]
     try:
-        with open("/proc/self/statm", "rb") as statm:
-            current = int(statm.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
+        with open("/proc/self/status", "rb") as status:
+            text = status.read()
+        peak = int(text.split(b"VmHWM:", 1)[1].split(None, 1)[0])
+        current = int(text.split(b"VmRSS:", 1)[1].split(None, 1)[0])
     except (OSError, ValueError, IndexError):
-        current = None
-    _memory.update(peak=peak, current=current, read_at=now)
+        peak, current = rusage, None
+    _memory.update(rusage=rusage, peak=peak, current=current, read_at=now)
     return peak, current
 
 
@@ -496,6 +504,13 @@ def _isolate_unpicklable(values: list, errors: dict) -> tuple[list, dict]:
     return values, errors
 
 
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
 def main(argv: list[str]) -> None:
     # A Jupyter interrupt signals the kernel's whole process group; the parent decides
     # what to stop, so workers ignore SIGINT (they also run in their own session).
@@ -503,6 +518,10 @@ def main(argv: list[str]) -> None:
     conn_fd, lifeline_fd, board_fd = (int(arg) for arg in argv[:3])
     for fd in (conn_fd, lifeline_fd):  # processes a task starts must not hold our pipes
         os.set_inheritable(fd, False)
+    # ...nor processes an item forks (os.fork, multiprocessing's "fork"): without pidfd
+    # the lifeline is the parent's death sentinel, and a child holding it would hide
+    # this worker's death for as long as that child lives.
+    os.register_at_fork(after_in_child=lambda: _close_quietly(lifeline_fd))
     board = B.Board.from_fd(board_fd)
     os.close(board_fd)
     worker = Worker(Channel.from_fd(conn_fd), lifeline_fd, board)

@@ -17,20 +17,26 @@ import os
 import sys
 import threading
 
+from ipyparmap import system
+
 #: Buffers start at multiples of this (cache lines; any dtype's alignment).
 ALIGN = 64
 
 
 def anonymous_file(name: str, size: int) -> int:
     """A descriptor of ``size`` zero bytes of memory that no other process can open."""
-    if hasattr(os, "memfd_create"):
+    if system.has_memfd():
         fd = os.memfd_create(name, os.MFD_CLOEXEC)
-    else:  # macOS: an unlinked temporary file, private to us
+    else:  # macOS: a temporary file (mode 0600), unlinked at once: private to us
         import tempfile
 
-        with tempfile.TemporaryFile() as backing:
-            fd = os.dup(backing.fileno())
-    os.ftruncate(fd, max(1, size))
+        fd, path = tempfile.mkstemp(prefix=name + "-")
+        os.unlink(path)
+    try:
+        os.ftruncate(fd, max(1, size))
+    except BaseException:
+        os.close(fd)
+        raise
     return fd
 
 
