@@ -53,10 +53,10 @@ class CrashPolicy:
             self.split(chunk, died=True)
             return None
         _, position, span, _ = where
-        suspects: set = set()
+        suspects: set = set()  # a set: with a list, a big chunk's death was quadratic
         if 0 <= position < len(chunk.items):
             pinned: int | None = position
-            if span > 1:  # somewhere in a block of tiny items (see worker.run_items)
+            if span > 1:  # in a block of tiny items (see process/worker.py's run_items)
                 end = min(position + span, len(chunk.items))
                 suspects = set(range(max(position, chunk.reported), end))
                 pinned = min(suspects) if len(suspects) == 1 else None
