@@ -1,4 +1,4 @@
-"""Callable wrappers that travel to workers for the drop-in classes (layer: dropins).
+"""Callable wrappers that travel to workers for the drop-in classes (layer: api).
 
 They are plain picklable objects (this module imports nothing, so a worker can load it
 when it unpickles one), so a notebook-defined function inside one is still pickled by

@@ -1,4 +1,4 @@
-"""Drop-in ``Pool``, ``Process`` and ``ProcessPoolExecutor`` on ipyparmap's engine (layer: dropins).
+"""Drop-in ``Pool``, ``Process`` and ``ProcessPoolExecutor`` on ipyparmap's engine (layer: api).
 
 Change ``import multiprocessing`` (or ``from concurrent.futures import
 ProcessPoolExecutor``) to ipyparmap and the code people already have works in a

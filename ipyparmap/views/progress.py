@@ -1,4 +1,4 @@
-"""The UI-free progress model of a run (layer: views.progress, beside results).
+"""The UI-free progress model of a run (layer: results, beside ipyparmap.results).
 
 The engine's parts feed it (the outcome sink: items finished, busy time; the run and
 its engine: worker states); views subscribe and render it (a text bar, the ipywidgets
