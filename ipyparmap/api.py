@@ -1,8 +1,9 @@
-"""The Python API: ``parmap``, ``imap``, ``shutdown``, ``cpu_count`` (layer L5).
+"""The Python API: ``parmap``, ``imap``, ``parmap_async`` and friends (layer: api).
 
 This module wires the pieces: it validates the call (before any worker starts),
-chooses the progress view and the output forwarding, and hands the run to a Runner on
-the warm default pool.
+chooses the progress view and the output forwarding, picks the engine (a `LocalEngine`
+on the warm default pool, or an `ExecutorEngine` for ``backend=``) and has
+`engine.run.map_run` build the run's `Runner`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Exception classes of the public API (layer L0: imports nothing from the package).
+"""Exception classes of the public API (bottom layer: imports nothing from the package).
 
 Every exception ipyparmap raises on purpose is a `ParmapError`. The ones raised
 because an item failed carry the `Failure` (``.failure``) and

@@ -1,4 +1,4 @@
-"""How run figures read, in one place (layer L0: pure functions, no package imports).
+"""How run figures read, in one place (bottom layer: no package imports).
 
 The panel, the text bar, ``Results.summary()``, the exception shown for a failed run and
 the run report all word their counts, durations, sizes and worker names through these

@@ -1,4 +1,4 @@
-"""The run options, declared once in `OPTIONS`, and their one validator (layer L0).
+"""The run options, declared once in `OPTIONS`, and their one validator (bottom layer).
 
 Each `Option` holds all there is to know about one run option: its default, its check,
 one line of help, how the ``%%parmap`` magic spells it, whether it is a ``%config
@@ -9,7 +9,7 @@ and forgotten in another.
 
 ``parmap``, ``imap``, the magics and the drop-in classes all validate through
 `check_options`, so a bad argument gets the same message wherever it is passed, and it
-is raised before any worker starts (see BAD_INPUTS.md section 4.2). Workers import this
+is raised before any worker starts. Workers import this
 module: it stays standard library only.
 """
 

@@ -1,4 +1,4 @@
-"""Results, failures and run statistics (layer L1).
+"""Results, failures and run statistics (layer: results, beside views.progress).
 
 ``Results`` is a plain ``list`` subclass (one slot per input, in input order) so it
 works everywhere a list does; a failed slot holds a `Failure` instead of a value.

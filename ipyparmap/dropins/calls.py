@@ -1,7 +1,7 @@
-"""Callable wrappers that travel to workers for the drop-in classes (layer L1).
+"""Callable wrappers that travel to workers for the drop-in classes (layer: api).
 
-They are plain picklable objects (this module is importable in every worker and
-imports nothing else), so a notebook-defined function inside one is still pickled by
+They are plain picklable objects (this module imports nothing, so a worker can load it
+when it unpickles one), so a notebook-defined function inside one is still pickled by
 value by cloudpickle.
 """
 

@@ -1,4 +1,4 @@
-"""Drop-in ``Pool``, ``Process`` and ``ProcessPoolExecutor`` on ipyparmap's engine (L5).
+"""Drop-in ``Pool``, ``Process`` and ``ProcessPoolExecutor`` on ipyparmap's engine (layer: api).
 
 Change ``import multiprocessing`` (or ``from concurrent.futures import
 ProcessPoolExecutor``) to ipyparmap and the code people already have works in a
@@ -14,7 +14,8 @@ is re-raised unchanged, an argument that cannot be pickled raises its own error.
 
 Each ``Pool``/``ProcessPoolExecutor`` owns its worker processes (``processes`` of them,
 recycled after ``maxtasksperchild`` items) and a `JobServer`
-thread that feeds them, oldest submission first.
+(engine/jobs.py: a `Runner` on a `LocalEngine` fed with jobs) whose thread feeds them,
+oldest submission first.
 """
 
 from __future__ import annotations
@@ -249,10 +250,11 @@ class IMapIterator:
 
 # ------------------------------------------------------------------------------ Pool
 class Pool:
-    """``multiprocessing.pool.Pool`` that works in notebooks and never hangs on a crash.
+    """``multiprocessing.pool.Pool`` that works in notebooks and never hangs on a crash
+    (tests/test_compat.py::test_a_killed_worker_fails_its_task_instead_of_hanging).
 
-    ``progress`` is accepted for symmetry with ``parmap`` and reserved: the drop-in draws
-    nothing, like the standard library.
+    It draws no progress, like the standard library. ``context`` is accepted for
+    compatibility and ignored: workers are always fresh interpreters.
     """
 
     def __init__(

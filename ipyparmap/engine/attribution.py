@@ -12,10 +12,12 @@ where the worker was, and the policy decides, per item the worker held:
 - **unpinned**: it died before it even looked at the chunk, or nobody can tell
   (another executor's worker).
 
-Every death that is not pinned on an item still counts against each item the worker
-held (`Pending.deaths`). An item held during `MAX_UNPINNED_DEATHS` such deaths fails as
-``crashed`` with a message that says so: no input can make an engine respawn
-workers without end (tests/test_faults.py::test_unpinned_deaths_end_in_a_clear_failure).
+Every death that is not pinned on an item still counts against each item that may have
+caused it (`Pending.deaths`: the suspects, or every item of an unpinned death; the items
+after a block of tiny items that died are not counted). An item held during
+`MAX_UNPINNED_DEATHS` such deaths fails as ``crashed`` with a message that says so: no
+input can make an engine respawn workers without end
+(tests/test_faults.py::test_unpinned_deaths_end_in_a_clear_failure).
 The other items of a chunk whose culprit is known go back to the feed unharmed.
 """
 
@@ -53,10 +55,10 @@ class CrashPolicy:
             self.split(chunk, died=True)
             return None
         _, position, span, _ = where
-        suspects: set = set()
+        suspects: set = set()  # a set: with a list, a big chunk's death was quadratic
         if 0 <= position < len(chunk.items):
             pinned: int | None = position
-            if span > 1:  # somewhere in a block of tiny items (see worker.run_items)
+            if span > 1:  # in a block of tiny items (see process/worker.py's run_items)
                 end = min(position + span, len(chunk.items))
                 suspects = set(range(max(position, chunk.reported), end))
                 pinned = min(suspects) if len(suspects) == 1 else None

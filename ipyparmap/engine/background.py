@@ -1,4 +1,4 @@
-"""Background runs: ``parmap_async`` returns a `Run` at once (layer L3).
+"""Background runs: ``parmap_async`` returns a `Run` at once (layer: engine).
 
 A Run owns one thread that drives a Runner to the end, so the notebook stays free.
 The thread starts with a copy of the caller's context variables: ipykernel keeps the

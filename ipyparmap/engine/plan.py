@@ -1,4 +1,4 @@
-"""Adaptive chunk sizing (layer L1).
+"""Adaptive chunk sizing (layer: engine, its lowest part with state.py).
 
 Two forces pull on the chunk size. Tiny tasks drown in per-message costs unless many
 items share a message; long or uneven tasks need small chunks so no worker idles while

@@ -289,7 +289,7 @@ class Runner:
             # ResultsSink.build will count: as many items as the Results has slots, and
             # the ones that never finished as "cancelled" (every finished item went
             # through progress.add, so those are size - progress.done). Pinned by
-            # tests/test_widget.py's agreement test.
+            # tests/test_widget.py::test_a_run_stopped_by_its_first_failure_reads_the_same_everywhere  # noqa: E501
             if isinstance(self.feed, ItemFeed):
                 size = self.feed.size()
                 self.stats.items = size

@@ -1,4 +1,4 @@
-"""In-process map, used when parmap is called inside a worker (layer L3).
+"""In-process map, used when parmap is called inside a worker (layer: engine).
 
 A task that itself calls ``parmap`` must not start a pool of its own (N workers each
 starting N workers is a fork bomb), so nested calls run their items one by one, in the

@@ -1,4 +1,4 @@
-"""Parsing ``%%parmap`` lines and turning a cell body into a function (layer L1).
+"""Parsing ``%%parmap`` lines and turning a cell body into a function (layer: magics).
 
 Pure Python (no IPython import), so the rules can be tested on their own:
 

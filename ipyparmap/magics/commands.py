@@ -1,4 +1,4 @@
-"""The IPython extension: ``%%parmap``, ``%parmap`` and ``%parmap_pool`` (layer L5).
+"""The IPython extension: ``%%parmap``, ``%parmap`` and ``%parmap_pool`` (layer: magics).
 
 ``%load_ext ipyparmap`` registers the `Parmap` magics. The run options' flags and
 their traitlets config (``%config Parmap.workers = 4`` or ``c.Parmap.workers = 4`` in a
@@ -8,7 +8,7 @@ profile) are generated from the options table (``ipyparmap.magics.flags``);
 
 Everything that can be wrong with an invocation is checked before any work starts:
 the option values, TARGET, EXPR (evaluated in the user namespace), and the body
-(compiled in the kernel). See BAD_INPUTS.md section 4.1.
+(compiled in the kernel).
 """
 
 from __future__ import annotations

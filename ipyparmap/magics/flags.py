@@ -1,4 +1,4 @@
-"""The ``%%parmap`` flags and ``%config Parmap`` traits of the run options (layer L5).
+"""The ``%%parmap`` flags and ``%config Parmap`` traits of the run options (layer: magics).
 
 Generated from ``ipyparmap.options.OPTIONS``: a flag's text and a trait's value go
 through the same check as an API argument, so the magic cannot accept what the API

@@ -1,22 +1,24 @@
-"""The local worker pool: spawned processes, each with its own pipe (layer L2).
+"""The local worker pool: spawned processes, each with its own pipe (layer: process).
 
 A worker is a fresh interpreter started with ``subprocess`` (never a fork of the
 kernel) in its own session, so a terminal Ctrl-C or a Jupyter interrupt aimed at the
 kernel's process group never reaches it. Each worker has:
 
-- a duplex pipe (a socketpair framed by ``channel.Channel``, which can pass descriptors),
+- a duplex pipe (a socketpair framed by ``wire.channel.Channel``, which passes
+  descriptors),
   so the parent always knows which worker holds which items, and one death never
   corrupts a queue shared with other workers;
 - a death sentinel (a pidfd on Linux; elsewhere the lifeline below), readable once
   the process has exited, waited on together with all pipes;
 - a lifeline socketpair: the worker exits when the parent's end closes (the parent
-  died);
-- a status board in anonymous shared memory (``memfd``): never has a name in any
-  filesystem, so it can't leak or be opened by another user.
+  died; tests/test_interrupt.py::test_workers_exit_when_the_parent_is_killed);
+- a status board (wire/board.py) in anonymous shared memory (``memfd``): never has a
+  name in any filesystem, so it can't leak or be opened by another user
+  (tests/faults/test_cleanup.py::test_no_shared_memory_segment_is_ever_named).
 
-The pool only manages processes; which chunk goes where is the runner's business. A
-run leases workers with `acquire` and gives them back with
-`release`; idle workers stay warm for the next call.
+The pool only manages processes and owns no run state; which chunk goes where is the
+engine's business (engine/local.py). A run leases workers with `acquire` and gives them
+back with `release`; idle workers stay warm for the next call.
 """
 
 from __future__ import annotations
@@ -135,7 +137,7 @@ class WorkerHandle:
 #: Selectors a pool keeps for the worker sets of recent runs.
 SELECTOR_CACHE = 4
 #: Send buffer asked for each worker's pipe: a chunk queued behind a busy worker goes
-#: out at once only if it fits (see local.py), so bigger chunks of tiny items can.
+#: out at once only if it fits (see engine/local.py), so bigger chunks of tiny items can.
 SEND_BUFFER_BYTES = 1024 * 1024
 
 

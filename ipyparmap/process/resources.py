@@ -1,4 +1,4 @@
-"""Machine resources: usable CPUs, process memory, killing process trees (layer L1).
+"""Machine resources: usable CPUs, process memory, killing process trees (layer: process).
 
 CPU counting uses only the standard library (``sched_getaffinity`` and the cgroup
 files), so the common path never imports psutil; psutil is imported on first use by the

@@ -1,7 +1,9 @@
-"""The worker process: load the function once, run chunks of items, report back.
+"""The worker process: load the function once, run chunks, report back (layer: process).
 
-Child side: imports only layers L0/L1 and the standard library, never IPython. Started
-by ``pool.py`` as ``python -c ... <conn fd> <lifeline fd> <board fd>``: a fresh
+Child side: imports only the wire layer, ``errors``, ``options``, the standard library
+and cloudpickle, never the engine or IPython (a positive rule:
+tests/test_architecture.py::test_worker_imports_only_what_the_positive_rule_allows).
+Started by process/pool.py as ``python -c ... <conn fd> <lifeline fd> <board fd>``: a fresh
 interpreter (never a fork of the kernel) that does not re-import the parent's
 ``__main__``, so a script without an ``if __name__ == "__main__"`` guard does not spawn
 pools recursively.
@@ -149,7 +151,9 @@ class _OutputSink:
         """Pending text, emptied, with adjacent pieces of one item's stream joined
         (``print`` writes the text and the newline separately); call with ``lock`` held."""
         pieces, self.pending = self.pending, []
-        runs: list = []  # [position, stream, [texts]]: joined once, not text by text
+        # [position, stream, [texts]]: joined once; joining text by text was quadratic
+        # (tests/faults/test_concurrency.py::test_a_task_printing_50_mb never finished)
+        runs: list = []
         for position, stream, text in pieces:
             if runs and runs[-1][0] == position and runs[-1][1] == stream:
                 runs[-1][2].append(text)
@@ -419,7 +423,7 @@ def pickle_values(values: list, errors: dict, share: bool = False):
         return pickle(values), errors
 
 
-# -- chunks as tasks of a concurrent.futures executor or Dask (see executor.py) ------------
+# -- chunks as tasks of a concurrent.futures executor or Dask (see engine/executor.py) -----
 _task_functions: OrderedDict = OrderedDict()
 
 
@@ -513,7 +517,8 @@ def _close_quietly(fd: int) -> None:
 
 def main(argv: list[str]) -> None:
     # A Jupyter interrupt signals the kernel's whole process group; the parent decides
-    # what to stop, so workers ignore SIGINT (they also run in their own session).
+    # what to stop, so workers ignore SIGINT (they also run in their own session;
+    # tests/test_interrupt.py::test_workers_ignore_sigint_sent_to_them).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     conn_fd, lifeline_fd, board_fd = (int(arg) for arg in argv[:3])
     for fd in (conn_fd, lifeline_fd):  # processes a task starts must not hold our pipes

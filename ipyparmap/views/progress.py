@@ -1,14 +1,15 @@
-"""The UI-free progress model of a run (layer L1).
+"""The UI-free progress model of a run (layer: results, beside ipyparmap.results).
 
-The runner feeds it (items finished, worker states, busy time); views subscribe and
-render it (a text bar, the ipywidgets panel). Refreshes are throttled to ``max_rate``
-per second with an injectable clock, so feeding the model per batch costs next to
-nothing: a listener runs at most ``max_rate`` times a second, plus once at the end.
+The engine's parts feed it (the outcome sink: items finished, busy time; the run and
+its engine: worker states); views subscribe and render it (a text bar, the ipywidgets
+panel). Refreshes are throttled to ``max_rate`` per second with an injectable clock, so
+feeding the model per batch costs next to nothing: a listener runs at most ``max_rate``
+times a second, plus once at the end.
 
-Worker memory (``WorkerState.rss``) is sampled by the local engine (``local.py``), which
-also needs it for ``max_memory`` and crash reports.
+Worker memory (``WorkerState.rss``) is sampled by the local engine (engine/local.py),
+which also needs it for ``max_memory`` and crash reports.
 
-While running, the figures are the model's own counts. At the end the runner hands
+While running, the figures are the model's own counts. At the end the `Runner` hands
 `finish` the run's ``RunStats``, and the final line is drawn from those (items, failures
 by kind including the cancelled ones, wall time, speedup), so the panel, the text bar,
 ``Results.summary()`` and a failed run's exception read the same. Every line is worded
@@ -54,7 +55,7 @@ class ProgressModel:
     cancel: Callable[[], None] | None = None  # set while a run can be cancelled
     background: bool = False  # a parmap_async run: the kernel's main thread is free
     # The run's RunStats, given to finish(): the source of the final line. Typed Any
-    # because results.py is a sibling layer this module must not import.
+    # because ipyparmap.results is its sibling in the layers: this module must not import it.
     stats: Any = None
     _last_refresh: float = 0.0
     _last_done: int = 0

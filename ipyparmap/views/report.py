@@ -1,8 +1,8 @@
-"""Where the time went: the timeline chart and the run report (just above layer L0).
+"""Where the time went: the timeline chart and the run report (layer: views.report).
 
 Pure functions from a Results' data (per-item start, duration, worker, outcome, read
 through ``results.outcomes()``) to SVG and HTML strings: no plotting library, no
-IPython; from the package only the wording of ``figures`` (L0). The chart has one lane
+IPython; from the package only the wording of ``figures`` (bottom layer). The chart has one lane
 per worker and a bar per item, coloured by outcome; idle gaps show as empty lane. With many
 items (more than about two per pixel) bars would be sub-pixel, so each lane is drawn
 as columns whose height is the share of that moment the worker was busy, coloured by

@@ -1,4 +1,4 @@
-"""Terminal views (layer L4): a one-line progress bar and worker-output forwarding.
+"""Terminal views: a one-line progress bar and worker-output forwarding (layer: views).
 
 Both only write to streams looked up at call time (``sys.stdout``/``sys.stderr``),
 because IPython kernels swap those objects per cell.

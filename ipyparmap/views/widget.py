@@ -1,4 +1,4 @@
-"""The Jupyter progress panel (layer L4): a ProgressModel drawn with stock ipywidgets.
+"""The Jupyter progress panel (layer: views): a ProgressModel drawn with stock ipywidgets.
 
 All widget code of the package lives here. ipywidgets and IPython are imported only
 when a panel is actually built or shown, so importing this module is cheap (the API

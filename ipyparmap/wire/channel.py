@@ -1,4 +1,4 @@
-"""Messages over a socketpair, with file descriptors attached (layer L0).
+"""Messages over a socketpair, with file descriptors attached (layer: wire).
 
 Why not ``multiprocessing.connection.Connection``: it cannot pass descriptors, and
 receiving a large message costs it an extra copy (``BytesIO`` reassembly). A frame
@@ -7,7 +7,7 @@ as SCM_RIGHTS ancillary data, then the payload, received straight into one buffe
 
 The descriptors carry shared memory (anonymous ``memfd`` files): large buffers of items,
 results and function globals travel as a descriptor and a table of offsets, and the
-receiver maps them instead of copying them through the socket (see serialize.py).
+receiver maps them instead of copying them through the socket (see wire/serialize.py).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Whether a function would pickle to the same bytes as last time, without pickling it.
+"""Whether a function would pickle as last time, without pickling it (layer: wire).
 
 Pickling a notebook function with cloudpickle costs 30-60 µs even for ``lambda x: x*x``
 (by value: code object, globals, closure), which is a sixth of a small warm call. A
@@ -13,7 +13,7 @@ fingerprint. Anything mutable (a list, a dict, an array, a class defined in the
 notebook, an instance) means "no fingerprint": such a function is pickled on every
 call, since its pickle could change without any name being rebound.
 
-Layer L1 below serialize: what "pickled by reference" means is cloudpickle's business,
+Below serialize in the wire layer: what "pickled by reference" means is cloudpickle's business,
 so the caller passes that test in.
 """
 

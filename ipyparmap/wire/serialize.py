@@ -1,4 +1,4 @@
-"""Pickling with cloudpickle, and naming the culprit when something can't be pickled (L1).
+"""Pickling with cloudpickle, and naming the culprit when something can't be pickled (layer: wire).
 
 Why cloudpickle for everything: functions, lambdas and classes defined in a notebook or
 in ``__main__`` cannot be pickled by reference (a spawned worker has no such
@@ -237,8 +237,9 @@ def _make_function_pickler():
 
 
 def dumps_message(message: tuple) -> bytes:
-    """A protocol message: plain data around already pickled blobs, so the C pickler
-    does (cloudpickle would build a Pickler object for every small message)."""
+    """A wire message (the plain tuple of a wire/messages.py record): plain data around
+    already pickled blobs, so the C pickler does (cloudpickle would build a Pickler
+    object for every small message)."""
     import pickle
 
     return pickle.dumps(message, PROTOCOL)
@@ -273,7 +274,7 @@ class FunctionPayload:
             self.packed.close()
 
 
-#: Payloads of recently pickled functions that have a fingerprint (see fingerprint.py):
+#: Payloads of recently pickled functions that have a fingerprint (see wire/fingerprint.py):
 #: id(func) -> (fingerprint, payload). A repeated call with an unchanged function and
 #: unchanged globals then costs a fingerprint check (a few µs) instead of a pickle.
 _payloads: dict = {}

@@ -1,4 +1,4 @@
-"""Anonymous shared memory: ``memfd`` files with no name anywhere (layer L0).
+"""Anonymous shared memory: ``memfd`` files with no name anywhere (layer: wire).
 
 Large buffers (NumPy arrays and anything else pickle protocol 5 hands out of band) are
 written once into such a file, whose descriptor travels over a worker's channel; the
