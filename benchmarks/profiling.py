@@ -153,7 +153,7 @@ def timeline(key: str, show: int) -> None:
 
     events: list = []
     _wrap(
-        L.LocalRunner,
+        L.LocalEngine,
         "_send",
         before=lambda self, chunk, queued=False: events.append(
             (time.perf_counter(), "queue" if queued else "send", chunk.owner.pid,
@@ -161,10 +161,10 @@ def timeline(key: str, show: int) -> None:
         ),
     )  # fmt: skip
     _wrap(
-        L.LocalRunner,
+        L.LocalEngine,
         "_on_results",
-        before=lambda self, worker, chunk_id, start, values, errors, durations, *rest: (
-            events.append((time.perf_counter(), "result", worker.pid, durations[1]))
+        before=lambda self, worker, batch, values: (
+            events.append((time.perf_counter(), "result", worker.pid, batch.timings[1]))
         ),
     )
     func, items, _ = _inputs(key)
@@ -201,6 +201,7 @@ def calls(count: int = 500) -> None:
     import ipyparmap as pm
     from ipyparmap import api
     from ipyparmap.engine import local as L
+    from ipyparmap.engine import outcomes as OS
     from ipyparmap.engine import run as R
     from ipyparmap.process import pool as PL
     from ipyparmap.process import resources as RS
@@ -215,12 +216,12 @@ def calls(count: int = 500) -> None:
         (RS, "cpu_count", "cpu_count"),
         (R.Runner, "_start", "Runner._start"),
         (PL.Pool, "acquire", "Pool.acquire"),
-        (L.LocalRunner, "_start_engine", "engine started"),
-        (L.LocalRunner, "_send", "chunk sent"),
-        (L.LocalRunner, "_wait", "wait"),
-        (L.LocalRunner, "_on_results", "result handled"),
+        (L.LocalEngine, "start", "engine started"),
+        (L.LocalEngine, "_send", "chunk sent"),
+        (L.LocalEngine, "wait", "wait"),
+        (L.LocalEngine, "_on_results", "result handled"),
         (R.Runner, "_close", "Runner._close"),
-        (R.Runner, "_build", "Results built"),
+        (OS.ResultsSink, "build", "Results built"),
     ]
     for owner, name, label in steps:
         _wrap(owner, name, before=mark(label + " >"), after=mark(label + " <"))
@@ -312,15 +313,15 @@ def startup() -> None:
 
 
         seen = {}
-        original = L.LocalRunner._handle
+        original = L.LocalEngine._handle
 
 
         def handle(self, worker, message, fds=()):
-            seen.setdefault(message[0], time.perf_counter())
+            seen.setdefault(message.TAG, time.perf_counter())
             return original(self, worker, message, fds)
 
 
-        L.LocalRunner._handle = handle
+        L.LocalEngine._handle = handle
         if __name__ == "__main__":
             t1 = time.perf_counter()
             pm.parmap(f, [1, 2], workers=2, progress=False)

@@ -67,8 +67,8 @@ def timed(func):
 def instrument():
     for owner, name in [(ProgressModel, "add"), (ProgressModel, "maybe_refresh"),
                         (ProgressModel, "finish"), (ProgressModel, "worker"),
-                        (runner.Runner, "_progress_worker"),
-                        (local.LocalRunner, "_refresh_progress")]:
+                        (runner.Runner, "worker_state"),
+                        (local.LocalEngine, "_refresh_progress")]:
         setattr(owner, name, timed(getattr(owner, name)))
 
 def run(mode):

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ipyparmap.options import Options, check_options, short_repr
 from ipyparmap.results import Results
-from ipyparmap.wire import messages as P
+from ipyparmap.wire import messages as M
 
 if TYPE_CHECKING:
     from ipyparmap.engine.background import Run
@@ -75,7 +75,7 @@ def parmap(
         progress=progress, star=star, backend=backend, max_memory=max_memory,
     )  # fmt: skip
     _check_call(func, iterable, options)
-    if os.environ.get(P.WORKER_ENV):
+    if os.environ.get(M.WORKER_ENV):
         from ipyparmap.engine.serial import serial_results
 
         return serial_results(func, iterable, options)
@@ -112,7 +112,7 @@ def imap(
         progress=progress, star=star, backend=backend, ordered=ordered, max_memory=max_memory,
     )  # fmt: skip
     _check_call(func, iterable, options)
-    if os.environ.get(P.WORKER_ENV):
+    if os.environ.get(M.WORKER_ENV):
         from ipyparmap.engine.serial import serial_values
 
         return serial_values(func, iterable, options)
@@ -194,7 +194,7 @@ def shared_array(shape: int | tuple[int, ...], dtype: Any = float) -> Any:
         count *= size
     # A worker returning the array drops it once sent, before the parent maps it: there,
     # each array gets memory of its own, never reused under the parent.
-    in_worker = bool(os.environ.get(P.WORKER_ENV))
+    in_worker = bool(os.environ.get(M.WORKER_ENV))
     buffer = allocate(count * dtype.itemsize, dedicated=in_worker)
     return np.ndarray(shape, dtype=dtype, buffer=buffer)
 
@@ -261,11 +261,11 @@ def _progress_model(mode):
         return None
     import sys
 
-    from ipyparmap.views.textui import TextProgress, _isatty
+    from ipyparmap.views.textui import TextProgress, isatty
     from ipyparmap.views.widget import in_kernel
 
     kernel = in_kernel()
-    if mode == "auto" and not kernel and not _isatty(sys.stderr):
+    if mode == "auto" and not kernel and not isatty(sys.stderr):
         return None
     from ipyparmap.views.progress import ProgressModel
 

@@ -1,4 +1,4 @@
-"""The layering of DESIGN.md section 3, a light `import ipyparmap`, and lint."""
+"""The layering of the package tree (pyproject.toml, docs/how-it-works.md), a light `import ipyparmap`, and lint."""
 
 from __future__ import annotations
 

@@ -141,7 +141,7 @@ def test_string_and_dataframe_like_exprs_warn(ip):
         assert cell(ip, "c in 'ab'", "c.upper()") == ["A", "B"]
 
 
-# -- misuse (BAD_INPUTS.md 4.1) ------------------------------------------------------------------
+# -- misuse: each gets a one-line UsageError ------------------------------------------------------------------
 @pytest.mark.parametrize(
     "line, body, message",
     [

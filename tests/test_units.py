@@ -276,3 +276,32 @@ def test_format_seconds():
 
 def test_repo_root_is_the_package_parent():
     assert (ROOT / "ipyparmap" / "__init__.py").exists()
+
+
+def test_a_new_workers_board_reads_idle_before_it_boots():
+    """Chunk ids start at 0: a fresh (zeroed) board would read "chunk 0, position 0",
+    and a worker dying before its first store would be blamed for item 0 of chunk 0."""
+    from ipyparmap.process.pool import spawn_worker, worker_env
+    from ipyparmap.wire import board as B
+
+    worker = spawn_worker(worker_env())
+    try:
+        chunk_id, position, span, _started = worker.board.read()
+        assert (chunk_id, position, span) == (B.IDLE, B.LOADING, 1)
+    finally:
+        worker.kill()
+        worker.reap(5)
+        worker.close()
+
+
+def test_chunk_ids_are_unique_across_runs():
+    """A warm worker's board may still show a chunk of an earlier run: ids never repeat
+    within the process, so it cannot be mistaken for a chunk of this one."""
+    from ipyparmap.engine.feed import ItemFeed
+
+    def ids(n):
+        feed = ItemFeed(abs, range(n), plan.ChunkPlanner(1, chunksize=1))
+        return [feed.next_chunk(None).id for _ in range(n)]
+
+    first, second = ids(5), ids(5)
+    assert len(set(first + second)) == 10 and min(second) > max(first)

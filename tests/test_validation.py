@@ -1,4 +1,4 @@
-"""BAD_INPUTS.md section 4.2: API misuse gets a clear error before any worker starts."""
+"""API misuse gets a clear error before any worker starts (the error contract of docs/api.md)."""
 
 from __future__ import annotations
 

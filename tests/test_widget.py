@@ -400,7 +400,7 @@ def listener_types(model):
 
 def test_api_picks_the_panel_only_in_a_kernel_with_ipywidgets(monkeypatch):
     monkeypatch.setattr(widget, "in_kernel", lambda: False)
-    monkeypatch.setattr(textui, "_isatty", lambda stream: False)
+    monkeypatch.setattr(textui, "isatty", lambda stream: False)
     assert api._progress_model(False) is None
     assert api._progress_model("auto") is None  # a script writing to a file: nothing
     text = api._progress_model("widget")  # no kernel: a widget cannot show, text instead

@@ -44,7 +44,7 @@ from ipyparmap.process.pool import spawn_worker, worker_env
 from ipyparmap.process.resources import cpu_count, thread_limits
 from ipyparmap.results import Failure
 from ipyparmap.views.textui import OutputPrinter
-from ipyparmap.wire import messages as P
+from ipyparmap.wire import messages as M
 from ipyparmap.wire.serialize import (
     ItemPicklingError,
     dumps,
@@ -490,9 +490,9 @@ class Process:
         blob = dumps([item])
         self._worker = worker = spawn_worker(worker_env())
         worker.send_function(payload)
-        worker.send(P.pack(P.RunChunk(0, payload.key, blob, star=False, stride=1, table=None)))
+        worker.send(M.pack(M.RunChunk(0, payload.key, blob, star=False, stride=1, table=None)))
         payload.close()
-        worker.send(P.pack(P.Stop()))
+        worker.send(M.pack(M.Stop()))
         self._reader = threading.Thread(
             target=contextvars.copy_context().run, args=(self._read,), daemon=True,
             name=f"ipyparmap-{self.name}",
@@ -514,16 +514,16 @@ class Process:
                 return
             for fd in fds:  # shared memory of a result nobody reads
                 os.close(fd)
-            if type(message) is P.Output:
+            if type(message) is M.Output:
                 for _, stream, text in message.lines:
                     (sys.stdout if stream == "stdout" else sys.stderr).write(text)
-            elif type(message) is P.ResultBatch:
+            elif type(message) is M.ResultBatch:
                 for _, stream, text in message.outputs:
                     (sys.stdout if stream == "stdout" else sys.stderr).write(text)
                 self._target_exitcode = 0
                 if message.errors:
                     self._target_exitcode = self._report(next(iter(message.errors.values())))
-            elif type(message) is P.LoadFailed:
+            elif type(message) is M.LoadFailed:
                 self._target_exitcode = self._report(message.info)
 
     def _report(self, info) -> int:

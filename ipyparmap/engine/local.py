@@ -183,8 +183,8 @@ class LocalEngine:
             self.queued[worker] = chunk
             # A busy worker does not read its pipe: a message bigger than the pipe's
             # buffer would block us while the worker blocks sending us its results, a
-            # deadlock (tests/faults/test_concurrency.py::test_a_million_tiny_items hangs
-            # without this check when the system grants small buffers). Such a chunk
+            # deadlock (tests/faults/test_concurrency.py::
+            # test_queued_chunks_never_outgrow_a_small_socket_buffer). Such a chunk
             # stays here, assigned, and goes out when the worker is idle.
             if len(chunk.blob.blob) + 1024 > worker.fits or payload.key not in worker.functions:
                 return

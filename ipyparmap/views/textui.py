@@ -53,7 +53,7 @@ class TextProgress:
 
     def __call__(self, model: ProgressModel, final: bool) -> None:
         stream = sys.stderr
-        live = _isatty(stream) if self.live is None else self.live
+        live = isatty(stream) if self.live is None else self.live
         if final:
             if self.shown or self.summary:
                 self._draw(stream, model, live, end="\n")
@@ -69,7 +69,7 @@ class TextProgress:
         self.shown = True
 
 
-def _isatty(stream) -> bool:
+def isatty(stream) -> bool:
     try:
         return bool(stream.isatty())
     except (AttributeError, ValueError):

@@ -60,6 +60,23 @@ def test_a_million_tiny_items():
     assert len(res) == 1_000_000 and res[999_999] == 999_999**2 and res.ok
 
 
+@pytest.mark.timeout(120)
+def test_queued_chunks_never_outgrow_a_small_socket_buffer(monkeypatch):
+    """A chunk queued behind a busy worker goes out at once only if it fits in the
+    socket's buffer: the worker does not read while it runs, and a send that blocks
+    while the worker blocks sending its results would hang both. With the small buffers
+    some systems grant, this run deadlocked without that check."""
+    from ipyparmap.process import pool
+
+    pm.shutdown()
+    monkeypatch.setattr(pool, "SEND_BUFFER_BYTES", 4096)  # new workers get small ones
+    try:
+        res = pm.parmap(helpers.square, range(300_000), workers=2, progress=False)
+        assert len(res) == 300_000 and res[-1] == 299_999**2 and res.ok
+    finally:
+        pm.shutdown()
+
+
 def test_a_task_printing_50_mb(capfd):
     res = pm.parmap(helpers.chatter, [50], workers=1)
     assert res == [50]
