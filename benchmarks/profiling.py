@@ -163,8 +163,8 @@ def timeline(key: str, show: int) -> None:
     _wrap(
         L.LocalEngine,
         "_on_results",
-        before=lambda self, worker, batch, values: (
-            events.append((time.perf_counter(), "result", worker.pid, batch.timings[1]))
+        before=lambda self, worker, batch, values: events.append(
+            (time.perf_counter(), "result", worker.pid, batch.timings[1])
         ),
     )
     func, items, _ = _inputs(key)

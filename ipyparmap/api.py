@@ -218,7 +218,17 @@ def _runner(func, iterable, options: Options, keep_details: bool, background: bo
             progress = ProgressModel()
         progress.background = True
     name = function_name(func)
-    if options.backend not in (None, "local"):
+    if options.backend == "threads":
+        from ipyparmap.engine.executor import ExecutorEngine
+        from ipyparmap.engine.threads import ThreadPerTask, default_thread_count
+
+        if options.max_memory is not None:
+            raise ValueError("max_memory= needs the local backend (threads share our memory)")
+        if options.timeout is not None:  # an abandoned thread takes its chunk with it
+            options = options._replace(chunksize=1)
+        workers = options.workers or default_thread_count()
+        engine = ExecutorEngine(ThreadPerTask(workers), func_name=name)
+    elif options.backend not in (None, "local"):
         from ipyparmap.engine.executor import ExecutorEngine, resolve_backend
 
         backend = resolve_backend(options.backend)
@@ -244,7 +254,7 @@ def _runner(func, iterable, options: Options, keep_details: bool, background: bo
     return map_run(
         func, iterable, options, engine, workers=workers, progress=progress,
         on_output=_output_forwarder(), keep_details=keep_details,
-        share_buffers=engine.share_buffers,
+        packing=engine.packing,
     )  # fmt: skip
 
 

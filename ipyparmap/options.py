@@ -152,7 +152,7 @@ def _bool(option: Option, value: Any, name: str) -> bool:
 def _backend(option: Option, value: Any, name: str) -> Any:
     # A name must be known now; an object (a Client, an Executor) is checked when the
     # run resolves it.
-    if isinstance(value, str) and value not in ("local", "dask"):
+    if isinstance(value, str) and value not in ("local", "threads", "dask"):
         raise _bad(name, option.accepts, value)
     return value
 
@@ -238,10 +238,17 @@ OPTIONS: tuple[Option, ...] = (
         name="backend",
         default=None,
         check=_backend,
-        accepts="None, 'local', 'dask', a distributed.Client or a concurrent.futures.Executor",
-        help="Where items run: the warm local pool (default), the current Dask client, "
-        "or the given Client or Executor.",
-        flag=Flag(("--backend",), "NAME", accepts="local or dask", help="local (default) or dask."),
+        accepts="None, 'local', 'threads', 'dask', a distributed.Client or a "
+        "concurrent.futures.Executor",
+        help="Where items run: the warm local pool of processes (default), threads of "
+        "this process (I/O-bound work), the current Dask client, or the given Client or "
+        "Executor.",
+        flag=Flag(
+            ("--backend",),
+            "NAME",
+            accepts="local, threads or dask",
+            help="local (default), threads or dask.",
+        ),
     ),
     Option(
         name="ordered",

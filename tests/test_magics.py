@@ -171,7 +171,7 @@ def test_string_and_dataframe_like_exprs_warn(ip):
         ("x in range(3) --foo", "x", "unrecognized option --foo"),
         ("x in range(3) --worker 2", "x", "unrecognized option --worker (did you mean --workers?)"),
         ("--worker 2 x in range(3)", "x", "unrecognized option --worker (did you mean --workers?)"),
-        ("x in range(3) --backend spark", "x", "--backend must be local or dask"),
+        ("x in range(3) --backend spark", "x", "--backend must be local, threads or dask"),
         ("x in range(3)", "", "the cell body is empty"),
         ("x in range(3)", "# only a comment\n", "the cell body is empty"),
         ("x in range(3)", "yield x", "'yield' is not allowed"),

@@ -78,7 +78,7 @@ def test_none_is_accepted_exactly_where_it_is_the_default():
         ("errors", "ignore", "--errors must be one of: raise, collect; got 'ignore'"),
         ("timeout", "nan", "--timeout must be a positive number of seconds, got 'nan'"),
         ("retries", "-0", "--retries must be a non-negative integer, got '-0'"),
-        ("backend", "spark", "--backend must be local or dask, got 'spark'"),
+        ("backend", "spark", "--backend must be local, threads or dask, got 'spark'"),
         ("max_memory", "0", "--max-memory must be a positive size, got '0'"),
     ],
 )

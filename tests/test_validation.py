@@ -58,7 +58,7 @@ def cold_pool(no_leaks):
         ),
         ({"progress": 1}, ValueError, "progress must be"),
         ({"star": 1}, TypeError, "star must be a bool, got 1 (int)"),
-        ({"backend": "spark"}, ValueError, "backend must be None, 'local', 'dask'"),
+        ({"backend": "spark"}, ValueError, "backend must be None, 'local', 'threads', 'dask'"),
     ],
 )
 def test_bad_options(entry, kwargs, exc, message):

@@ -29,8 +29,8 @@ from concurrent.futures import FIRST_COMPLETED, Executor, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from ipyparmap.engine.attribution import function_unloadable
-from ipyparmap.engine.feed import Chunk
-from ipyparmap.errors import WorkerCrashed
+from ipyparmap.engine.feed import PICKLED, Chunk
+from ipyparmap.errors import TaskTimeout, WorkerCrashed
 from ipyparmap.process.worker import run_task
 from ipyparmap.views.progress import BUSY, IDLE
 from ipyparmap.wire import messages as M
@@ -52,6 +52,11 @@ class TaskBackend:
     name = "executor"
     #: capture print output inside the task (not in threads: sys.stdout is shared)
     capture = True
+    #: how chunks' items travel (engine/feed.py): inside the pickle, or as they are
+    packing = PICKLED
+    #: a timed-out or interrupted task can be left to finish alone (our own threads);
+    #: other executors' tasks cannot be stopped nor left, so timeout= is refused
+    abandons = False
 
     def __init__(self, executor: Any):
         self.executor = executor
@@ -65,9 +70,25 @@ class TaskBackend:
 
         return cpu_count()
 
+    def depth(self, workers: int) -> int:
+        """Tasks kept in flight: twice the concurrency, so no executor worker waits for
+        the next task."""
+        return 2 * workers
+
     def prepare(self, func: Any, payload: FunctionPayload) -> Any:
         """What each task gets as its function (see `run_task`)."""
         return (payload.key, payload.blob, payload.sources)
+
+    def running_since(self, future: Any) -> tuple[int, float] | None:
+        """(position, start) of the item a task runs now, where the backend can tell."""
+        return None
+
+    def take_output(self, future: Any) -> list:
+        """Output a running task wrote since the last call, where it can be had early."""
+        return []
+
+    def forget(self, future: Any) -> None:
+        """The engine is done with a task (it finished, or was abandoned)."""
 
     def submit(self, *args: Any) -> Any:
         return self.executor.submit(run_task, *args)
@@ -179,7 +200,7 @@ def resolve_backend(backend: Any) -> TaskBackend:
             return ThreadTasks(backend)
         return ProcessTasks(backend)
     raise ValueError(
-        "backend must be None, 'local', 'dask', a distributed.Client or a "
+        "backend must be None, 'local', 'threads', 'dask', a distributed.Client or a "
         f"concurrent.futures.Executor, got {type(backend).__name__}"
     )
 
@@ -192,10 +213,9 @@ def _is_dask_client(obj: Any) -> bool:
 class ExecutorEngine:
     """Runs chunks as tasks of ``backend``, at most ``2 x workers`` in flight."""
 
-    share_buffers = False  # items' buffers travel inside the pickle
-
     def __init__(self, backend: TaskBackend, *, func_name: str = "the function"):
         self.backend = backend
+        self.packing = backend.packing
         self.func_name = func_name
         self.run: Runner = None  # type: ignore[assignment]  # set by start()
         self.in_flight: dict[Any, Chunk] = {}  # future -> the chunk it runs
@@ -204,8 +224,7 @@ class ExecutorEngine:
     def start(self, run: Runner) -> None:
         self.run = run
         self.options = run.options
-        # Keep twice the concurrency queued so no executor worker waits for the next task.
-        self.depth = 2 * run.n_workers
+        self.depth = self.backend.depth(run.n_workers)
         self.task_function = self.backend.prepare(run.feed.func, run.feed.payload)
 
     def busy(self) -> bool:
@@ -246,6 +265,13 @@ class ExecutorEngine:
             chunk = self.in_flight.pop(future, None)
             if chunk is not None:
                 self._finished(chunk, future)
+                self.backend.forget(future)
+        for future, chunk in self.in_flight.items():  # output of tasks still running
+            lines = self.backend.take_output(future)
+            if lines:
+                self.run.sink.output(chunk, lines)
+        if self.options.timeout is not None and self.backend.abandons:
+            self._check_timeouts()
         if self.run.progress is not None:
             self.run.progress.maybe_refresh()
 
@@ -273,6 +299,29 @@ class ExecutorEngine:
             run.sink.function_failed(run.feed.payload.key, error)
         else:
             run.policy.items_unloadable(chunk, cause)
+
+    def _check_timeouts(self) -> None:
+        """Abandon tasks whose running item is past ``timeout``: the item fails as
+        ``timeout``; the rest of its chunk goes back to the feed."""
+        limit = self.options.timeout
+        now = time.monotonic()
+        for future, chunk in list(self.in_flight.items()):
+            running = self.backend.running_since(future)
+            if running is None or now - running[1] <= limit:
+                continue
+            position, started = running
+            del self.in_flight[future]
+            self.backend.forget(future)
+
+            def blame(pos: int, chunk=chunk) -> tuple[str, BaseException]:
+                return "timeout", TaskTimeout(
+                    f"item {self.run.label(chunk.indices[pos])} ran longer than the timeout "
+                    f"of {limit:g} s; its thread was abandoned (a thread cannot be "
+                    "stopped: it runs on until the item returns)",
+                    limit,
+                )
+
+            self.run.policy.worker_died(chunk, (chunk.id, position, 1, started), blame)
 
     def _task_failed(self, chunk: Chunk, exc: BaseException) -> None:
         run = self.run
@@ -317,11 +366,13 @@ class ExecutorEngine:
                     self._finished(chunk, future)
                 except Exception:  # a failure now must not stop the cancelling
                     sink.cancel_rest(chunk)
+                self.backend.forget(future)
         futures = list(self.in_flight)
         if futures:
             self.backend.cancel(futures)
         for future in futures:
             sink.cancel_rest(self.in_flight.pop(future))
+            self.backend.forget(future)
 
     def close(self) -> None:
         self.task_function = None

@@ -25,6 +25,11 @@ from ipyparmap.wire.serialize import FunctionPayload, ItemPicklingError, pickle_
 #: so copying the next chunk into shared memory overlaps the current one's run.
 CHUNK_BYTES = 4 * 1024 * 1024
 
+#: How a feed packs a chunk's items for its engine: pickled with large buffers apart,
+#: for shared memory (local workers); pickled whole (another executor's tasks); or
+#: passed as they are (threads of this process: nothing is copied, anything goes).
+SHARED_MEMORY, PICKLED, AS_IS = "shared memory", "pickled", "as is"
+
 # Chunk ids are unique in the process, so a warm worker's board can never show a
 # chunk of an earlier run under an id this run uses.
 _chunk_ids = itertools.count()
@@ -87,9 +92,9 @@ class Feed:
     """The requeue and chunk making shared by every feed; a subclass says where new
     items come from (`take_new`), which function a chunk runs and how items are named."""
 
-    def __init__(self, planner: ChunkPlanner, share_buffers: bool = False):
+    def __init__(self, planner: ChunkPlanner, packing: str = PICKLED):
         self.planner = planner
-        self.share_buffers = share_buffers  # large buffers apart, for shared memory
+        self.packing = packing  # SHARED_MEMORY, PICKLED or AS_IS
         self.requeue: deque[Pending] = deque()
         self.exhausted = False  # no new input will come
         self.item_bytes = 0  # large buffers per item in the last chunk that had any
@@ -132,7 +137,10 @@ class Feed:
                     return None
             indices, items, attempts, deaths, solo, payload, planner = taken
             try:
-                blob = pickle_items(items, share=self.share_buffers)
+                if self.packing is AS_IS:
+                    blob: Any = items
+                else:
+                    blob = pickle_items(items, share=self.packing is SHARED_MEMORY)
             except ItemPicklingError as bad:
                 self._unpicklable(indices, items, attempts, deaths, bad)
                 continue
@@ -225,8 +233,8 @@ class ItemFeed(Feed):
     """One function over one iterable, lazily, with a bounded look-ahead."""
 
     def __init__(self, func: Callable, iterable: Iterable, planner: ChunkPlanner,
-                 share_buffers: bool = False):  # fmt: skip
-        super().__init__(planner, share_buffers)
+                 packing: str = PICKLED):  # fmt: skip
+        super().__init__(planner, packing)
         self.func = func
         try:
             self.total: int | None = len(iterable)  # type: ignore[arg-type]

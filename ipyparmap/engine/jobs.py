@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ipyparmap.engine.feed import Chunk, Feed, Pending
+from ipyparmap.engine.feed import SHARED_MEMORY, Chunk, Feed, Pending
 from ipyparmap.engine.local import LocalEngine
 from ipyparmap.engine.outcomes import OutcomeSink
 from ipyparmap.engine.plan import ChunkPlanner
@@ -163,7 +163,7 @@ class JobFeed(Feed):
     """Chunks from a FIFO of jobs, oldest first; a chunk never mixes jobs."""
 
     def __init__(self, workers: int):
-        super().__init__(ChunkPlanner(workers), share_buffers=True)
+        super().__init__(ChunkPlanner(workers), SHARED_MEMORY)
         self.jobs: dict[int, Job] = {}  # live jobs by id (outcomes route here)
         self.queue: deque[Job] = deque()  # jobs with items still to send, oldest first
         self.lock = threading.Lock()  # the pool's callers submit from other threads

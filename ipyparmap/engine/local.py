@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ipyparmap.engine.attribution import function_unloadable
-from ipyparmap.engine.feed import Chunk
+from ipyparmap.engine.feed import SHARED_MEMORY, Chunk
 from ipyparmap.errors import ParmapError, TaskError, TaskTimeout, WorkerCrashed
 from ipyparmap.figures import format_bytes
 from ipyparmap.options import describe
@@ -54,7 +54,7 @@ class LocalEngine:
     job server's way to say "new work"); ``func_name`` names the function in errors.
     """
 
-    share_buffers = True  # items' large buffers travel in shared memory
+    packing = SHARED_MEMORY  # items' large buffers travel in shared memory
 
     def __init__(self, pool: Pool, *, env: EnvExtra = None, max_items_per_worker: int | None = None,
                  wake: Any = None, on_wake: Callable[[], None] | None = None,

@@ -86,7 +86,12 @@ class OutcomeSink:
         if self.keep_details:
             self.timing(indices, timings, worker_id, began)
         try:
-            values = values_blob.load() if isinstance(values_blob, Incoming) else loads(values_blob)
+            if type(values_blob) is list:  # from a thread of this process: as they are
+                values = values_blob
+            elif isinstance(values_blob, Incoming):
+                values = values_blob.load()
+            else:
+                values = loads(values_blob)
         except PICKLING_ERRORS as exc:
             self.policy.results_unloadable(chunk, start, count, exc)
         else:

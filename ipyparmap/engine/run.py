@@ -41,7 +41,7 @@ from typing import Any
 
 from ipyparmap import errors
 from ipyparmap.engine.attribution import CrashPolicy
-from ipyparmap.engine.feed import Feed, ItemFeed
+from ipyparmap.engine.feed import AS_IS, PICKLED, Feed, ItemFeed
 from ipyparmap.engine.outcomes import OutcomeSink, ResultsSink
 from ipyparmap.engine.plan import ChunkPlanner
 from ipyparmap.engine.state import RunState
@@ -255,8 +255,10 @@ class Runner:
             if feed.total == 0:  # nothing to do: no worker needs to start
                 feed.exhausted = True
                 return
-            # Pre-flight: an unpicklable function fails here, before any worker starts.
-            feed.payload = pickle_function(feed.func)
+            # Pre-flight: an unpicklable function fails here, before any worker starts
+            # (threads of this process take it as it is).
+            if feed.packing is not AS_IS:
+                feed.payload = pickle_function(feed.func)
         if self.progress is not None:
             self.progress.total = getattr(self.feed, "total", None)
             self.progress.cancel = self.cancel
@@ -309,9 +311,9 @@ class Runner:
 
 def map_run(func, iterable, options: Options, engine: Engine, *, workers: int,
             progress: ProgressModel | None = None, on_output=None,
-            keep_details: bool = True, share_buffers: bool = False) -> Runner:  # fmt: skip
+            keep_details: bool = True, packing: str = PICKLED) -> Runner:  # fmt: skip
     """A Runner of ``func`` over ``iterable`` (``parmap``, ``imap``, ``parmap_async``)."""
-    feed = ItemFeed(func, iterable, ChunkPlanner(1, options.chunksize), share_buffers)
+    feed = ItemFeed(func, iterable, ChunkPlanner(1, options.chunksize), packing)
     if feed.total is not None:
         workers = max(1, min(workers, feed.total))
     feed.planner.workers = workers
