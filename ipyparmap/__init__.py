@@ -23,6 +23,7 @@ _LAZY = {
     "shutdown": "api",
     "cpu_count": "api",
     "shared_array": "api",
+    "set_idle_timeout": "api",
     "Results": "results",
     "Failure": "results",
     "RunStats": "results",
@@ -61,6 +62,7 @@ __all__ = [
     "imap",
     "parmap",
     "parmap_async",
+    "set_idle_timeout",
     "shared_array",
     "shutdown",
 ]

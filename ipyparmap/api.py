@@ -164,6 +164,29 @@ def shutdown() -> None:
     shutdown_default_pool()
 
 
+def set_idle_timeout(seconds: float | None) -> None:
+    """How long idle workers beyond the warm count stay up.
+
+    The warm pool keeps as many idle workers as there are usable CPUs (the default
+    ``workers``) for the next call; a call with more ``workers`` starts more, and those
+    stop after ``seconds`` without work (default 60). ``None``: they stay up until
+    `shutdown`.
+    """
+    import math
+
+    if seconds is not None and (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, (int, float))
+        or math.isnan(seconds)
+        or seconds <= 0
+    ):
+        raise ValueError(f"seconds must be a positive number or None, got {seconds!r}")
+    from ipyparmap.process import pool
+
+    pool.IDLE_SECONDS = None if seconds is None or math.isinf(seconds) else float(seconds)
+    pool.default_pool().idle_seconds = pool.IDLE_SECONDS
+
+
 def shared_array(shape: int | tuple[int, ...], dtype: Any = float) -> Any:
     """A zero-filled NumPy array in shared memory: passed to workers (as an item, in
     one, or as a global the function uses) it travels by descriptor, with no copy.

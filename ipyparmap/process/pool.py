@@ -68,6 +68,7 @@ class WorkerHandle:
         self._owns_sentinel = owns_sentinel
         self.functions: OrderedDict = OrderedDict()  # keys loaded, mirrors the worker's LRU
         self.ready = False  # it said READY: it booted fine
+        self.idle_since = 0.0  # when it was last given back to the pool (time.monotonic())
         self.last_rss: int | None = None  # bytes, as the worker last reported
         self.fits = 64 * 1024  # bytes a send surely fits in its pipe while it is busy
         self.closed = False
@@ -201,13 +202,26 @@ def worker_env(extra: EnvExtra = None) -> dict[str, str]:
     return env
 
 
-class Pool:
-    """Warm worker processes shared by runs; a run leases workers for its duration."""
+#: Idle workers beyond the pool's warm count (the usable CPUs) stop after this many
+#: seconds: a run with ``workers=50`` must not leave 50 processes up for good.
+IDLE_SECONDS = 60.0
 
-    def __init__(self) -> None:
+
+class Pool:
+    """Warm worker processes shared by runs; a run leases workers for its duration.
+
+    ``keep_warm`` idle workers (default: the usable CPUs) stay up for the next call;
+    idle workers beyond them stop after ``idle_seconds`` (None: never).
+    """
+
+    def __init__(self, keep_warm: int | None = None, idle_seconds: float | None = IDLE_SECONDS):
         self._lock = threading.Lock()
         self._idle: list[WorkerHandle] = []
         self._leased: set[WorkerHandle] = set()
+        self.keep_warm = keep_warm
+        self.idle_seconds = idle_seconds
+        self._reaper: threading.Thread | None = None  # stops surplus idle workers
+        self._wake_reaper = threading.Event()
         # Selectors watching a set of workers' pipes and sentinels, kept between runs:
         # a warm call on the same workers skips creating and filling an epoll set
         # (five system calls, ~18 us of a ~250 us small call).
@@ -253,16 +267,67 @@ class Pool:
         """
         surplus = []
         with self._lock:
+            now = time.monotonic()
             for worker in workers:
                 self._leased.discard(worker)
                 if worker.alive():
+                    worker.idle_since = now
                     self._idle.append(worker)
                 else:
                     surplus.append(worker)
             if keep is not None and len(self._idle) > keep:
                 surplus += self._idle[keep:]
                 self._idle = self._idle[:keep]
+            self._start_reaper()
         _stop_all(surplus)
+
+    # -- idle workers beyond the warm count stop after a while --------------------------------
+    def _warm_count(self) -> int:
+        if self.keep_warm is None:
+            from ipyparmap.process.resources import cpu_count
+
+            self.keep_warm = cpu_count()
+        return self.keep_warm
+
+    def _start_reaper(self) -> None:
+        """(Lock held.) Watch the surplus idle workers, if there are any."""
+        if self.idle_seconds is None or len(self._idle) <= self._warm_count():
+            return
+        if self._reaper is not None:
+            self._wake_reaper.set()  # a new deadline may be nearer
+            return
+        self._reaper = threading.Thread(target=self._reap, name="ipyparmap-idle", daemon=True)
+        self._reaper.start()
+
+    def _reap(self) -> None:
+        """Stop idle workers beyond the warm count, least recently used first, once
+        they have been idle ``idle_seconds``; end when there are none left to watch."""
+        while True:
+            with self._lock:
+                surplus = len(self._idle) - self._warm_count()
+                limit = self.idle_seconds
+                if surplus <= 0 or limit is None:
+                    self._reaper = None
+                    return
+                now = time.monotonic()
+                oldest = sorted(self._idle, key=lambda w: w.idle_since)[:surplus]
+                due = [w for w in oldest if now - w.idle_since >= limit]
+                for worker in due:
+                    self._idle.remove(worker)
+                waiting = [w.idle_since + limit - now for w in oldest if w not in due]
+                self._wake_reaper.clear()
+            if due:
+                self._drop_selectors_of(due)
+                _stop_all(due)
+            self._wake_reaper.wait(min(waiting, default=0.0) + 0.05)
+
+    def _drop_selectors_of(self, workers: list[WorkerHandle]) -> None:
+        gone = set(workers)
+        with self._lock:
+            stale = [key for key in self._selectors if key & gone]
+            dropped = [self._selectors.pop(key) for key in stale]
+        for selector in dropped:
+            selector.close()
 
     def take_selector(self, workers: list[WorkerHandle]):
         """The selector a previous run kept for exactly these workers, or None."""
@@ -344,7 +409,7 @@ def default_pool() -> Pool:
     global _default_pool
     with _default_lock:
         if _default_pool is None:
-            _default_pool = Pool()
+            _default_pool = Pool(idle_seconds=IDLE_SECONDS)
             atexit.register(shutdown_default_pool, wait=False)
         return _default_pool
 
