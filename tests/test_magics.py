@@ -172,6 +172,10 @@ def test_string_and_dataframe_like_exprs_warn(ip):
         ("x in range(3) --worker 2", "x", "unrecognized option --worker (did you mean --workers?)"),
         ("--worker 2 x in range(3)", "x", "unrecognized option --worker (did you mean --workers?)"),
         ("x in range(3) --backend spark", "x", "--backend must be local, threads or dask"),
+        ("x in range(3) --threads two", "x", "--threads N needs a positive integer, got 'two'"),
+        ("x in range(3) --threads 0", "x", "--threads N needs a positive integer"),
+        ("x in range(3) --threads 4 -w 2", "x", "--threads 4 and -w 2 disagree"),
+        ("x in range(3) --threads --backend dask", "x", "--threads cannot go with --backend"),
         ("x in range(3)", "", "the cell body is empty"),
         ("x in range(3)", "# only a comment\n", "the cell body is empty"),
         ("x in range(3)", "yield x", "'yield' is not allowed"),
@@ -184,6 +188,19 @@ def test_misuse_is_a_usage_error_and_starts_nothing(ip, line, body, message):
         cell(ip, line, body)
     assert message in str(info.value)
     assert children() == []
+
+
+def test_threads_flag_runs_the_body_in_threads_of_the_kernel(ip):
+    import threading
+
+    ip.user_ns["threading"] = threading
+    res = cell(ip, "x in range(4) --threads 3 -o names", "threading.current_thread().name")
+    assert all(name.startswith("ipyparmap-thread-") for name in res)
+    assert res.stats.workers == 3 and ip.user_ns["names"] is res
+    assert all(
+        n.startswith("ipyparmap-thread-")
+        for n in cell(ip, "x in range(2) --threads", "threading.current_thread().name")
+    )
 
 
 def test_undefined_name_in_expr_is_the_users_name_error(ip):
@@ -250,7 +267,7 @@ def test_flags_come_from_the_options_table(ip):
 
     spelled = {s for a in Parmap.parmap.parser._actions for s in a.option_strings}
     declared = {name for o in OPTIONS if o.flag for name in o.flag.names}
-    assert spelled == declared | {"-o", "--out", "--report", "--bg"}
+    assert spelled == declared | {"-o", "--out", "--report", "--bg", "--threads"}
 
 
 def test_flags_and_config_defaults_reach_the_run(ip):

@@ -62,6 +62,8 @@ class Parmap(Magics):
               "went, failures, timeline) after it.")  # fmt: skip
     @argument("--bg", action="store_true", help="Run in the background: the cell returns "
               "a Run at once; -o NAME is bound when it ends.")  # fmt: skip
+    @argument("--threads", nargs="?", const="", metavar="N", help="Run in threads of the "
+              "kernel (I/O-bound work): --backend threads, N of them if given.")  # fmt: skip
     @line_cell_magic
     def parmap(self, line: str, cell: str | None = None):
         """Run the cell body for every item of EXPR, in parallel worker processes.
@@ -231,8 +233,10 @@ class Parmap(Magics):
             settings = flags.run_settings(args, self)
         except (TypeError, ValueError) as exc:
             raise UsageError(str(exc)) from None
+        if args.threads is not None:
+            _use_threads(settings, args.threads, given_workers=args.workers)
         # What the options' checks cannot know: the CPUs here, an installed Dask.
-        if settings["workers"] is not None:
+        if settings["workers"] is not None and settings["backend"] != "threads":
             from ipyparmap.process.resources import resolve_workers
 
             try:
@@ -303,6 +307,21 @@ def _check_iterable(value: Any, expr: str) -> None:
             "df.itertuples() or df.iterrows()",
             stacklevel=3,
         )
+
+
+def _use_threads(settings: dict, count: str, given_workers: str | None) -> None:
+    """``--threads [N]``: backend "threads", and N of them if given (over a %config
+    default of workers, not over an explicit -w)."""
+    if settings["backend"] not in (None, "local", "threads"):
+        raise UsageError(f"--threads cannot go with --backend {settings['backend']}: give one")
+    settings["backend"] = "threads"
+    if count == "":
+        return
+    if not count.isdigit() or int(count) < 1:
+        raise UsageError(f"--threads N needs a positive integer, got {count!r}")
+    if given_workers is not None and settings["workers"] != int(count):
+        raise UsageError(f"--threads {count} and -w {settings['workers']} disagree: give one")
+    settings["workers"] = int(count)
 
 
 def _ends_with_semicolon(cell: str) -> bool:
