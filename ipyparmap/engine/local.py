@@ -403,11 +403,19 @@ class LocalEngine:
 
         blamed = self.run.policy.worker_died(chunk, where, blame)
         started = where[3]
-        sink = self.run.sink
-        if blamed is not None and sink.keep_details and started > 0:
-            # the timeline shows it ran until it died
-            ran = max(0.0, time.monotonic() - started)
-            sink.timing(
+        if blamed is None or started <= 0:
+            return
+        # The worker was busy with the item until it died: that time counts in the run's
+        # figures ("workers busy"), or a run with a timeout would read as idle workers.
+        run = self.run
+        ran = max(0.0, time.monotonic() - started)
+        stats = run.stats
+        stats.task_time += ran
+        stats.busy[worker.pid] = stats.busy.get(worker.pid, 0.0) + ran
+        if run.progress is not None:
+            run.progress.worker(worker.pid).busy += ran
+        if run.sink.keep_details:  # the timeline shows it ran until it died
+            run.sink.timing(
                 [chunk.indices[blamed]], M.Timings.single(ran), worker.pid, time.time() - ran
             )
 
