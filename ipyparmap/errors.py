@@ -215,6 +215,30 @@ class WorkerCrashed(TaskError):
         )
 
 
+class MemoryLimitExceeded(WorkerCrashed):
+    """The worker running an item went over ``max_memory``; it was stopped (SIGKILL).
+
+    ``.limit`` is the limit and ``.peak`` the worker's largest resident memory (RSS)
+    seen, in bytes. The item's Failure has ``kind == "memory"``; a fresh worker takes
+    its place and the run goes on (``retries=`` apply, as to a crash).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        limit: int | None = None,
+        peak: int | None = None,
+        failure: Any = None,
+        results: Any = None,
+    ):
+        super().__init__(message, None, "SIGKILL", failure, results)
+        self.limit = limit
+        self.peak = peak
+
+    def __reduce__(self):
+        return (type(self), (self.args[0], self.limit, self.peak, self.failure, self.results))
+
+
 class TaskTimeout(TaskError):
     """An item ran longer than ``timeout`` seconds; its worker was killed."""
 

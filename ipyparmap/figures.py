@@ -25,6 +25,9 @@ FAILED_STYLE = "color:#d9534f"
 #: items not finished yet.
 CANCELLED, PENDING = "cancelled", "pending"
 UNFINISHED = (CANCELLED, PENDING)
+#: How a failure kind reads in a count where its bare name would not say it (``1
+#: memory``): the others read as they are (``1 error``, ``2 crashed``, ``1 timeout``).
+KIND_WORDS = {"memory": "over max_memory"}
 
 
 # ----------------------------------------------------------------------------- units
@@ -75,9 +78,10 @@ def count_part(done: int, total: int | None) -> str:
 
 
 def failure_parts(failures: Mapping[str, int]) -> list[str]:
-    """``["19 cancelled", "1 error"]`` (kinds sorted by name, zero counts left out);
-    ``[]`` when nothing failed."""
-    return [f"{n} {kind}" for kind, n in sorted(failures.items()) if n]
+    """``["19 cancelled", "1 error", "1 over max_memory"]`` (kinds sorted by name, zero
+    counts left out, `KIND_WORDS` where the name alone is unclear); ``[]`` when nothing
+    failed."""
+    return [f"{n} {KIND_WORDS.get(kind, kind)}" for kind, n in sorted(failures.items()) if n]
 
 
 def failed_parts(failures: Mapping[str, int]) -> list[str]:

@@ -24,7 +24,7 @@ class Failure:
 
     index: int
     item: Any
-    kind: str  # "error", "crashed", "timeout" or "cancelled"
+    kind: str  # "error", "crashed", "timeout", "memory" (over max_memory) or "cancelled"
     exception: BaseException | None = None
     traceback: str = ""
     worker: int | None = None  # the worker's PID

@@ -32,9 +32,10 @@ COLORS = {
     "error": "#e8453c",
     "crashed": "#8b1a10",
     "timeout": "#f29900",
+    "memory": "#7b3fa0",
     "cancelled": "#b0b0b0",
 }
-SEVERITY = {"ok": 0, "cancelled": 1, "timeout": 2, "error": 3, "crashed": 4}
+SEVERITY = {"ok": 0, "cancelled": 1, "timeout": 2, "error": 3, "memory": 4, "crashed": 4}
 #: Above this many items per pixel column, lanes are drawn aggregated.
 DENSE_ITEMS_PER_PIXEL = 0.5
 
