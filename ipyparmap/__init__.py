@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ipyparmap.errors import (
     Interrupted,
+    MemoryLimitExceeded,
     ParmapError,
     SerializationError,
     TaskError,
@@ -47,6 +48,7 @@ __all__ = [
     "Failure",
     "Interrupted",
     "ItemOutput",
+    "MemoryLimitExceeded",
     "ParmapError",
     "Pool",
     "Process",

@@ -8,6 +8,8 @@ lost when a run stops early.
 
 from __future__ import annotations
 
+import threading
+import types
 from typing import Any
 
 
@@ -69,6 +71,128 @@ class TaskError(ParmapError):
         return (type(self), (self.args[0] if self.args else "", self.failure, self.results))
 
 
+# ------------------------------------------------------------------ catchable by type
+#: Exception types a TaskError never takes on, though Python would allow it: a worker's
+#: ``sys.exit()`` or ``KeyboardInterrupt`` must not look like the kernel's own, and a
+#: StopIteration raised inside a generator (``imap``) turns into a RuntimeError.
+NOT_MIXED = (StopIteration, StopAsyncIteration)
+#: Attributes of an exception that belong to how it was raised, not to what it says.
+_NOT_COPIED = frozenset(
+    {"args", "__traceback__", "__cause__", "__context__", "__suppress_context__",
+     "__notes__", "__dict__", "__weakref__"}
+)  # fmt: skip
+_mixed_classes: dict[type, type | None] = {}  # the item's exception type -> its TaskError
+_mixed_lock = threading.Lock()
+
+
+def task_error(message: str, failure: Any, results: Any, exc: BaseException | None) -> TaskError:
+    """The TaskError raised for an item whose function raised ``exc``.
+
+    Where Python allows it, it is also an instance of ``type(exc)``, so
+    ``except FileNotFoundError:`` around ``parmap`` catches a worker's
+    FileNotFoundError: a subclass ``TaskError[FileNotFoundError]`` of both is made once
+    per type. The instance is made without calling the type's ``__init__``; it carries
+    the exception's ``args`` and attributes (``errno``, ``filename``, ``key``...),
+    while ``str()`` is the TaskError's message. A plain TaskError is the fallback: for
+    exceptions that are not an ``Exception`` (SystemExit, KeyboardInterrupt...),
+    StopIteration, types that cannot be subclassed or mixed with TaskError, and a
+    `RemoteException` (the type could not be rebuilt here).
+    """
+    cls = None if exc is None else _mixed_class(type(exc))
+    if cls is not None:
+        made = _mixed_instance(cls, exc, message)
+        if made is not None:
+            made.failure, made.results = failure, results
+            return made
+    return TaskError(message, failure, results)
+
+
+def _mixed_class(kind: type) -> type | None:
+    try:
+        return _mixed_classes[kind]
+    except KeyError:
+        pass
+    with _mixed_lock:
+        if kind not in _mixed_classes:
+            _mixed_classes[kind] = _make_mixed_class(kind)
+        return _mixed_classes[kind]
+
+
+def _make_mixed_class(kind: type) -> type | None:
+    if (
+        not issubclass(kind, Exception)
+        or issubclass(kind, NOT_MIXED)
+        or issubclass(kind, (ParmapError, RemoteException))
+    ):
+        return None
+    namespace = {
+        "__module__": __name__,
+        "__qualname__": f"TaskError[{kind.__qualname__}]",
+        "__doc__": f"A TaskError that is also a {kind.__qualname__} (see errors.task_error).",
+        "__init__": _mixed_init,
+        "__str__": _mixed_str,
+        "__reduce__": _mixed_reduce,
+        "_render_traceback_": ParmapError._render_traceback_,
+    }
+    # TaskError first, so its attributes win; some C types (MemoryError) only make
+    # instances of subclasses whose first base is theirs.
+    made = []
+    for bases in ((TaskError, kind), (kind, TaskError)):
+        try:
+            cls = type("TaskError", bases, dict(namespace))
+        except Exception:  # layout or metaclass conflict, __init_subclass__ refusing...
+            continue
+        try:
+            cls.__new__(cls)
+        except Exception:  # maybe its __new__ needs the exception's arguments
+            made.append(cls)
+            continue
+        return cls
+    return made[0] if made else None
+
+
+def _mixed_instance(cls: type, exc: BaseException, message: str) -> TaskError | None:
+    try:
+        made = cls.__new__(cls, *exc.args)
+    except Exception:
+        try:
+            made = cls.__new__(cls)
+        except Exception:
+            return None
+    BaseException.__init__(made, *exc.args)
+    for klass in type(exc).__mro__:
+        if klass in (BaseException, object):
+            continue
+        for name, attr in vars(klass).items():
+            descriptor = isinstance(attr, (types.MemberDescriptorType, types.GetSetDescriptorType))
+            if descriptor and name not in _NOT_COPIED:
+                try:
+                    setattr(made, name, getattr(exc, name))
+                except Exception:  # unset (BlockingIOError.characters_written), read-only
+                    pass
+    extra = {k: v for k, v in getattr(exc, "__dict__", {}).items() if k not in _NOT_COPIED}
+    made.__dict__.update(extra)
+    made._task_message = message
+    return made
+
+
+def _mixed_init(self, *args: Any) -> None:  # called by no one here; keep it harmless
+    BaseException.__init__(self, *args)
+    self._task_message = str(args[0]) if args else ""
+
+
+def _mixed_str(self) -> str:
+    return self._task_message
+
+
+def _mixed_reduce(self):
+    return (_rebuild_task_error, (self._task_message, self.failure, self.results))
+
+
+def _rebuild_task_error(message: str, failure: Any, results: Any) -> TaskError:
+    return task_error(message, failure, results, getattr(failure, "exception", None))
+
+
 class WorkerCrashed(TaskError):
     """The worker process running an item died (segfault, ``os._exit``, SIGKILL...)."""
 
@@ -89,6 +213,30 @@ class WorkerCrashed(TaskError):
             type(self),
             (self.args[0], self.exitcode, self.signal_name, self.failure, self.results),
         )
+
+
+class MemoryLimitExceeded(WorkerCrashed):
+    """The worker running an item went over ``max_memory``; it was stopped (SIGKILL).
+
+    ``.limit`` is the limit and ``.peak`` the worker's largest resident memory (RSS)
+    seen, in bytes. The item's Failure has ``kind == "memory"``; a fresh worker takes
+    its place and the run goes on (``retries=`` apply, as to a crash).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        limit: int | None = None,
+        peak: int | None = None,
+        failure: Any = None,
+        results: Any = None,
+    ):
+        super().__init__(message, None, "SIGKILL", failure, results)
+        self.limit = limit
+        self.peak = peak
+
+    def __reduce__(self):
+        return (type(self), (self.args[0], self.limit, self.peak, self.failure, self.results))
 
 
 class TaskTimeout(TaskError):

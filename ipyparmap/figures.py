@@ -14,8 +14,10 @@ import html
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-#: Runs shorter than this (seconds) show no speedup figure: start-up noise dominates it.
-SPEEDUP_MIN_WALL = 0.5
+#: Runs shorter than this (seconds) show no "workers busy" figure: start-up noise
+#: dominates it.
+BUSY_MIN_WALL = 0.5
+SPEEDUP_MIN_WALL = BUSY_MIN_WALL  # its old name
 #: How HTML views mark the counts of failed items.
 FAILED_STYLE = "color:#d9534f"
 #: Kinds counted with the failures that are no fault of the items, so no view colours
@@ -23,6 +25,9 @@ FAILED_STYLE = "color:#d9534f"
 #: items not finished yet.
 CANCELLED, PENDING = "cancelled", "pending"
 UNFINISHED = (CANCELLED, PENDING)
+#: How a failure kind reads in a count where its bare name would not say it (``1
+#: memory``): the others read as they are (``1 error``, ``2 crashed``, ``1 timeout``).
+KIND_WORDS = {"memory": "over max_memory"}
 
 
 # ----------------------------------------------------------------------------- units
@@ -73,9 +78,10 @@ def count_part(done: int, total: int | None) -> str:
 
 
 def failure_parts(failures: Mapping[str, int]) -> list[str]:
-    """``["19 cancelled", "1 error"]`` (kinds sorted by name, zero counts left out);
-    ``[]`` when nothing failed."""
-    return [f"{n} {kind}" for kind, n in sorted(failures.items()) if n]
+    """``["19 cancelled", "1 error", "1 over max_memory"]`` (kinds sorted by name, zero
+    counts left out, `KIND_WORDS` where the name alone is unclear); ``[]`` when nothing
+    failed."""
+    return [f"{n} {KIND_WORDS.get(kind, kind)}" for kind, n in sorted(failures.items()) if n]
 
 
 def failed_parts(failures: Mapping[str, int]) -> list[str]:
@@ -88,25 +94,60 @@ def workers_part(workers: int) -> str:
     return f"on {workers} worker{'s' * (workers != 1)}"
 
 
+def busy_value(task_time: float, wall: float, workers: int) -> float | None:
+    """How many workers were running items, on average: the time inside items, summed
+    over workers, over the wall time; at most ``workers``. None where it would not be
+    true: a run shorter than `BUSY_MIN_WALL`, nothing timed, no workers.
+
+    It is not a speedup over a serial run: items side by side may run slower than
+    alone (shared cores, memory bandwidth, clock boost), so a run that kept 2 workers
+    busy may have gained less than 2x. Only a timed serial run tells the gain.
+    """
+    if task_time <= 0 or wall < BUSY_MIN_WALL or workers <= 0:
+        return None
+    return min(float(workers), task_time / wall)
+
+
+def busy_part(busy: float, workers: int) -> str:
+    """``workers busy 1.93 of 2``: `busy_value` as the summary words it."""
+    value = f"{busy:.2f}" if busy >= 0.005 else "<0.01"
+    return f"workers busy {value} of {workers}"
+
+
+def busy_detail(busy: float | None, workers: int, seconds: float, cancelled: int = 0) -> str:
+    """The report's longer wording of `busy_part`: ``1.90 of 2 on average (95% of the
+    workers' time inside items)``, or why the figure is left out."""
+    if busy is not None and workers:
+        value = busy_part(busy, workers).removeprefix("workers busy ")
+        return f"{value} on average ({busy / workers:.0%} of the workers' time inside items)"
+    if cancelled:
+        return "not measured: items were cancelled while they ran"
+    if seconds < BUSY_MIN_WALL:
+        return f"not measured: the run took under {BUSY_MIN_WALL:g} s"
+    return "not measured: no item time was recorded"
+
+
 def summary_parts(
     done: int,
     total: int | None,
     failures: Mapping[str, int],
     seconds: float,
     workers: int,
-    speedup: float | None = None,
+    busy: float | None = None,
 ) -> list[str]:
     """The end of a run in pieces: ``80/100 done``, ``19 cancelled``, ``1 error``,
-    ``3.2 s``, ``speedup 1.93x on 2 workers``.
+    ``3.2 s``, ``workers busy 1.93 of 2``.
 
     ``done`` counts items that succeeded, ``failures`` the others by kind (``0 failed``
-    when there are none). The speedup (task time / wall time) is left out of runs
-    shorter than `SPEEDUP_MIN_WALL` and of runs where it is unknown (None or 0).
+    when there are none). ``busy`` is `busy_value` (None: left out, and the line says
+    ``on 2 workers`` instead); it is also left out of runs shorter than
+    `BUSY_MIN_WALL`, and of runs with cancelled items (how long the workers spent on
+    the items they were stopped in is unknown, so the figure could only be too low).
     """
     parts = [count_part(done, total), *(failure_parts(failures) or ["0 failed"])]
     parts.append(format_seconds(seconds))
-    if speedup and seconds >= SPEEDUP_MIN_WALL:
-        parts.append(f"speedup {speedup:.2f}x {workers_part(workers)}")
+    if busy and seconds >= BUSY_MIN_WALL and workers and not failures.get(CANCELLED):
+        parts.append(busy_part(busy, workers))
     elif workers:
         parts.append(workers_part(workers))
     return parts

@@ -24,7 +24,7 @@ class Failure:
 
     index: int
     item: Any
-    kind: str  # "error", "crashed", "timeout" or "cancelled"
+    kind: str  # "error", "crashed", "timeout", "memory" (over max_memory) or "cancelled"
     exception: BaseException | None = None
     traceback: str = ""
     worker: int | None = None  # the worker's PID
@@ -80,19 +80,46 @@ class RunStats:
     started: float | None = None  # wall-clock time (time.time()) the run began
 
     @property
+    def busy_workers(self) -> float | None:
+        """How many workers were running items, on average: ``task_time / wall`` (at most
+        ``workers``). None where that would not be true: runs shorter than half a second
+        (start-up noise), runs where nothing was timed, runs with cancelled items (the
+        time spent on them is unknown).
+
+        Not a speedup over serial: items side by side may each run slower than alone
+        (shared cores, memory bandwidth), so 1.9 busy workers can mean a 1.3x gain.
+        """
+        if self.failures.get(figures.CANCELLED):
+            return None
+        return figures.busy_value(self.task_time, self.wall, self.workers)
+
+    @property
     def speedup(self) -> float:
-        """Achieved speedup: task time / wall time (ideal: the number of workers)."""
+        """Deprecated: this was ``task_time / wall``, which is not a speedup over serial;
+        use `busy_workers`. Still returns ``task_time / wall`` (0.0 when unknown)."""
+        import warnings
+
+        warnings.warn(
+            "RunStats.speedup is deprecated: it is task time / wall time, how many workers "
+            "were busy on average, not the gain over a serial run; use busy_workers",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return self.task_time / self.wall if self.wall > 0 else 0.0
 
     @property
     def ideal_speedup(self) -> int:
-        """What the workers could give at best: their number."""
+        """The number of workers: the most `busy_workers` can be."""
         return self.workers
 
     @property
     def efficiency(self) -> float:
-        """Achieved / ideal speedup: 1.0 means every worker ran items all the time."""
-        return self.speedup / self.workers if self.workers else 0.0
+        """The share of the workers' time spent inside items, ``task_time / (workers *
+        wall)``: 1.0 means every worker ran items all the time (0.0 when unknown). The
+        views show it only where `busy_workers` is shown."""
+        if self.wall <= 0 or not self.workers:
+            return 0.0
+        return min(1.0, self.task_time / (self.workers * self.wall))
 
     @property
     def overhead(self) -> float:
@@ -108,13 +135,14 @@ class RunStats:
         """The pieces of `summary` (views lay them out and colour the failures)."""
         failures = self.failures
         done = self.items - sum(failures.values())
-        speedup = self.speedup if self.task_time > 0 else None
-        return figures.summary_parts(done, self.items, failures, self.wall, self.workers, speedup)
+        return figures.summary_parts(
+            done, self.items, failures, self.wall, self.workers, self.busy_workers
+        )
 
     def summary(self) -> str:
-        """``80/100 done, 19 cancelled, 1 error, 3.2 s, speedup 1.90x on 2 workers``:
-        items that succeeded, the others by failure kind, wall time, and the achieved
-        speedup (left out of runs shorter than half a second)."""
+        """``80/100 done, 1 error, 3.2 s, workers busy 1.90 of 2``: items that succeeded,
+        the others by failure kind, wall time, and how many workers were running items
+        on average (see `busy_workers`; ``on 2 workers`` where it is left out)."""
         return ", ".join(self.summary_parts())
 
 

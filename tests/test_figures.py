@@ -53,8 +53,11 @@ def test_worker_label_is_one_rule_for_panel_and_timeline(worker, label):
 
 
 def test_summary_parts():
+    line = figures.summary_line(80, 100, {"error": 1}, 3.21, 2, 1.93)
+    assert line == "80/100 done, 1 error, 3.2 s, workers busy 1.93 of 2"
+    # with cancelled items the busy figure could only be too low: left out
     line = figures.summary_line(80, 100, {"error": 1, "cancelled": 19}, 3.21, 2, 1.93)
-    assert line == "80/100 done, 19 cancelled, 1 error, 3.2 s, speedup 1.93x on 2 workers"
+    assert line == "80/100 done, 19 cancelled, 1 error, 3.2 s, on 2 workers"
     assert figures.summary_line(5, 5, {}, 0.4, 1, 0.9) == "5/5 done, 0 failed, 0.40 s, on 1 worker"
     assert figures.summary_line(7, None, {"crashed": 0}, 1.0, 0) == "7 done, 0 failed, 1.0 s"
     kinds = {"error": 1, "timeout": 2, "cancelled": 19, "pending": 4}

@@ -214,9 +214,22 @@ def test_non_iterable_expr(ip):
 
 
 def test_syntax_error_points_at_the_body_line(ip):
-    with pytest.raises(SyntaxError) as info:
+    # a UsageError (one line in IPython, no frames of the magic), the SyntaxError its cause
+    with pytest.raises(
+        UsageError,
+        match=r"syntax error in the %%parmap body \(Cell In\[\d+\], line 3\): '\(' was never closed",
+    ):
         cell(ip, "x in range(3)", "y = 1\nz = (\n")
-    assert info.value.lineno == 3  # line 1 is the magic line
+    assert info_cause_line(ip, "x in range(3)", "y = 1\nz = (\n") == 3  # line 1: the magic
+
+
+def info_cause_line(ip, line, body):
+    try:
+        cell(ip, line, body)
+    except UsageError as error:
+        assert isinstance(error.__cause__, SyntaxError)
+        return error.__cause__.lineno
+    raise AssertionError("no UsageError")
 
 
 def test_line_magic_misuse(ip):

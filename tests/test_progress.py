@@ -119,7 +119,7 @@ def test_zero_total(clock):
     assert model.summary() == "0/0 done, 0 failed, 0.00 s"
 
 
-def test_worker_states_busy_time_and_speedup(clock):
+def test_worker_states_busy_time_and_busy_workers(clock):
     model = ProgressModel(total=8, clock=clock)
     a, b = model.worker(11), model.worker(12)
     assert model.worker(11) is a  # one record per pid
@@ -132,11 +132,11 @@ def test_worker_states_busy_time_and_speedup(clock):
     model.worker(13).state = BUSY  # the replacement
     assert model.running == 2
     assert model.live_workers == 2
-    assert model.speedup is None  # nothing ran yet
+    assert model.busy_workers is None  # nothing ran yet
     clock.advance(2.0)
     a.busy, b.busy = 1.5, 2.5
     assert model.task_time == pytest.approx(4.0)
-    assert model.speedup == pytest.approx(2.0)
+    assert model.busy_workers == pytest.approx(2.0)
 
 
 # -- summary line -----------------------------------------------------------------------------
@@ -147,10 +147,10 @@ def test_summary_when_all_done(clock):
     clock.advance(3.2)
     model.add(100)
     model.finish()
-    assert model.summary() == "100/100 done, 0 failed, 3.2 s, speedup 2.00x on 2 workers"
+    assert model.summary() == "100/100 done, 0 failed, 3.2 s, workers busy 2.00 of 2"
 
 
-def test_summary_of_a_short_run_has_no_speedup_and_counts_workers_not_replacements(clock):
+def test_summary_of_a_short_run_has_no_busy_figure_and_counts_workers_not_replacements(clock):
     model = ProgressModel(total=5, clock=clock)
     model.worker(1).busy = 0.2
     model.worker(2).state = DEAD  # crashed and replaced
@@ -179,9 +179,8 @@ def test_summary_with_failures_and_an_early_stop(clock):
     model.add(37, failed=1)
     model.finish()
     # the items left when the run ended are counted as cancelled, as Results counts them
-    assert (
-        model.summary() == "36/100 done, 63 cancelled, 1 failed, 0.50 s, speedup 1.00x on 1 worker"
-    )
+    # (and the busy figure is left out: the time spent on the cancelled ones is unknown)
+    assert model.summary() == "36/100 done, 63 cancelled, 1 failed, 0.50 s, on 1 worker"
 
 
 # -- robustness -------------------------------------------------------------------------------
@@ -275,7 +274,7 @@ def test_a_real_run_feeds_counts_workers_and_busy_time():
         assert sum(w.done for w in model.workers.values()) == 40
         assert all(w.state == "idle" for w in model.workers.values())
         assert model.task_time >= 1.9  # 40 x 0.05 s of sleeping
-        assert model.speedup is not None
+        assert model.busy_workers is not None
         # the local engine samples busy workers' memory every 0.5 s and feeds the model
         assert any(w.rss for w in model.workers.values())
         # the throttle holds on a real clock: at most 10 refreshes per second, plus the end

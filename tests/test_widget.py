@@ -200,7 +200,7 @@ def test_a_long_run_builds_the_panel_and_updates_it(comms, screen):
     assert screen.calls[-1] == ("update", "slot0")
     assert final[WIDGET_VIEW]["model_id"] == panel.panel.model_id
     assert re.fullmatch(
-        r"parmap: 100/100 done, 0 failed, \d+\.\d s, speedup \d+\.\d\dx on 2 workers",
+        r"parmap: 100/100 done, 0 failed, \d+\.\d s, workers busy \d\.\d\d of 2",
         final["text/plain"],
     ), final["text/plain"]
     assert "100/100 done, 0 failed" in final["text/html"]
@@ -382,6 +382,42 @@ def test_a_run_stopped_by_its_first_failure_reads_the_same_everywhere(
     assert model.summary() == line
     assert stderr.getvalue().rstrip("\n").endswith(f"] {line}")  # the text bar's last line
     assert f"partial results: {line} -> in" in render_error(info.value)[1]  # the exception
+
+
+def test_a_run_with_a_timeout_shows_the_same_true_busy_figure_everywhere(
+    comms, screen, monkeypatch, no_leaks
+):
+    """Issue 15: the timed-out item kept its worker busy until it was killed, so "workers
+    busy" counts that time (it read 0.00x before), and every view shows the same figure."""
+    import helpers
+
+    import ipyparmap as pm
+
+    stderr = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    model = ProgressModel()
+    panel = ProgressPanel(delay=0, display=screen.display, update_display=screen.update_display)
+    model.listeners += [panel, textui.TextProgress(summary=True, live=False)]
+    monkeypatch.setattr(api, "_progress_model", lambda mode: model)
+    items = [(0, 0.3), (1, 30), (2, 0.3)]
+    res = pm.parmap(helpers.sleepy, items, workers=2, timeout=0.8, errors="collect")
+
+    stats = res.stats
+    assert stats.failures == {"timeout": 1}
+    assert stats.task_time >= 0.8 + 0.6 - 0.05  # the killed item's time is counted
+    busy = re.search(r"workers busy (\d\.\d\d) of 2", res.summary())
+    assert busy, res.summary()
+    assert float(busy.group(1)) == pytest.approx(stats.busy_workers, abs=0.005)
+    assert 0.9 < stats.busy_workers <= 2
+    line = res.summary()
+    assert re.sub(r"<[^>]+>", "", panel.status.value) == line  # the panel
+    assert screen.only["text/plain"] == f"parmap: {line}"  # a saved notebook
+    assert model.summary() == line
+    assert stderr.getvalue().rstrip("\n").endswith(f"] {line}")  # the text bar
+    report = res.report()._repr_html_()
+    assert f"workers busy {busy.group(1)} of 2" in report  # the timeline's title
+    assert f"{busy.group(1)} of 2 on average" in report  # the report's table
+    assert busy.group(0) in res._repr_html_()
 
 
 def test_a_panel_object_is_displayable_before_anything_ran():
@@ -569,7 +605,7 @@ def test_in_a_real_kernel_the_saved_notebook_holds_widget_and_readable_summary(t
     # the long run: one display slot, the live panel plus the final summary as text
     (data,) = panel_outputs(nb.cells[1])
     assert re.fullmatch(
-        r"parmap: 12/12 done, 0 failed, \d+\.\d+ s, speedup \d+\.\d\dx on 2 workers",
+        r"parmap: 12/12 done, 0 failed, \d+\.\d+ s, workers busy \d\.\d\d of 2",
         data["text/plain"],
     ), data["text/plain"]
     assert "12/12 done, 0 failed" in data["text/html"]

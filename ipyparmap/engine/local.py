@@ -20,7 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 from ipyparmap.engine.attribution import function_unloadable
 from ipyparmap.engine.feed import SHARED_MEMORY, Chunk
-from ipyparmap.errors import ParmapError, TaskError, TaskTimeout, WorkerCrashed
+from ipyparmap.errors import (
+    MemoryLimitExceeded,
+    ParmapError,
+    TaskError,
+    TaskTimeout,
+    WorkerCrashed,
+)
 from ipyparmap.figures import format_bytes
 from ipyparmap.options import describe
 from ipyparmap.process.pool import EnvExtra, Pool, WorkerHandle
@@ -37,6 +43,13 @@ if TYPE_CHECKING:
 MAX_BOOT_FAILURES = 3
 #: Seconds between samples of busy workers' memory.
 MEMORY_SAMPLE_SECONDS = 0.5
+#: ...with ``max_memory`` set: a worker over the limit is stopped within about this
+#: (plus the run loop's tick, 0.1 s), while its item runs...
+MEMORY_LIMIT_SAMPLE_SECONDS = 0.1
+#: ...once the item has run this long. A quicker item could end before any sample or
+#: be caught by one, at random; it always ends, and a worker that stays over the limit
+#: is replaced after its chunk (as between items, loading a chunk or sending results).
+MEMORY_LIMIT_GRACE_SECONDS = 0.25
 #: A worker whose chunk takes less than this gets its next chunk queued behind it, so it
 #: never waits for the parent's round trip (results in, next chunk out). Longer chunks
 #: are not worth it, and a queued chunk could not go to a worker that frees up first.
@@ -73,6 +86,7 @@ class LocalEngine:
         self.selector: Any = None  # every pipe and sentinel (from the pool's cache, if it can)
         self.boot_failures = 0
         self.memory_sampled = time.monotonic()  # when busy workers' RSS was last read
+        self.over_memory: dict[WorkerHandle, int] = {}  # worker -> RSS it was stopped at
 
     # ------------------------------------------------------------------ the run's calls
     def start(self, run: Runner) -> None:
@@ -381,6 +395,8 @@ class LocalEngine:
 
     def _crashed(self, chunk: Chunk, worker: WorkerHandle, returncode, where,
                  timed_out_position) -> None:  # fmt: skip
+        over_memory = self.over_memory.pop(worker, None)
+
         def blame(position: int) -> tuple[str, BaseException]:
             label = self.run.label(chunk.indices[position])
             if timed_out_position == position:
@@ -388,6 +404,15 @@ class LocalEngine:
                     f"item {label} ran longer than the timeout of {self.options.timeout:g} s; "
                     f"its worker (pid {worker.pid}) was killed",
                     self.options.timeout,
+                )
+            if over_memory is not None:
+                limit = self.options.max_memory
+                return "memory", MemoryLimitExceeded(
+                    f"the worker running item {label} (pid {worker.pid}) used "
+                    f"{format_bytes(over_memory)} of memory (RSS), over the max_memory limit "
+                    f"of {format_bytes(limit)}; it was stopped",
+                    limit,
+                    over_memory,
                 )
             error: TaskError = WorkerCrashed(
                 f"the worker running item {label} (pid {worker.pid}) {describe_exit(returncode)}"
@@ -403,11 +428,19 @@ class LocalEngine:
 
         blamed = self.run.policy.worker_died(chunk, where, blame)
         started = where[3]
-        sink = self.run.sink
-        if blamed is not None and sink.keep_details and started > 0:
-            # the timeline shows it ran until it died
-            ran = max(0.0, time.monotonic() - started)
-            sink.timing(
+        if blamed is None or started <= 0:
+            return
+        # The worker was busy with the item until it died: that time counts in the run's
+        # figures ("workers busy"), or a run with a timeout would read as idle workers.
+        run = self.run
+        ran = max(0.0, time.monotonic() - started)
+        stats = run.stats
+        stats.task_time += ran
+        stats.busy[worker.pid] = stats.busy.get(worker.pid, 0.0) + ran
+        if run.progress is not None:
+            run.progress.worker(worker.pid).busy += ran
+        if run.sink.keep_details:  # the timeline shows it ran until it died
+            run.sink.timing(
                 [chunk.indices[blamed]], M.Timings.single(ran), worker.pid, time.time() - ran
             )
 
@@ -427,9 +460,12 @@ class LocalEngine:
 
     def _sample_memory(self) -> None:
         """Note busy workers' RSS now and then: an OOM-killed worker's message says how
-        big it was, and the progress view shows it."""
+        big it was, and the progress view shows it. With ``max_memory``, more often, and
+        a worker over the limit is stopped: its item fails as ``memory`` (`_crashed`)."""
+        limit = self.options.max_memory
+        every = MEMORY_SAMPLE_SECONDS if limit is None else MEMORY_LIMIT_SAMPLE_SECONDS
         now = time.monotonic()
-        if now - self.memory_sampled < MEMORY_SAMPLE_SECONDS or not self.in_flight:
+        if now - self.memory_sampled < every or not self.in_flight:
             return
         self.memory_sampled = now
         from ipyparmap.process.resources import rss_bytes
@@ -437,10 +473,24 @@ class LocalEngine:
         progress = self.run.progress
         for worker in self.in_flight:
             rss = rss_bytes(worker.pid)
-            if rss is not None:
-                worker.last_rss = rss
-                if progress is not None:
-                    progress.worker(worker.pid).rss = rss
+            if rss is None:
+                continue
+            worker.last_rss = rss
+            if progress is not None:
+                progress.worker(worker.pid).rss = rss
+            if limit is not None and rss > limit and self._running_for(worker, now):
+                self.over_memory[worker] = rss
+                worker.kill()  # its death sentinel fires: _on_death, then _crashed
+
+    def _running_for(self, worker: WorkerHandle, now: float) -> bool:
+        """Whether ``worker`` runs an item (not loading a chunk, not sending results)
+        since MEMORY_LIMIT_GRACE_SECONDS at least, and is not being stopped already."""
+        if worker in self.over_memory or worker in self.timed_out:
+            return False
+        board_chunk, position, _, started = worker.board.read()
+        chunk = self.in_flight[worker]
+        running = board_chunk == chunk.id and 0 <= position < len(chunk.items)
+        return running and now - started >= MEMORY_LIMIT_GRACE_SECONDS
 
     def _refresh_progress(self) -> None:
         progress = self.run.progress

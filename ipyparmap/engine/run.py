@@ -325,11 +325,14 @@ def map_run(func, iterable, options: Options, engine: Engine, *, workers: int,
 
 
 def _failure_error(failure: Failure, results: Results | None) -> ParmapError:
+    """What errors="raise" raises: the engine's own error (a crash, a timeout, what
+    could not be pickled), or a TaskError that is also of the item's exception type
+    where Python allows it (``except FileNotFoundError:`` catches it; errors.task_error)."""
     exc = failure.exception
     if isinstance(exc, (TaskError, SerializationError)):
         exc.failure, exc.results = failure, results
         return exc
-    return TaskError(failure.describe(), failure, results)
+    return errors.task_error(failure.describe(), failure, results, exc)
 
 
 def _cause(failure: Failure) -> BaseException | None:

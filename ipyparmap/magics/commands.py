@@ -8,13 +8,20 @@ profile) are generated from the options table (``ipyparmap.magics.flags``);
 
 Everything that can be wrong with an invocation is checked before any work starts:
 the option values, TARGET, EXPR (evaluated in the user namespace), and the body
-(compiled in the kernel).
+(compiled in the kernel). Each such mistake is shown as one line that names it and the
+fix, never a traceback through this module: a `UsageError` for the magic's syntax and
+options and for a body that does not compile (with the body's line, in the cell's own
+``In[N]``), and for a wrong EXPR or FUNC the Python error a plain loop would give
+(``TypeError``, ``NameError``), made to render as one line in IPython (`one_line`).
+An exception raised by the user's own code while EXPR is evaluated keeps its traceback,
+starting at the cell (this module's frames are hidden).
 """
 
 from __future__ import annotations
 
 import difflib
 import io
+import sys
 import tokenize
 import warnings
 from typing import Any
@@ -84,6 +91,7 @@ class Parmap(Magics):
 
             res = %parmap FUNC EXPR [options]
         """
+        __tracebackhide__ = True  # IPython shows the user's frames, not the magic's
         if cell is None:
             return self._run_line(line)
         return self._run_cell(line, cell)
@@ -137,6 +145,7 @@ class Parmap(Magics):
 
     # ---------------------------------------------------------------------- internals
     def _run_cell(self, line: str, cell: str):
+        __tracebackhide__ = True
         try:
             split = split_line(line)
         except CellError as exc:
@@ -150,14 +159,17 @@ class Parmap(Magics):
         except CellError as exc:
             raise UsageError(str(exc)) from None
         settings, out = self._settings(args)
-        iterable = self._evaluate(split.expr, "EXPR")
-        _check_iterable(iterable, split.expr)
+        number = self._cell_number()
         source = f"%%parmap {line}\n{cell}"
-        filename = self.shell.compile.cache(source, self.shell.execution_count)
+        filename = self.shell.compile.cache(source, number)
+        iterable = self._evaluate(split.expr, "EXPR", filename)
+        _check_iterable(iterable, split.expr, "%%parmap x in range(5)")
         try:
             compiled = compile_body(target, cell, filename)
         except CellError as exc:
             raise UsageError(str(exc)) from None
+        except SyntaxError as exc:  # IPython would show it with the magic's frames
+            raise UsageError(_syntax_message(exc, number)) from exc
         if compiled.global_names:
             names = ", ".join(compiled.global_names)
             warnings.warn(
@@ -172,6 +184,7 @@ class Parmap(Magics):
         return None if _ends_with_semicolon(cell) else results
 
     def _run_line(self, line: str):
+        __tracebackhide__ = True
         cut = options_start(line)
         head, options = line[:cut], line[cut:]
         args = _parse_options(self.parmap.parser, options)
@@ -182,13 +195,29 @@ class Parmap(Magics):
         settings, out = self._settings(args)
         func = self._evaluate(func_text, "FUNC")
         if not callable(func):
-            raise TypeError(f"{func_text} is not callable (it is {describe(func)})")
+            raise one_line(
+                TypeError(
+                    f"{func_text} is not callable (it is {describe(func)}): %parmap FUNC EXPR "
+                    "maps a function over EXPR, e.g. res = %parmap len words"
+                )
+            )
         iterable = self._evaluate(expr_text, "EXPR")
-        _check_iterable(iterable, expr_text)
+        _check_iterable(iterable, expr_text, "res = %parmap f range(5)")
         return self._map(func, iterable, settings, out, args.bg, args.report)
 
     def _map(self, func, iterable, settings: dict, out: str | None, background: bool = False,
              report: bool = False):  # fmt: skip
+        __tracebackhide__ = True
+        try:
+            return self._start(func, iterable, settings, out, background, report)
+        except (TypeError, ValueError) as exc:
+            if _raised_by_the_call_checks(exc):  # FUNC's arity, an async FUNC...: a mistake
+                raise one_line(exc) from None
+            raise
+
+    def _start(self, func, iterable, settings: dict, out: str | None, background: bool,
+               report: bool):  # fmt: skip
+        __tracebackhide__ = True
         if background:
             user_ns = self.shell.user_ns
 
@@ -218,11 +247,46 @@ class Parmap(Magics):
             display(results.report())
         return results
 
-    def _evaluate(self, text: str, role: str) -> Any:
+    def _evaluate(self, text: str, role: str, filename: str | None = None) -> Any:
+        """Evaluate EXPR or FUNC in the notebook's namespace. ``filename`` (the cell's, as
+        cached) makes a traceback through the user's code start at the cell's line."""
+        __tracebackhide__ = True
+        shell = self.shell
         try:
-            return self.shell.ev(text)
+            code = compile(text.strip(), filename or "<parmap EXPR>", "eval")
+        except SyntaxError:  # split_line only hands over what parses; be safe
+            raise UsageError(f"the {role} of %parmap is not an expression: {text!r}") from None
+        try:
+            with shell.builtin_trap:  # as shell.ev does
+                return eval(code, shell.user_global_ns, shell.user_ns)
         except NameError as exc:
-            raise NameError(f"{exc} (in the {role} of %parmap: {text!r})", name=exc.name) from None
+            if exc.__traceback__.tb_next is None or exc.__traceback__.tb_next.tb_next is None:
+                # the name is missing in EXPR itself (not deeper, in the user's code)
+                hint = _did_you_mean(exc.name, shell.user_ns)
+                raise one_line(
+                    NameError(
+                        f"{exc} (in the {role} of %parmap: {text!r}): define it in an "
+                        f"earlier cell{hint}",
+                        name=exc.name,
+                    )
+                ) from None
+            raise
+
+    def _cell_number(self) -> int:
+        """The ``N`` of ``In[N]``, the cell running this magic.
+
+        IPython names each cell's code after its number; the innermost frame running such
+        code is this cell's. (``shell.execution_count`` already counts the next cell while
+        a cell runs, since IPython 9.) Called from elsewhere: the execution count.
+        """
+        names = getattr(self.shell.compile, "_filename_map", None) or {}
+        frame = sys._getframe(1)
+        while frame is not None:
+            number = names.get(frame.f_code.co_filename)
+            if number is not None:
+                return number
+            frame = frame.f_back
+        return self.shell.execution_count
 
     def _settings(self, args) -> tuple[dict, str | None]:
         """Validated keyword arguments for api.parmap, and the -o name."""
@@ -291,11 +355,82 @@ def _reject_unknown_options(words: list[str]) -> None:
             raise UsageError(f"unrecognized option {name}{hint}")
 
 
-def _check_iterable(value: Any, expr: str) -> None:
+class OneLine:
+    """Mixed into a Python error raised for a user's mistake: IPython shows it as one
+    line (``TypeError: ...``), not a traceback through the magic's code."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"\x1b[31m\x1b[1m{type(self).__name__}\x1b[0m: {self}"]
+
+    def __reduce__(self):  # pickled as the plain error
+        return (type(self).__mro__[2], self.args)
+
+
+_one_line_types: dict[type, type] = {}
+
+
+def one_line(error: BaseException) -> BaseException:
+    """``error`` as an instance of its type that IPython shows as one line; still an
+    instance of the same type (``except TypeError`` catches it), with the same message."""
+    kind = type(error)
+    cls = _one_line_types.get(kind)
+    if cls is None:
+        namespace = {"__module__": kind.__module__, "__qualname__": kind.__qualname__}
+        cls = _one_line_types[kind] = type(kind.__name__, (OneLine, kind), namespace)
+    made = cls(*error.args)
+    if isinstance(error, NameError):
+        made.name = error.name
+    return made
+
+
+def _raised_by_the_call_checks(error: BaseException) -> bool:
+    """Whether the API's checks of the call raised ``error`` (before anything ran), not
+    the user's code: the innermost frame is the API's or the options' own."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    module = tb.tb_frame.f_globals.get("__name__") if tb is not None else None
+    return module in ("ipyparmap.api", "ipyparmap.options")
+
+
+def _did_you_mean(name: str | None, namespace: dict) -> str:
+    if not name:
+        return ""
+    names = [key for key in namespace if not key.startswith("_")]
+    close = difflib.get_close_matches(name, names, n=1)
+    return f", or did you mean {close[0]!r}?" if close else ""
+
+
+def _syntax_message(error: SyntaxError, number: int) -> str:
+    """A body's SyntaxError as IPython words one in a cell: where, what, the line."""
+    where = f"Cell In[{number}], line {error.lineno}" if error.lineno else f"Cell In[{number}]"
+    lines = [f"syntax error in the %%parmap body ({where}): {error.msg}"]
+    text = error.text
+    if not text and error.filename and error.lineno:  # raised compiling the body's tree
+        import linecache
+
+        text = linecache.getline(error.filename, error.lineno)
+    text = (text or "").rstrip("\n")
+    if text.strip():
+        indent = len(text) - len(text.lstrip())
+        lines.append(f"    {text.strip()}")
+        if error.offset:
+            end = error.end_offset if error.end_offset and error.end_offset > error.offset else 0
+            width = max(1, end - error.offset) if end and error.end_lineno == error.lineno else 1
+            lines.append("    " + " " * max(0, error.offset - 1 - indent) + "^" * width)
+    return "\n".join(lines)
+
+
+def _check_iterable(value: Any, expr: str, example: str) -> None:
     try:
         iter(value)
     except TypeError:
-        raise TypeError(f"EXPR {expr!r} is not iterable (got {type(value).__name__})") from None
+        raise one_line(
+            TypeError(
+                f"EXPR {expr!r} is not iterable (got {type(value).__name__}): give a list, a "
+                f"range, a generator or another iterable, e.g. {example}"
+            )
+        ) from None
     if isinstance(value, str):
         warnings.warn(
             f"%parmap: EXPR {expr!r} is a string: each item will be one character",

@@ -11,7 +11,7 @@ which also needs it for ``max_memory`` and crash reports.
 
 While running, the figures are the model's own counts. At the end the `Runner` hands
 `finish` the run's ``RunStats``, and the final line is drawn from those (items, failures
-by kind including the cancelled ones, wall time, speedup), so the panel, the text bar,
+by kind including the cancelled ones, wall time, busy workers), so the panel, the text bar,
 ``Results.summary()`` and a failed run's exception read the same. Every line is worded
 by ``ipyparmap.figures``.
 """
@@ -147,11 +147,12 @@ class ProgressModel:
         return sum(w.busy for w in self.workers.values())
 
     @property
-    def speedup(self) -> float | None:
-        """Achieved speedup: task time / elapsed time (None before anything ran)."""
-        elapsed = self.elapsed
-        task_time = self.task_time
-        return task_time / elapsed if elapsed > 0 and task_time > 0 else None
+    def busy_workers(self) -> float | None:
+        """How many workers were running items, on average: task time / elapsed time
+        (None before anything ran, or before half a second: see figures.busy_value)."""
+        return figures.busy_value(self.task_time, self.elapsed, self.size)
+
+    speedup = busy_workers  # its old, misleading name (it never was a speedup over serial)
 
     @property
     def average_rate(self) -> float:
@@ -176,12 +177,12 @@ class ProgressModel:
         if self.total is not None and self.ended is not None:
             failures[figures.CANCELLED] = max(0, self.total - self.done)
         return figures.summary_parts(
-            self.ok, self.total, failures, self.elapsed, self.size, self.speedup
+            self.ok, self.total, failures, self.elapsed, self.size, self.busy_workers
         )
 
     def summary(self) -> str:
         """One line for the end of a run, as ``Results.summary()`` words it:
-        ``80/100 done, 19 cancelled, 1 error, 3.2 s, speedup 1.90x on 2 workers``."""
+        ``80/100 done, 1 error, 3.2 s, workers busy 1.90 of 2``."""
         return ", ".join(self.summary_parts())
 
     def failure_parts(self) -> list[str]:

@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ipyparmap.figures import (
+    CANCELLED,
+    busy_detail,
+    busy_part,
     failure_parts,
     format_bytes,
     format_seconds,
@@ -29,9 +32,10 @@ COLORS = {
     "error": "#e8453c",
     "crashed": "#8b1a10",
     "timeout": "#f29900",
+    "memory": "#7b3fa0",
     "cancelled": "#b0b0b0",
 }
-SEVERITY = {"ok": 0, "cancelled": 1, "timeout": 2, "error": 3, "crashed": 4}
+SEVERITY = {"ok": 0, "cancelled": 1, "timeout": 2, "error": 3, "memory": 4, "crashed": 4}
 #: Above this many items per pixel column, lanes are drawn aggregated.
 DENSE_ITEMS_PER_PIXEL = 0.5
 
@@ -99,10 +103,9 @@ def timeline_svg(results, width: int = 880, lane_height: int = 22) -> str:
 
 def _title(results) -> str:
     stats = results.stats
-    return (
-        f"{len(results)} items on {stats.workers} workers in {format_seconds(stats.wall)}: "
-        f"speedup {stats.speedup:.2f}x of {stats.ideal_speedup} ideal"
-    )
+    title = f"{len(results)} items on {stats.workers} workers in {format_seconds(stats.wall)}"
+    busy = stats.busy_workers
+    return f"{title}: {busy_part(busy, stats.workers)}" if busy is not None else title
 
 
 def _bars(mine: list[Span], x0: float, y: float, h: float, scale: float, plot: float):
@@ -202,9 +205,10 @@ def stats_rows(results) -> list[tuple[str, str]]:
         ("wall time", format_seconds(stats.wall, fine=True)),
         ("time in items", f"{format_seconds(stats.task_time, fine=True)} of work"),
         (
-            "speedup",
-            f"{stats.speedup:.2f}x of {stats.ideal_speedup} ideal "
-            f"({stats.efficiency:.0%} efficiency)",
+            "workers busy",
+            busy_detail(
+                stats.busy_workers, stats.workers, stats.wall, stats.failures.get(CANCELLED, 0)
+            ),
         ),
         ("overhead", f"{format_seconds(stats.overhead, fine=True)} of worker time not in items"),
         ("failures", failures),

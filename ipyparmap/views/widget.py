@@ -16,7 +16,7 @@ What the user sees in the cell's output, all in one display slot (a display id):
   twice a second), every refresh batched with ``hold_sync`` (one comm message per
   changed widget). At the end the status turns into the summary, drawn from the run's
   ``RunStats`` (the line ``Results.summary()`` and a failed run's exception show: items
-  done, failures by kind, cancelled items, wall time, achieved speedup) and the bar into
+  done, failures by kind, cancelled items, wall time, workers busy) and the bar into
   ``success`` (all done), ``danger`` (failures; already while running) or ``warning``
   (stopped early).
 
