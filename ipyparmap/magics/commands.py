@@ -19,6 +19,7 @@ import tokenize
 import warnings
 from typing import Any
 
+import traitlets
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
@@ -48,6 +49,19 @@ class Parmap(Magics):
     locals().update(flags.config_traits())
     _check_config = flags.config_validator()
     last_results = None  # the Results of the last run, for %parmap_report
+
+    def __init__(self, shell=None, **kwargs):
+        super().__init__(shell=shell, **kwargs)
+        self._publish_defaults()
+
+    # The traits are the defaults of pm.parmap, pm.imap and pm.parmap_async too, in this
+    # kernel: published to the API (which never imports IPython) now and at each change.
+    @traitlets.observe(*flags.traited())
+    def _config_changed(self, change) -> None:
+        self._publish_defaults()
+
+    def _publish_defaults(self) -> None:
+        api.configure_defaults(flags.configured_defaults(self))
 
     # ---------------------------------------------------------------------- %%parmap
     @magic_arguments()
@@ -337,8 +351,10 @@ def load_ipython_extension(ip) -> None:
 
 
 def unload_ipython_extension(ip) -> None:
-    """Remove the magics and stop the warm workers (nothing outlives the extension)."""
+    """Remove the magics and stop the warm workers (nothing outlives the extension);
+    ``%config Parmap`` values no longer apply to the API."""
     api.shutdown()
+    api.configure_defaults({})
     manager = ip.magics_manager
     for kind, names in (
         ("line", ("parmap", "parmap_pool", "parmap_report")),
