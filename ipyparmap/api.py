@@ -94,7 +94,9 @@ def parmap(
 
     Returns a `Results` (a list, in input order). Functions, lambdas,
     closures and classes defined in a notebook or in ``__main__`` work: they are pickled
-    with cloudpickle and run in spawned workers.
+    with cloudpickle and run in spawned workers. The items run with the caller's working
+    directory, environment, ``sys.path`` and module versions as they are at the call
+    (see "What the workers see" in the user guide).
 
     An option not passed takes its ``%config Parmap.<name>`` value where the magics are
     loaded (``%load_ext ipyparmap``), else the default shown; a passed one always wins.

@@ -346,8 +346,22 @@ def _pool_table(pool) -> str:
     return "\n".join(lines)
 
 
+def _note_modules(result=None) -> None:
+    """After each cell: note the local modules the kernel has loaded, and their files
+    as they are now (wire/serialize.py `module_table`), so a module imported in one cell
+    and edited on disk before the next call still runs as the kernel loaded it."""
+    try:
+        from ipyparmap.wire.serialize import module_table
+
+        module_table(check_files=True)
+    except Exception:  # never break the user's cell for this
+        pass
+
+
 def load_ipython_extension(ip) -> None:
     ip.register_magics(Parmap)
+    ip.events.register("post_run_cell", _note_modules)
+    _note_modules()
 
 
 def unload_ipython_extension(ip) -> None:
@@ -355,6 +369,10 @@ def unload_ipython_extension(ip) -> None:
     ``%config Parmap`` values no longer apply to the API."""
     api.shutdown()
     api.configure_defaults({})
+    try:
+        ip.events.unregister("post_run_cell", _note_modules)
+    except ValueError:  # not registered
+        pass
     manager = ip.magics_manager
     for kind, names in (
         ("line", ("parmap", "parmap_pool", "parmap_report")),
