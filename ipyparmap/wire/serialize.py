@@ -14,8 +14,11 @@ from __future__ import annotations
 import functools
 import itertools
 import linecache
+import operator
 import os
+import sys
 import threading
+import time
 import types
 from typing import Any, ClassVar
 
@@ -685,9 +688,6 @@ def module_table(check_files: bool = False) -> ModuleTable:
     `FILE_CHECK_SPACING`: a file edited since is noticed at the next call after that)
     and ``check_files`` does not insist."""
     global _table, _scanned, _files_due
-    import sys
-    import time
-
     modules = sys.modules
     with _table_lock:
         changed = False
@@ -699,6 +699,8 @@ def module_table(check_files: bool = False) -> ModuleTable:
                     changed = True
         started = time.monotonic()
         check_files = check_files or started >= _files_due
+        if not changed and not check_files and _same_modules(modules):
+            return _table  # the usual call: nothing imported, reloaded or due a look
         for name, version in list(_versions.items()):
             module = modules.get(name)
             spec = getattr(module, "__spec__", None)
@@ -718,7 +720,29 @@ def module_table(check_files: bool = False) -> ModuleTable:
             numbers = {name: version.number for name, version in _versions.items()}
             moved = {name: v.module for name, v in _versions.items() if v.moved}
             _table = ModuleTable(numbers, moved)
+            _identities[:] = [
+                tuple(_versions),
+                [v.module for v in _versions.values()],
+                [id(v.spec) for v in _versions.values()],  # a reload's spec is == the old one
+            ]
         return _table
+
+
+_identities: list = [(), [], []]  # names, modules, id(spec) of _versions when _table was made
+_spec_of = operator.attrgetter("__spec__")
+
+
+def _same_modules(modules: dict) -> bool:
+    """Whether every module of the table is still the very module, with the very spec
+    (no reload): a few passes in C, ~0.5 µs for ten modules."""
+    names, known, specs = _identities
+    found = list(map(modules.get, names))
+    if found != known:
+        return False
+    try:
+        return list(map(id, map(_spec_of, found))) == specs
+    except AttributeError:  # someone deleted a __spec__: let the slow path look
+        return False
 
 
 def _is_local(name: str, module: Any) -> bool:
