@@ -14,7 +14,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from ipyparmap.options import Options, check_options, short_repr
+from ipyparmap.options import BY_NAME, Options, check_options, short_repr
 from ipyparmap.results import Results
 from ipyparmap.wire import messages as M
 
@@ -22,6 +22,60 @@ if TYPE_CHECKING:
     from ipyparmap.engine.background import Run
 
 
+# ---------------------------------------------------------------- %config Parmap defaults
+#: Defaults set with ``%config Parmap.<name>`` (or ``c.Parmap`` in a profile): the magics,
+#: when loaded, publish the traits that differ from the options table here
+#: (`configure_defaults`); this module never imports IPython.
+_configured: dict[str, Any] = {}
+
+
+def configure_defaults(values: dict[str, Any]) -> None:
+    """Make ``values`` (option name -> value) the defaults of `parmap`, `imap` and
+    `parmap_async` in this process, where a call does not pass the option itself; ``{}``
+    clears them. The magics call it with the ``%config Parmap`` traits."""
+    global _configured
+    unknown = set(values) - set(BY_NAME)
+    if unknown:
+        raise TypeError(f"not run options: {', '.join(sorted(unknown))}")
+    _configured = dict(values)  # replaced, never changed: a running call reads a whole one
+
+
+class _Default:
+    """An option's default in the API signatures (`_option_defaults`): it reads as the
+    value in ``help()`` and ``inspect.signature``, and tells the call that the option
+    was not passed, so a configured default may stand in for it while an explicit
+    argument always wins, even one equal to the table's default."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any):
+        self.value = value
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+def _option_defaults(func: Callable) -> Callable:
+    """Turn ``func``'s run-option defaults into `_Default` markers, in place: the
+    source, and so the docs, keep the plain defaults, and no wrapper adds a frame."""
+    func.__kwdefaults__ = {
+        name: _Default(value) if name in BY_NAME else value
+        for name, value in func.__kwdefaults__.items()
+    }
+    return func
+
+
+def _given(**values: Any) -> dict[str, Any]:
+    """The options of a call: what it passed, else the configured default, else the
+    table's."""
+    configured = _configured
+    for name, value in values.items():
+        if type(value) is _Default:
+            values[name] = configured.get(name, value.value)
+    return values
+
+
+@_option_defaults
 def parmap(
     func: Callable[..., Any],
     iterable: Iterable[Any],
@@ -40,7 +94,12 @@ def parmap(
 
     Returns a `Results` (a list, in input order). Functions, lambdas,
     closures and classes defined in a notebook or in ``__main__`` work: they are pickled
-    with cloudpickle and run in spawned workers.
+    with cloudpickle and run in spawned workers. The items run with the caller's working
+    directory, environment, ``sys.path`` and module versions as they are at the call
+    (see "What the workers see" in the user guide).
+
+    An option not passed takes its ``%config Parmap.<name>`` value where the magics are
+    loaded (``%load_ext ipyparmap``), else the default shown; a passed one always wins.
 
     Args:
         func: the function to map; called as ``func(item)`` (``func(*item)`` if ``star``).
@@ -70,10 +129,10 @@ def parmap(
     Raises:
         Interrupted: on Ctrl-C / "interrupt kernel", with ``.results``.
     """
-    options = check_options(
+    options = check_options(**_given(
         workers=workers, chunksize=chunksize, errors=errors, timeout=timeout, retries=retries,
         progress=progress, star=star, backend=backend, max_memory=max_memory,
-    )  # fmt: skip
+    ))  # fmt: skip
     _check_call(func, iterable, options)
     if os.environ.get(M.WORKER_ENV):
         from ipyparmap.engine.serial import serial_results
@@ -83,6 +142,7 @@ def parmap(
     return runner.results()
 
 
+@_option_defaults
 def imap(
     func: Callable[..., Any],
     iterable: Iterable[Any],
@@ -107,10 +167,10 @@ def imap(
 
     Validation errors are raised here, at the call, not at the first ``next()``.
     """
-    options = check_options(
+    options = check_options(**_given(
         workers=workers, chunksize=chunksize, errors=errors, timeout=timeout, retries=retries,
         progress=progress, star=star, backend=backend, ordered=ordered, max_memory=max_memory,
-    )  # fmt: skip
+    ))  # fmt: skip
     _check_call(func, iterable, options)
     if os.environ.get(M.WORKER_ENV):
         from ipyparmap.engine.serial import serial_values
@@ -120,6 +180,7 @@ def imap(
     return runner.values(ordered)
 
 
+@_option_defaults
 def parmap_async(
     func: Callable[..., Any],
     iterable: Iterable[Any],
@@ -148,10 +209,10 @@ def parmap_async(
     """
     from ipyparmap.engine.background import Run
 
-    options = check_options(
+    options = check_options(**_given(
         workers=workers, chunksize=chunksize, errors=errors, timeout=timeout, retries=retries,
         progress=progress, star=star, backend=backend, max_memory=max_memory,
-    )  # fmt: skip
+    ))  # fmt: skip
     _check_call(func, iterable, options)
     runner = _runner(func, iterable, options, keep_details=True, background=True)
     return Run(runner, on_finish)

@@ -19,13 +19,19 @@ NOT_OPTIONS = {"parmap_async": {"on_finish"}}
 def test_api_signatures_agree_with_the_table(func):
     """The signatures stay written out (IDEs and the docs read them); this keeps them true."""
     params = inspect.signature(func).parameters
-    given = {
+    options = {
         name: p.default
         for name, p in params.items()
         if p.kind is p.KEYWORD_ONLY and name not in NOT_OPTIONS.get(func.__name__, ())
     }
+    # Each default is a marker (api._Default: "not passed", so a %config default may
+    # stand in) that reads as the table's default, in help() and here.
+    given = {name: default.value for name, default in options.items()}
     declared = {o.name: o.default for o in O.OPTIONS if func.__name__ in o.apis}
     assert given == declared
+    assert {name: repr(default) for name, default in options.items()} == {
+        name: repr(value) for name, value in declared.items()
+    }
 
 
 def test_every_api_in_the_table_exists():

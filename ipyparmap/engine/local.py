@@ -29,7 +29,7 @@ from ipyparmap.errors import (
 )
 from ipyparmap.figures import format_bytes
 from ipyparmap.options import describe
-from ipyparmap.process.pool import EnvExtra, Pool, WorkerHandle
+from ipyparmap.process.pool import EnvExtra, Pool, WorkerHandle, caller_world
 from ipyparmap.process.resources import describe_exit, signal_name
 from ipyparmap.views.progress import BUSY, DEAD, IDLE
 from ipyparmap.wire import messages as M
@@ -87,6 +87,9 @@ class LocalEngine:
         self.boot_failures = 0
         self.memory_sampled = time.monotonic()  # when busy workers' RSS was last read
         self.over_memory: dict[WorkerHandle, int] = {}  # worker -> RSS it was stopped at
+        # The caller's working directory, environment, sys.path and module versions now,
+        # at the call: every chunk runs in it (sync_world in _send).
+        self.world = caller_world()
 
     # ------------------------------------------------------------------ the run's calls
     def start(self, run: Runner) -> None:
@@ -207,6 +210,7 @@ class LocalEngine:
             self.run.worker_state(worker.pid, BUSY, chunk.indices[0])
         packed = chunk.blob
         try:
+            worker.sync_world(self.world)  # what changed since its last chunk, if anything
             worker.send_function(payload)
             # Blocks of tiny items (stride > 1) pin a stuck item only to its block: with
             # a timeout, every item runs on its own.

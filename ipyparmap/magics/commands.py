@@ -26,6 +26,7 @@ import tokenize
 import warnings
 from typing import Any
 
+import traitlets
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
@@ -55,6 +56,19 @@ class Parmap(Magics):
     locals().update(flags.config_traits())
     _check_config = flags.config_validator()
     last_results = None  # the Results of the last run, for %parmap_report
+
+    def __init__(self, shell=None, **kwargs):
+        super().__init__(shell=shell, **kwargs)
+        self._publish_defaults()
+
+    # The traits are the defaults of pm.parmap, pm.imap and pm.parmap_async too, in this
+    # kernel: published to the API (which never imports IPython) now and at each change.
+    @traitlets.observe(*flags.traited())
+    def _config_changed(self, change) -> None:
+        self._publish_defaults()
+
+    def _publish_defaults(self) -> None:
+        api.configure_defaults(flags.configured_defaults(self))
 
     # ---------------------------------------------------------------------- %%parmap
     @magic_arguments()
@@ -486,13 +500,33 @@ def _pool_table(pool) -> str:
     return "\n".join(lines)
 
 
+def _note_modules(result=None) -> None:
+    """After each cell: note the local modules the kernel has loaded, and their files
+    as they are now (wire/serialize.py `module_table`), so a module imported in one cell
+    and edited on disk before the next call still runs as the kernel loaded it."""
+    try:
+        from ipyparmap.wire.serialize import module_table
+
+        module_table(check_files=True)
+    except Exception:  # never break the user's cell for this
+        pass
+
+
 def load_ipython_extension(ip) -> None:
     ip.register_magics(Parmap)
+    ip.events.register("post_run_cell", _note_modules)
+    _note_modules()
 
 
 def unload_ipython_extension(ip) -> None:
-    """Remove the magics and stop the warm workers (nothing outlives the extension)."""
+    """Remove the magics and stop the warm workers (nothing outlives the extension);
+    ``%config Parmap`` values no longer apply to the API."""
     api.shutdown()
+    api.configure_defaults({})
+    try:
+        ip.events.unregister("post_run_cell", _note_modules)
+    except ValueError:  # not registered
+        pass
     manager = ip.magics_manager
     for kind, names in (
         ("line", ("parmap", "parmap_pool", "parmap_report")),

@@ -74,6 +74,23 @@ def config_traits(table: tuple[Option, ...] = OPTIONS) -> dict[str, traitlets.Tr
     return traits
 
 
+def traited(table: tuple[Option, ...] = OPTIONS) -> tuple[str, ...]:
+    """Names of the options that are ``%config Parmap`` traits."""
+    return tuple(option.name for option in table if option.trait is not None)
+
+
+def configured_defaults(config: Any, table: tuple[Option, ...] = OPTIONS) -> dict[str, Any]:
+    """The ``%config Parmap`` traits of ``config`` (the Parmap magics) that differ from
+    the table's defaults: what ``api.configure_defaults`` makes the API's defaults."""
+    values = {}
+    for option in table:
+        if option.trait is not None:
+            value = getattr(config, option.name)
+            if type(value) is not type(option.default) or value != option.default:
+                values[option.name] = value
+    return values
+
+
 def config_validator(table: tuple[Option, ...] = OPTIONS) -> Any:
     """A traitlets validator running each trait's value through its option's check, so
     ``%config Parmap.timeout = 0`` is refused when set, not at the next run."""

@@ -38,6 +38,7 @@ from ipyparmap.wire.serialize import (
     dumps_message,
     dumps_packed,
     exception_info,
+    install_modules,
     install_sources,
     loads,
     loads_shared,
@@ -177,6 +178,7 @@ class Worker:
         self.board = board
         self.parent_pid = os.getppid()
         self.functions: OrderedDict = OrderedDict()
+        self.modules: dict = {}  # the caller's local module versions held (apply_world)
         self.sink = _OutputSink(board.ints)
         self.fresh_rss = False  # the parent wants the current RSS with every result
         threading.Thread(target=self._watch, args=(lifeline,), daemon=True).start()
@@ -220,6 +222,8 @@ class Worker:
             message = M.unpack(loads(payload))
             if type(message) is M.RunChunk:
                 self.run_chunk(fds, message)
+            elif type(message) is M.World:
+                self.apply_world(message)
             elif type(message) is M.LoadFunction:
                 self.load_function(fds, message)
             elif type(message) is M.Init:
@@ -241,6 +245,31 @@ class Worker:
 
     def init(self, settings: dict) -> None:
         sys.path[:] = settings.get("sys_path", sys.path)
+
+    def apply_world(self, world: M.World) -> None:
+        """Take the caller's working directory, environment, ``sys.path`` and module
+        versions: what changed since the last chunk (process/pool.py
+        ``WorkerHandle.sync_world``), before the next chunk loads and runs."""
+        if world.cwd is not None:
+            try:
+                os.chdir(world.cwd)
+            except OSError:  # gone meanwhile: the items' own paths will say so
+                pass
+        environ = os.environ
+        for name in world.env_unset:
+            if name != M.WORKER_ENV:
+                environ.pop(name, None)
+        for name, value in world.env_set.items():
+            if name != M.WORKER_ENV:
+                environ[name] = value
+        if world.sys_path is not None:
+            sys.path[:] = world.sys_path
+        if world.modules:
+            install_modules(world.modules, world.values, self.modules)
+        elif world.cwd is not None or world.sys_path is not None:
+            import importlib
+
+            importlib.invalidate_caches()  # new folders to look in
 
     def load_function(self, fds, message: M.LoadFunction) -> None:
         key = message.key

@@ -9,10 +9,12 @@ by name. Items, results and the function travel as separately pickled blobs, so 
 that cannot be unpickled is reported as such (`LoadFailed`) rather than breaking the
 message stream.
 
-Parent -> worker: `Init` (once, first), `LoadFunction` (cached by key), `RunChunk`,
-`Stop`. Worker -> parent: `Ready`, `ResultBatch`, `Output`, `LoadFailed`. Chunks run
-as tasks of another executor (engine/executor.py) come back as `TaskDone` or
-`TaskFailed`, returned by `process.worker.run_task`.
+Parent -> worker: `Init` (once, first), `World` (what changed in the kernel's working
+directory, environment, ``sys.path`` and local modules, only when something did),
+`LoadFunction` (cached by key), `RunChunk`, `Stop`. Worker -> parent: `Ready`,
+`ResultBatch`, `Output`, `LoadFailed`. Chunks run as tasks of another executor
+(engine/executor.py) come back as `TaskDone` or `TaskFailed`, returned by
+`process.worker.run_task`.
 """
 
 from __future__ import annotations
@@ -32,6 +34,28 @@ class Init(NamedTuple):
 
     TAG = "init"
     settings: dict
+
+
+class World(NamedTuple):
+    """What changed in the caller's world since this worker last heard of it, sent
+    before a chunk only when something did (process/pool.py ``WorkerHandle.sync_world``).
+
+    ``cwd``: the working directory (None: unchanged); ``env_set`` (name -> value) and
+    ``env_unset`` (names): environment variables, never the worker's own (its
+    `WORKER_ENV` flag, the thread limits the pool set); ``sys_path``: the whole new
+    ``sys.path`` (None: unchanged); ``modules``: local modules the caller has loaded
+    whose version changed, name -> version number (None: the caller no longer has it);
+    ``values``: the pickled ``{name: module}`` of those whose file no longer holds the
+    caller's code (wire/serialize.py `ModuleTable`), or None.
+    """
+
+    TAG = "world"
+    cwd: str | None
+    env_set: dict
+    env_unset: tuple
+    sys_path: list | None
+    modules: dict
+    values: bytes | None
 
 
 class LoadFunction(NamedTuple):
@@ -142,10 +166,8 @@ class TaskFailed(NamedTuple):
     info: tuple
 
 
-_BY_TAG: dict[str, Any] = {
-    record.TAG: record
-    for record in (Init, LoadFunction, RunChunk, Stop, Ready, ResultBatch, Output, LoadFailed)
-}
+_RECORDS = (Init, World, LoadFunction, RunChunk, Stop, Ready, ResultBatch, Output, LoadFailed)
+_BY_TAG: dict[str, Any] = {record.TAG: record for record in _RECORDS}
 
 
 def pack(record: NamedTuple) -> tuple:
