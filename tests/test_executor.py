@@ -9,7 +9,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 import helpers
 import pytest
-from conftest import children, notebook_function, wait_for
+from conftest import notebook_function, wait_for
 
 import ipyparmap as pm
 
@@ -65,26 +65,7 @@ def test_bad_backends():
 
 # -- Dask ------------------------------------------------------------------------------------------
 distributed = pytest.importorskip("distributed")
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    import dask
-
-    with dask.config.set({"distributed.scheduler.allowed-failures": 1}), distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-        dashboard_address=None, worker_dashboard_address=None,
-    ) as local:  # fmt: skip
-        yield local
-    pm.shutdown()  # no ipyparmap or Dask process may outlive the cluster
-    wait_for(lambda: not children(), timeout=30, what="cluster processes to exit")
-
-
-@pytest.fixture
-def client(cluster):
-    with distributed.Client(cluster) as c:
-        c.wait_for_workers(2, timeout=60)  # a worker killed by an earlier test is back
-        yield c
+# the Dask fixtures (cluster, client) are in conftest.py
 
 
 def test_dask_runs_notebook_functions(client):
