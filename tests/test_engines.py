@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import faulthandler
 import multiprocessing.pool
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 
 import helpers
@@ -253,3 +254,44 @@ def _outcome(get):
         return get()
     except (Exception, SystemExit) as exc:
         return exc
+
+
+# -- an executor that breaks while the run dispatches ------------------------------------------
+class BreaksWhileDispatching(concurrent.futures.Executor):
+    """Runs tasks at once, in this process, until task ``break_at``: that one's process
+    "dies" and breaks the pool, as a ProcessPoolExecutor's does, and the pool refuses
+    the next submission before the broken task has been seen to fail (a real pool's
+    manager thread marks it broken first, then fails its futures)."""
+
+    _max_workers = 2
+
+    def __init__(self, break_at: int):
+        self.break_at = break_at
+        self.calls = 0
+        self.broken: concurrent.futures.Future | None = None
+
+    def submit(self, fn, /, *args, **kwargs):
+        self.calls += 1
+        if self.broken is not None:
+            self.broken.set_exception(BrokenProcessPool("a process died"))
+            raise BrokenProcessPool("a process died")
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        if self.calls == self.break_at:
+            self.broken = future  # still running when its process died
+        else:
+            future.set_result(fn(*args, **kwargs))
+        return future
+
+
+@pytest.mark.parametrize("errors", ["raise", "collect"])
+def test_an_executor_breaking_while_dispatching_still_fails_the_run(errors):
+    executor = BreaksWhileDispatching(break_at=2)
+    if errors == "raise":  # the broken task's failure is the run's first: it must raise
+        with pytest.raises(pm.WorkerCrashed, match="BrokenProcessPool") as info:
+            pm.parmap(helpers.square, range(6), backend=executor, chunksize=1, workers=2)
+        res = info.value.results
+        assert info.value.failure is res[1]
+    else:
+        res = pm.parmap(helpers.square, range(6), backend=executor, chunksize=1, errors=errors)
+    assert res[0] == 0 and res[1].kind == "crashed"
+    assert [f.kind for f in res[2:]] == ["cancelled"] * 4  # never sent: the pool was broken
