@@ -9,13 +9,21 @@ pool's, `expected` says how; nothing else is relaxed.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import faulthandler
 import multiprocessing.pool
+import os
+import signal
+import threading
+import time
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import helpers
+import psutil
 import pytest
+from conftest import wait_for
 from crash_table import CRASH_TABLE
 from fake_engine import Fault, fake_parmap
 from helpers import BadToUnpickle
@@ -52,6 +60,9 @@ class Engine:
         if self.name == "fake":
             return fake_parmap(func, items, scripted_deaths(items), workers=2, **options)
         return pm.parmap(func, items, workers=2, backend=self.backend, **options)
+
+    def parmap_async(self, func, items, **options):
+        return pm.parmap_async(func, items, workers=2, backend=self.backend, **options)
 
 
 @pytest.fixture
@@ -101,9 +112,11 @@ def expected(engine: str, phase: str, kind: str, row: Expected) -> Expected:
     """The local pool's row, changed where ``engine`` documents another behaviour."""
     if kind in LETHAL and phase in WORKER_PHASES:
         if engine == "process":
-            # The standard library's pool breaks as a whole when a process dies: every
-            # unfinished item fails as crashed, nothing more is sent (docs/user-guide.md,
-            # engine/executor.py); nobody can tell which task killed it.
+            # The standard library's pool breaks as a whole when a process dies
+            # (docs/user-guide.md, engine/executor.py): every item in flight fails as
+            # crashed, nobody can tell which task killed it, and nothing more is sent
+            # (those items are cancelled; the docs say "every unfinished item fails as
+            # crashed").
             return Expected("crashed", pm.WorkerCrashed, "BrokenProcessPool", False, False)
         if engine == "dask":
             # Dask gives up on the task (KilledWorker); each item runs again alone, so
@@ -295,3 +308,168 @@ def test_an_executor_breaking_while_dispatching_still_fails_the_run(errors):
         res = pm.parmap(helpers.square, range(6), backend=executor, chunksize=1, errors=errors)
     assert res[0] == 0 and res[1].kind == "crashed"
     assert [f.kind for f in res[2:]] == ["cancelled"] * 4  # never sent: the pool was broken
+
+
+# -- stopping a run: KeyboardInterrupt and cancel ---------------------------------------------
+STOP_ENGINES = ("local", "thread", "process", "dask")
+QUICK = 4  # items 0..3 finish at once; the rest hold their worker until released
+N_ITEMS = 10
+
+
+def hold(args):
+    """Write this process's PID to ``folder/started-<value>``; if ``held``, wait for
+    ``folder/release`` (30 s at most); then touch ``folder/done-<value>``."""
+    value, folder, held = args
+    folder = Path(folder)
+    (folder / f".started-{value}").write_text(str(os.getpid()))
+    (folder / f".started-{value}").rename(folder / f"started-{value}")  # whole, or not there
+    if held:
+        deadline = time.monotonic() + 30
+        while not (folder / "release").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    (folder / f"done-{value}").touch()
+    return value
+
+
+def marked(folder: Path, what: str) -> set[int]:
+    return {int(p.name.split("-")[1]) for p in folder.glob(f"{what}-*")}
+
+
+def both_workers_held(folder: Path):
+    return lambda: len(marked(folder, "started") - set(range(QUICK))) >= 2
+
+
+@contextlib.contextmanager
+def ctrl_c_when(condition, what: str, before=lambda: None):
+    """Press Ctrl-C once ``condition()`` holds, while the body runs (SIGINT to the main
+    thread, whose handler raises KeyboardInterrupt there; a real signal also wakes a
+    main thread blocked on a lock, which ``_thread.interrupt_main()`` does not).
+    ``before()`` runs just before. Never fires after the body ended."""
+    armed = threading.Event()
+    armed.set()
+
+    def interrupt():
+        wait_for(lambda: not armed.is_set() or condition(), timeout=30, what=what)
+        if armed.is_set():
+            before()
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    timer = threading.Thread(target=interrupt, daemon=True)
+    timer.start()
+    try:
+        yield
+    finally:
+        armed.clear()
+        timer.join(35)
+    assert not timer.is_alive()
+
+
+def ipyparmap_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("ipyparmap")]
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("how", ["interrupt", "cancel"])
+@pytest.mark.parametrize("engine", STOP_ENGINES, indirect=True)
+def test_stopping_a_run_keeps_finished_results_and_leaves_nothing_behind(engine, how, tmp_path):
+    threads_before = set(threading.enumerate())
+    items = [(i, str(tmp_path), i >= QUICK) for i in range(N_ITEMS)]
+    stop: dict = {}
+
+    def snapshot():  # what had happened when the stop was asked for
+        stop.update(at=time.monotonic(), done=marked(tmp_path, "done"))
+
+    if how == "interrupt":  # what Ctrl-C does to the caller
+        held = both_workers_held(tmp_path)
+        with ctrl_c_when(held, "2 held items to start", before=snapshot):
+            with pytest.raises(pm.Interrupted) as info:
+                engine.parmap(hold, items, chunksize=1)
+            stopped = time.monotonic()
+    else:
+        run = engine.parmap_async(hold, items, chunksize=1)
+        wait_for(both_workers_held(tmp_path), timeout=30, what="2 held items to start")
+        snapshot()
+        assert run.cancel()
+        with pytest.raises(pm.Cancelled) as info:
+            run.result(timeout=10)
+        stopped = time.monotonic()
+        assert run.join(10)
+    started = marked(tmp_path, "started")
+    assert stopped - stop["at"] < 2.0, f"took {stopped - stop['at']:.1f} s to stop"
+
+    res = info.value.results
+    assert len(res) == N_ITEMS
+    for index, value in enumerate(res):  # finished results are kept, the rest cancelled
+        if index in stop["done"]:
+            assert value == index, (index, value)
+        else:
+            assert isinstance(value, pm.Failure) and value.kind == "cancelled", (index, value)
+    if engine.name != "dask":  # Dask does not keep submission order across its workers
+        assert stop["done"] == set(range(QUICK))
+
+    held = {i: int((tmp_path / f"started-{i}").read_text()) for i in started - set(range(QUICK))}
+    if engine.name == "local":  # the busy workers were killed
+        for pid in held.values():
+            wait_for(lambda pid=pid: _gone(pid), timeout=5, what=f"worker {pid} to be killed")
+    (tmp_path / "release").touch()  # other executors' running tasks finish on their own
+    if engine.name == "dask":
+        client = engine.backend
+        wait_for(lambda: not any(client.processing().values()), timeout=30, what="Dask idle")
+    elif engine.name in ("thread", "process"):
+        engine.backend.shutdown(wait=True)
+        late = marked(tmp_path, "started") - started  # started after the run stopped
+        # The standard library's process pool marks the calls it has queued for its
+        # processes as running: those cannot be cancelled, so they still run (and
+        # their results are dropped); at most the chunks in flight (2 x workers).
+        allowed = set(range(QUICK + 2, QUICK + 4)) if engine.name == "process" else set()
+        assert late <= allowed, late
+        assert not marked(tmp_path, "done") & set(range(QUICK + 4, N_ITEMS))
+    # no ipyparmap thread is left; with our own executors shut down, no thread at all
+    wait_for(lambda: not ipyparmap_threads(), timeout=10, what="ipyparmap threads to end")
+    if engine.name != "dask":
+        wait_for(
+            lambda: not set(threading.enumerate()) - threads_before,
+            timeout=10,
+            what=f"threads to end: {set(threading.enumerate()) - threads_before}",
+        )
+    # (and no_leaks checks that no child process is left)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("how", ["interrupt", "terminate"])
+@pytest.mark.parametrize("engine", ["jobs"], indirect=True)
+def test_stopping_a_drop_in_pool_leaves_nothing_behind(engine, how, tmp_path):
+    pool = engine.backend
+    items = [(i, str(tmp_path), i >= QUICK) for i in range(N_ITEMS)]
+    if how == "interrupt":  # Ctrl-C while the caller waits for a map
+        assert pool.map(hold, items[:QUICK], chunksize=1) == list(range(QUICK))
+        result = pool.map_async(hold, items[QUICK:], chunksize=1)
+        held = both_workers_held(tmp_path)
+        with ctrl_c_when(held, "2 held items to start"), pytest.raises(KeyboardInterrupt):
+            result.get(60)
+        started = time.monotonic()
+        pool.terminate()  # what leaving `with Pool() as pool:` does
+        with pytest.raises(pm.Cancelled):
+            result.get(10)
+    else:
+        result = pool.map_async(hold, items, chunksize=1)
+        wait_for(both_workers_held(tmp_path), timeout=30, what="2 held items to start")
+        started = time.monotonic()
+        pool.terminate()
+        with pytest.raises(pm.Cancelled):
+            result.get(10)
+    pool.join()
+    assert time.monotonic() - started < 5
+    for path in tmp_path.glob("started-*"):  # the held tasks' workers were killed
+        if int(path.name.split("-")[1]) >= QUICK:
+            pid = int(path.read_text())
+            wait_for(lambda pid=pid: _gone(pid), timeout=5, what=f"worker {pid} to be killed")
+    assert not marked(tmp_path, "done") - set(range(QUICK))
+    wait_for(lambda: not ipyparmap_threads(), timeout=10, what="the pool's thread to end")
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True

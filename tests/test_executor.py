@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import _thread
 import os
-import threading
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 import helpers
@@ -100,38 +98,6 @@ def test_dask_killed_worker_is_reported_not_hung(client):
     )
 
 
-def test_dask_interrupt_cancels_submitted_tasks(client, tmp_path):
-    started = [tmp_path / "long-2", tmp_path / "long-3"]
-
-    def interrupt_when_long_items_run():  # what Ctrl-C does to the caller
-        wait_for(lambda: all(p.exists() for p in started), timeout=60)
-        _thread.interrupt_main()
-
-    # Dask cannot stop a task that already runs: the long items sleep 3 s, not forever
-    items = [(0, "", 0.05), (1, "", 0.05), (2, str(started[0]), 3), (3, str(started[1]), 3)]
-    items += [(i, "", 3) for i in range(4, 8)]
-    timer = threading.Thread(target=interrupt_when_long_items_run)
-    timer.start()
-    try:
-        with pytest.raises(pm.Interrupted) as info:
-            pm.parmap(helpers.write_pid_and_sleep, items, backend=client, chunksize=1)
-    finally:
-        timer.join(60)
-    res = info.value.results
-    # Dask does not keep submission order across workers: what finished is kept, what
-    # did not is cancelled
-    assert all(
-        v == i or (isinstance(v, pm.Failure) and v.kind == "cancelled") for i, v in enumerate(res)
-    ), res
-    assert res.failures, res  # interrupted while items still ran or waited
-    # the queued items never run: the cluster is idle once the two running ones end
-    wait_for(
-        lambda: not any(client.processing().values()),
-        timeout=20,
-        what="the cluster to drop the cancelled tasks",
-    )
-
-
 def test_dask_closed_client(cluster):
     c = distributed.Client(cluster)
     c.close()
@@ -177,15 +143,4 @@ def test_magic_backend_dask(client):
         ip.run_cell_magic("parmap", "x in range(4) --backend dask", "x")
 
 
-def test_dask_cancel_keeps_finished_results(client):
-    items = [(i, 0.01 if i < 3 else 5) for i in range(6)]
-    run = pm.parmap_async(helpers.sleepy, items, backend=client, chunksize=1)
-    wait_for(lambda: run.progress.done >= 3, timeout=60, what="3 items done")
-    assert run.cancel()
-    with pytest.raises(pm.Cancelled) as info:
-        run.result(timeout=30)
-    res = info.value.results
-    done = [v for v in res if not isinstance(v, pm.Failure)]
-    assert len(done) >= 3 and all(res[v] == v for v in done), res  # finished: kept
-    assert res.failures and all(f.kind == "cancelled" for f in res.failures), res
-    wait_for(lambda: not any(client.processing().values()), timeout=20)
+# Interrupting and cancelling a Dask run: in tests/test_engines.py, with every other engine.
