@@ -58,6 +58,33 @@ def no_leaks():
     wait_for(lambda: not children(), timeout=10, what=f"child processes to exit: {children()}")
 
 
+@pytest.fixture(scope="module")
+def cluster():
+    """A Dask LocalCluster of 2 one-thread worker processes (skips without distributed);
+    a task that kills 2 workers is given up (KilledWorker)."""
+    distributed = pytest.importorskip("distributed")
+    import dask
+
+    import ipyparmap as pm
+
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1}), distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+        dashboard_address=None, worker_dashboard_address=None,
+    ) as local:  # fmt: skip
+        yield local
+    pm.shutdown()  # no ipyparmap or Dask process may outlive the cluster
+    wait_for(lambda: not children(), timeout=30, what="cluster processes to exit")
+
+
+@pytest.fixture
+def client(cluster):
+    import distributed
+
+    with distributed.Client(cluster) as c:
+        c.wait_for_workers(2, timeout=60)  # a worker killed by an earlier test is back
+        yield c
+
+
 def run_python(
     code: str,
     *,

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import _thread
 import os
-import threading
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 import helpers
 import pytest
-from conftest import children, notebook_function, wait_for
+from conftest import notebook_function, wait_for
 
 import ipyparmap as pm
 
@@ -65,26 +63,7 @@ def test_bad_backends():
 
 # -- Dask ------------------------------------------------------------------------------------------
 distributed = pytest.importorskip("distributed")
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    import dask
-
-    with dask.config.set({"distributed.scheduler.allowed-failures": 1}), distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-        dashboard_address=None, worker_dashboard_address=None,
-    ) as local:  # fmt: skip
-        yield local
-    pm.shutdown()  # no ipyparmap or Dask process may outlive the cluster
-    wait_for(lambda: not children(), timeout=30, what="cluster processes to exit")
-
-
-@pytest.fixture
-def client(cluster):
-    with distributed.Client(cluster) as c:
-        c.wait_for_workers(2, timeout=60)  # a worker killed by an earlier test is back
-        yield c
+# the Dask fixtures (cluster, client) are in conftest.py
 
 
 def test_dask_runs_notebook_functions(client):
@@ -116,38 +95,6 @@ def test_dask_killed_worker_is_reported_not_hung(client):
         lambda: len(client.scheduler_info()["workers"]) == 2,
         timeout=60,
         what="the nanny to restart the killed worker",
-    )
-
-
-def test_dask_interrupt_cancels_submitted_tasks(client, tmp_path):
-    started = [tmp_path / "long-2", tmp_path / "long-3"]
-
-    def interrupt_when_long_items_run():  # what Ctrl-C does to the caller
-        wait_for(lambda: all(p.exists() for p in started), timeout=60)
-        _thread.interrupt_main()
-
-    # Dask cannot stop a task that already runs: the long items sleep 3 s, not forever
-    items = [(0, "", 0.05), (1, "", 0.05), (2, str(started[0]), 3), (3, str(started[1]), 3)]
-    items += [(i, "", 3) for i in range(4, 8)]
-    timer = threading.Thread(target=interrupt_when_long_items_run)
-    timer.start()
-    try:
-        with pytest.raises(pm.Interrupted) as info:
-            pm.parmap(helpers.write_pid_and_sleep, items, backend=client, chunksize=1)
-    finally:
-        timer.join(60)
-    res = info.value.results
-    # Dask does not keep submission order across workers: what finished is kept, what
-    # did not is cancelled
-    assert all(
-        v == i or (isinstance(v, pm.Failure) and v.kind == "cancelled") for i, v in enumerate(res)
-    ), res
-    assert res.failures, res  # interrupted while items still ran or waited
-    # the queued items never run: the cluster is idle once the two running ones end
-    wait_for(
-        lambda: not any(client.processing().values()),
-        timeout=20,
-        what="the cluster to drop the cancelled tasks",
     )
 
 
@@ -196,15 +143,4 @@ def test_magic_backend_dask(client):
         ip.run_cell_magic("parmap", "x in range(4) --backend dask", "x")
 
 
-def test_dask_cancel_keeps_finished_results(client):
-    items = [(i, 0.01 if i < 3 else 5) for i in range(6)]
-    run = pm.parmap_async(helpers.sleepy, items, backend=client, chunksize=1)
-    wait_for(lambda: run.progress.done >= 3, timeout=60, what="3 items done")
-    assert run.cancel()
-    with pytest.raises(pm.Cancelled) as info:
-        run.result(timeout=30)
-    res = info.value.results
-    done = [v for v in res if not isinstance(v, pm.Failure)]
-    assert len(done) >= 3 and all(res[v] == v for v in done), res  # finished: kept
-    assert res.failures and all(f.kind == "cancelled" for f in res.failures), res
-    wait_for(lambda: not any(client.processing().values()), timeout=20)
+# Interrupting and cancelling a Dask run: in tests/test_engines.py, with every other engine.

@@ -1,8 +1,7 @@
-"""Faults with real processes: the crash table, outside kills, timeouts, retries.
+"""Faults with real processes: outside kills, timeouts, retries, input errors.
 
-Crash table (after loky's): every phase an item goes through x every way a process
-can misbehave there. The parent's own pickling phase has only the kinds that leave
-the parent alive (an os._exit or segfault there would end the caller itself).
+The crash table (every phase x every way a process can misbehave) is in
+tests/crash_table.py; tests/test_engines.py runs it on every engine.
 """
 
 from __future__ import annotations
@@ -16,133 +15,11 @@ import helpers
 import psutil
 import pytest
 from conftest import wait_for
-from helpers import BadToPickle, BadToUnpickle
+from helpers import BadToUnpickle
 
 import ipyparmap as pm
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
-
-CRASHED = ("crashed", pm.WorkerCrashed)
-
-CRASH_TABLE = [
-    # phase: pickling the call (in the parent)
-    (
-        "call-pickle",
-        "raise",
-        BadToPickle("raise"),
-        "error",
-        pm.SerializationError,
-        "cannot pickle item 2",
-    ),
-    ("call-pickle", "exit", BadToPickle("exit"), "error", pm.SerializationError, "SystemExit"),
-    # phase: unpickling the call in the worker
-    (
-        "worker-unpickle",
-        "raise",
-        BadToUnpickle("raise"),
-        "error",
-        pm.SerializationError,
-        "item 2 could not be unpickled in the worker: ValueError: boom",
-    ),
-    (
-        "worker-unpickle",
-        "exit",
-        BadToUnpickle("exit"),
-        "error",
-        pm.SerializationError,
-        "SystemExit",
-    ),
-    ("worker-unpickle", "_exit", BadToUnpickle("_exit"), *CRASHED, "exited with code 3"),
-    ("worker-unpickle", "sigkill", BadToUnpickle("sigkill"), *CRASHED, "SIGKILL"),
-    ("worker-unpickle", "segfault", BadToUnpickle("segfault"), *CRASHED, "SIGSEGV"),
-    # phase: running the function
-    ("run", "raise", ("run", "raise"), "error", ValueError, "boom from die()"),
-    ("run", "exit", ("run", "exit"), "error", SystemExit, "3"),
-    ("run", "_exit", ("run", "_exit"), *CRASHED, "exited with code 3"),
-    ("run", "sigkill", ("run", "sigkill"), *CRASHED, "SIGKILL"),
-    ("run", "segfault", ("run", "segfault"), *CRASHED, "SIGSEGV"),
-    # phase: pickling the result in the worker
-    (
-        "result-pickle",
-        "raise",
-        ("result-pickle", "raise"),
-        "error",
-        pm.SerializationError,
-        "cannot be pickled to send it back",
-    ),
-    (
-        "result-pickle",
-        "exit",
-        ("result-pickle", "exit"),
-        "error",
-        pm.SerializationError,
-        "SystemExit",
-    ),
-    ("result-pickle", "_exit", ("result-pickle", "_exit"), *CRASHED, "exited with code 3"),
-    ("result-pickle", "sigkill", ("result-pickle", "sigkill"), *CRASHED, "SIGKILL"),
-    ("result-pickle", "segfault", ("result-pickle", "segfault"), *CRASHED, "SIGSEGV"),
-    # phase: unpickling the result in the parent
-    (
-        "result-unpickle",
-        "raise",
-        ("result-unpickle", "raise"),
-        "error",
-        pm.SerializationError,
-        "could not be unpickled here",
-    ),
-    (
-        "result-unpickle",
-        "exit",
-        ("result-unpickle", "exit"),
-        "error",
-        pm.SerializationError,
-        "SystemExit",
-    ),
-]
-IDS = [f"{phase}-{kind}" for phase, kind, *_ in CRASH_TABLE]
-
-
-@pytest.mark.timeout(60)
-@pytest.mark.parametrize("phase, kind, bad, failure_kind, exc_type, message", CRASH_TABLE, ids=IDS)
-@pytest.mark.parametrize("chunksize", [1, None])
-def test_crash_table_collect(phase, kind, bad, failure_kind, exc_type, message, chunksize):
-    items = [0, 1, bad, 3, 4, 5, 6, 7]
-    res = pm.parmap(helpers.act, items, workers=2, errors="collect", chunksize=chunksize)
-    # only the bad item fails; every other item has its result
-    assert [res[i] for i in (0, 1, 3, 4, 5, 6, 7)] == [0, 1, 3, 4, 5, 6, 7]
-    failure = res[2]
-    assert isinstance(failure, pm.Failure), failure
-    assert failure.index == 2 and failure.kind == failure_kind
-    assert isinstance(failure.exception, exc_type), repr(failure.exception)
-    assert message in str(failure.exception), str(failure.exception)
-    if failure_kind == "crashed":
-        assert failure.worker is not None
-    # the pool still works afterwards
-    assert pm.parmap(helpers.square, range(4), workers=2) == [0, 1, 4, 9]
-
-
-@pytest.mark.timeout(60)
-@pytest.mark.parametrize("phase, kind, bad, failure_kind, exc_type, message", CRASH_TABLE, ids=IDS)
-def test_crash_table_raise(phase, kind, bad, failure_kind, exc_type, message):
-    items = [0, 1, bad, 3]
-    with pytest.raises(pm.ParmapError) as info:
-        pm.parmap(helpers.act, items, workers=2, chunksize=1)
-    err = info.value
-    assert err.failure.index == 2 and err.failure.kind == failure_kind
-    if failure_kind == "crashed":
-        assert isinstance(err, pm.WorkerCrashed)
-    elif exc_type is pm.SerializationError:
-        assert isinstance(err, pm.SerializationError)
-    else:
-        assert isinstance(err, pm.TaskError)
-        assert isinstance(err.__cause__, exc_type)  # the task's own exception
-    assert message in str(err) or message in str(err.__cause__)
-    # finished results are kept; what had not finished is marked cancelled
-    assert isinstance(err.results, pm.Results) and len(err.results) == 4
-    assert err.results[2] is err.failure
-    for index in (0, 1, 3):
-        value = err.results[index]
-        assert value == index or (isinstance(value, pm.Failure) and value.kind == "cancelled")
 
 
 def test_task_error_carries_remote_traceback_and_partial_results():

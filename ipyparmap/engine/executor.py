@@ -220,6 +220,7 @@ class ExecutorEngine:
         self.run: Runner = None  # type: ignore[assignment]  # set by start()
         self.in_flight: dict[Any, Chunk] = {}  # future -> the chunk it runs
         self.task_function: Any = None
+        self.broken = False  # the executor refused a task: it broke (a process died)
 
     def start(self, run: Runner) -> None:
         self.run = run
@@ -233,7 +234,7 @@ class ExecutorEngine:
     def dispatch(self) -> None:
         run = self.run
         feed = run.feed
-        while not run.state.stopping and len(self.in_flight) < self.depth:
+        while not run.state.stopping and not self.broken and len(self.in_flight) < self.depth:
             if feed.suspect_next() and self.in_flight:
                 return  # a suspect runs alone, so that a lost worker is its own doing
             chunk = feed.next_chunk(None)
@@ -248,10 +249,16 @@ class ExecutorEngine:
         try:
             future = self.backend.submit(*args)
         except RuntimeError as exc:
-            self.run.state.stop()
             self.run.sink.cancel_rest(chunk)
             if isinstance(exc, concurrent.futures.BrokenExecutor):
-                return  # a worker died and broke the pool: its items failed, these wait
+                # A worker died and broke the pool: nothing more can be sent. The tasks
+                # in flight fail with it; the run stops once they have been seen to
+                # (stopping now would hide their failure from errors="raise").
+                self.broken = True
+                if not self.in_flight:
+                    self.run.state.stop()
+                return
+            self.run.state.stop()
             raise ValueError(f"the executor is shut down ({exc})") from None
         chunk.blob = None
         chunk.owner = future
@@ -272,6 +279,8 @@ class ExecutorEngine:
                 self.run.sink.output(chunk, lines)
         if self.options.timeout is not None and self.backend.abandons:
             self._check_timeouts()
+        if self.broken and not self.in_flight:
+            self.run.state.stop()
         if self.run.progress is not None:
             self.run.progress.maybe_refresh()
 
