@@ -10,7 +10,7 @@ that cannot be unpickled is reported as such (`LoadFailed`) rather than breaking
 message stream.
 
 Parent -> worker: `Init` (once, first), `LoadFunction` (cached by key), `RunChunk`,
-`Stop`. Worker -> parent: `Ready`, `ResultBatch`, `Output`, `LoadFailed`. Chunks run
+`Stop`. Worker -> parent: `Ready`, `ResultBatch`, `Output`, `Display`, `LoadFailed`. Chunks run
 as tasks of another executor (engine/executor.py) come back as `TaskDone` or
 `TaskFailed`, returned by `process.worker.run_task`.
 """
@@ -84,9 +84,10 @@ class ResultBatch(NamedTuple):
     make the rest unreadable); ``errors`` maps a position (relative to ``start``) to an
     ErrorInfo tuple ``(exception blob or None, type name, message, traceback text)``;
     ``timings`` is the plain tuple of a `Timings`; ``began`` the wall-clock time the
-    batch's first item started; ``outputs`` captured text ``[(position, stream,
-    text)]``; ``memory_kb`` the worker's (peak, current) RSS; ``done`` is True on the
-    chunk's last batch.
+    batch's first item started; ``outputs`` what the items wrote, as `Output.lines`;
+    ``memory_kb`` the worker's (peak, current) RSS; ``done`` is True on the chunk's
+    last batch; ``seq`` the number of the output log this batch emptied (see
+    `Output`).
     """
 
     TAG = "results"
@@ -100,14 +101,38 @@ class ResultBatch(NamedTuple):
     outputs: list
     memory_kb: tuple
     done: bool
+    seq: int = -1
 
 
 class Output(NamedTuple):
-    """Captured ``print`` output while items run: ``lines`` is [(position, stream, text)]."""
+    """What items wrote while they run, every 0.1 s (or when the worker's output log
+    is full): ``lines`` is ``[(position, stream, text)]``, ``stream`` "stdout" or
+    "stderr", or "log" with a log record's fields (a dict) in place of the text.
+
+    ``seq`` is the number of the worker's output log (wire/board.py) that this message
+    emptied: after a death, the parent reads the log only if no message carried it.
+    """
 
     TAG = "output"
     chunk_id: int
     lines: list
+    seq: int = -1
+
+
+class Display(NamedTuple):
+    """A rich display of the item at ``position`` (``display(obj)``, ``plt.show()``):
+    ``data`` a MIME bundle (``{"text/plain": ..., "text/html": ...}``, binary types as
+    base64 text), ``metadata`` its metadata, ``display_id`` (None, or the id of an
+    updatable display), ``update`` True to update that display in place. Sent at once,
+    after the text printed before it."""
+
+    TAG = "display"
+    chunk_id: int
+    position: int
+    data: dict
+    metadata: dict
+    display_id: str | None = None
+    update: bool = False
 
 
 class LoadFailed(NamedTuple):
@@ -142,9 +167,9 @@ class TaskFailed(NamedTuple):
     info: tuple
 
 
+_WORKER_TO_PARENT = (Ready, ResultBatch, Output, Display, LoadFailed)
 _BY_TAG: dict[str, Any] = {
-    record.TAG: record
-    for record in (Init, LoadFunction, RunChunk, Stop, Ready, ResultBatch, Output, LoadFailed)
+    record.TAG: record for record in (Init, LoadFunction, RunChunk, Stop, *_WORKER_TO_PARENT)
 }
 
 
