@@ -388,7 +388,12 @@ def test_without_logging_configured_warnings_still_reach_stderr():
 
 
 # -- rich displays ----------------------------------------------------------------------------
-def test_displays_are_kept_per_item_and_shown_as_text_without_a_notebook(capfd):
+@pytest.mark.parametrize("shell", [False, True], ids=["script", "terminal IPython"])
+def test_displays_are_kept_per_item_and_shown_as_text_without_a_notebook(shell, capfd):
+    if shell:  # an IPython shell that is no kernel prints displays: ours are tagged
+        from IPython.core.interactiveshell import InteractiveShell
+
+        InteractiveShell.instance()
     item = notebook_function(
         """
         def item(x):

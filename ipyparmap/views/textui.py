@@ -329,9 +329,14 @@ class OutputPrinter:
 
 
 def _can_display() -> bool:
-    """Whether IPython shows rich displays here (a kernel, an IPython shell)."""
+    """Whether IPython shows rich displays here: a kernel (or anything that publishes
+    displays somewhere, ``%%capture`` too), not a terminal IPython, whose publisher
+    prints the text untagged."""
     if "IPython" not in sys.modules:
         return False
+    from IPython.core.displaypub import DisplayPublisher
     from IPython.core.interactiveshell import InteractiveShell
 
-    return InteractiveShell.initialized()
+    if not InteractiveShell.initialized():
+        return False
+    return type(InteractiveShell.instance().display_pub) is not DisplayPublisher
