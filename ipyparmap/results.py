@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -50,13 +51,68 @@ def _exc_text(exc: BaseException) -> str:
 
 @dataclass(frozen=True)
 class ItemOutput:
-    """What an item printed in its worker."""
+    """What an item printed, displayed and logged in its worker.
+
+    ``stdout`` and ``stderr`` hold the text exactly as the item wrote it, ``\r``
+    included (a progress bar's every update; the cell shows each line's final state).
+    ``displays`` holds its rich displays (`DisplayData`, in order; in a notebook,
+    ``display(out.displays[0])`` shows one again), ``logs`` the ``logging.LogRecord``
+    objects it logged that the kernel's logging let through, message formatted.
+    """
 
     stdout: str = ""
     stderr: str = ""
+    displays: tuple = ()
+    logs: tuple = ()
 
     def __str__(self) -> str:
         return self.stdout + self.stderr
+
+
+@dataclass(frozen=True, eq=False)
+class DisplayData:
+    """A rich display an item made in its worker (``display(obj)``, ``plt.show()``):
+    a MIME bundle, binary types as base64 text (as a notebook stores them)."""
+
+    data: dict
+    metadata: dict = field(default_factory=dict)
+    display_id: str | None = None
+    update: bool = False  # it updates the display ``display_id`` in place
+
+    @classmethod
+    def from_message(cls, message) -> DisplayData:
+        """From a `wire.messages.Display` record (or a DisplayData: itself)."""
+        if isinstance(message, DisplayData):
+            return message
+        data = dict(message.data)
+        if not isinstance(data.get("text/plain"), str):  # a saved notebook reads it
+            data["text/plain"] = f"<{', '.join(data) or 'empty'} display>"
+        return cls(data, dict(message.metadata or {}), message.display_id, message.update)
+
+    @property
+    def text(self) -> str:
+        return self.data["text/plain"]
+
+    def kind(self) -> str:
+        """The richest MIME type of the bundle (``text/plain`` when it has no other)."""
+        return next((mime for mime in self.data if mime != "text/plain"), "text/plain")
+
+    def _repr_mimebundle_(self, include=None, exclude=None, **kwargs) -> tuple[dict, dict]:
+        return dict(self.data), dict(self.metadata)
+
+    def __repr__(self) -> str:
+        return f"<DisplayData {', '.join(self.data)}>"
+
+
+def log_record(fields) -> logging.LogRecord:
+    """A log record shipped by a worker, rebuilt (a LogRecord given: itself)."""
+    if isinstance(fields, logging.LogRecord):
+        return fields
+    record = logging.makeLogRecord(fields)
+    started = getattr(logging, "_startTime", None)  # relative to this process's logging
+    if started is not None and isinstance(record.created, float):
+        record.relativeCreated = (record.created - started) * 1000
+    return record
 
 
 @dataclass

@@ -33,8 +33,15 @@ def test_worker_side_imports_no_engine_or_ipython():
 
 
 # What a worker process may import, as a positive list: the wire (messages, framing,
-# pickling, shared memory), the leaves, and the standard library plus cloudpickle.
-WORKER_MAY_IMPORT = ("ipyparmap.wire", "ipyparmap.errors", "ipyparmap.options", "ipyparmap.system")
+# pickling, shared memory), the leaves, the capture of what items write and display,
+# and the standard library plus cloudpickle.
+WORKER_MAY_IMPORT = (
+    "ipyparmap.wire",
+    "ipyparmap.errors",
+    "ipyparmap.options",
+    "ipyparmap.system",
+    "ipyparmap.process.capture",
+)
 WORKER_EXTERNAL = {"cloudpickle"}
 
 

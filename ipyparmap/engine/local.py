@@ -29,6 +29,7 @@ from ipyparmap.errors import (
 )
 from ipyparmap.figures import format_bytes
 from ipyparmap.options import describe
+from ipyparmap.process.capture import kernel_log_levels, unsent_output
 from ipyparmap.process.pool import EnvExtra, Pool, WorkerHandle, caller_world
 from ipyparmap.process.resources import describe_exit, signal_name
 from ipyparmap.views.progress import BUSY, DEAD, IDLE
@@ -85,6 +86,7 @@ class LocalEngine:
         self.items_run: dict[WorkerHandle, int] = {}  # for max_items_per_worker
         self.selector: Any = None  # every pipe and sentinel (from the pool's cache, if it can)
         self.boot_failures = 0
+        self.log_levels = (0, b"")  # the kernel's logging levels, for new workers' boards
         self.memory_sampled = time.monotonic()  # when busy workers' RSS was last read
         self.over_memory: dict[WorkerHandle, int] = {}  # worker -> RSS it was stopped at
         # The caller's working directory, environment, sys.path and module versions now,
@@ -101,7 +103,9 @@ class LocalEngine:
             self.selector = selectors.DefaultSelector()
             for worker in self.workers:
                 self._watch(worker)
+        self.log_levels = kernel_log_levels()  # workers log as the kernel would
         for worker in self.workers:
+            worker.board.set_forwarding(*self.log_levels)
             run.worker_state(worker.pid, IDLE)
         if self.wake is not None:
             self.selector.register(self.wake, selectors.EVENT_READ, (None, "wake"))
@@ -243,11 +247,17 @@ class LocalEngine:
     def _handle(self, worker: WorkerHandle, message: Any, fds: list[int] = ()) -> None:
         kind = type(message)
         if kind is M.ResultBatch:
+            worker.board.seen = message.seq  # the worker's output log it emptied
             self._on_results(worker, message, Incoming(message.values, list(fds), message.table))
         elif kind is M.Output:
+            worker.board.seen = message.seq
             chunk = self.in_flight.get(worker)
             if chunk is not None and chunk.id == message.chunk_id:
                 self.run.sink.output(chunk, message.lines)
+        elif kind is M.Display:
+            chunk = self.in_flight.get(worker)
+            if chunk is not None and chunk.id == message.chunk_id:
+                self.run.sink.output(chunk, [(message.position, "display", message)])
         elif kind is M.Ready:
             worker.ready = True
             self.boot_failures = 0
@@ -353,6 +363,7 @@ class LocalEngine:
             stats.restarts += 1
         self.workers.append(worker)
         self._watch(worker)
+        worker.board.set_forwarding(*self.log_levels)
         self.run.worker_state(worker.pid, IDLE)
         if self.run.progress is not None:
             self.run.progress.worker(worker.pid).restarts = stats.restarts
@@ -371,6 +382,11 @@ class LocalEngine:
             self._handle(worker, message, fds)
         if worker.closed:  # handling a message may have closed it
             return
+        chunk = self.in_flight.get(worker)
+        if chunk is not None:  # what it wrote that no message brought: its board has it
+            lines = unsent_output(worker.board, chunk.id)
+            if lines:
+                self.run.sink.output(chunk, lines)
         returncode = worker.reap(5.0)
         booted = worker.ready
         timed_out = self.timed_out.get(worker)

@@ -11,6 +11,7 @@ the job it belongs to.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import deque
 from typing import Any
@@ -19,7 +20,15 @@ from ipyparmap.engine.feed import Chunk, Feed, ItemFeed, Pending
 from ipyparmap.engine.state import RunState
 from ipyparmap.errors import SerializationError
 from ipyparmap.options import Options, describe
-from ipyparmap.results import Failure, ItemOutput, Results, ResultSlots, RunStats
+from ipyparmap.results import (
+    DisplayData,
+    Failure,
+    ItemOutput,
+    Results,
+    ResultSlots,
+    RunStats,
+    log_record,
+)
 from ipyparmap.wire.messages import Timings
 from ipyparmap.wire.serialize import PICKLING_ERRORS, Incoming, loads, rebuild_exception
 
@@ -53,7 +62,9 @@ class OutcomeSink:
         raise NotImplementedError
 
     def output(self, chunk: Chunk, lines: list) -> None:
-        """Captured output of the chunk's items: ``[(position, stream, text)]``."""
+        """What the chunk's items produced: ``[(position, stream, payload)]``, where
+        ``stream`` is "stdout" or "stderr" (text), "log" (a log record's fields) or
+        "display" (a `wire.messages.Display`)."""
         raise NotImplementedError
 
     def cancel_item(self, index, item) -> None:
@@ -158,21 +169,30 @@ class ResultsSink(OutcomeSink):
         super().__init__(feed, state, options, stats, progress)
         self.feed: ItemFeed = feed
         self.keep_details = keep_details
-        self.on_output: Any = None  # called with (index, stream, text) as output comes
+        # called with (index, stream, payload) as output comes: text, a LogRecord (only
+        # those the kernel's logging lets through) or a DisplayData; views/textui.py's
+        # OutputPrinter also hears when items end (it finishes their unfinished lines)
+        self.on_output: Any = None
         self.slots = ResultSlots()  # parmap: everything handed out, in input order
         self.lock = threading.Lock()  # guards slots against snapshot() from other threads
         self.stdout: dict[int, list] = {}
         self.stderr: dict[int, list] = {}
+        self.displays: dict[int, list] = {}
+        self.logs: dict[int, list] = {}
         self.cancelled: dict[int, Any] = {}  # index -> item, for unfinished items
 
     def succeeded(self, indices, values: list, worker_id: Any) -> None:
         self.outcomes.append((indices, values))
+        if getattr(self.on_output, "partial", None):  # unfinished lines wait for their end
+            self.on_output.items_ended(indices)
 
     def final_failure(self, index, item, kind, exc, worker_id, attempts, tb_text="") -> None:
         failure = Failure(
             index, item, kind, exc, tb_text or _traceback_text(exc), worker_id, attempts
         )
         self.outcomes.append(([index], [failure]))
+        if getattr(self.on_output, "partial", None):
+            self.on_output.items_ended((index,))
         self.stats.failures[kind] = self.stats.failures.get(kind, 0) + 1
         if self.progress is not None:
             self.progress.add(1, 1)
@@ -184,16 +204,33 @@ class ResultsSink(OutcomeSink):
         raise error  # nothing of this run can run; the run's loop aborts on the way out
 
     def output(self, chunk: Chunk, lines: list) -> None:
-        for position, stream, text in lines:
+        keep = self.keep_details
+        for position, stream, payload in lines:
             index = chunk.indices[position] if 0 <= position < len(chunk.indices) else -1
-            if self.keep_details and index >= 0:
+            if stream == "stdout" or stream == "stderr":
                 store = self.stdout if stream == "stdout" else self.stderr
-                store.setdefault(index, []).append(text)
+            elif stream == "log":
+                # as if logged here: the kernel's levels decide (handlers and format
+                # apply when the view hands it on)
+                payload = log_record(payload)
+                if not logging.getLogger(payload.name).isEnabledFor(payload.levelno):
+                    continue
+                payload.parmap_item = index
+                store = self.logs
+            elif stream == "display":
+                payload = DisplayData.from_message(payload)
+                store = self.displays
+            else:
+                continue
+            if keep and index >= 0:
+                store.setdefault(index, []).append(payload)
             if self.on_output is not None:
-                self.on_output(index, stream, text)
+                self.on_output(index, stream, payload)
 
     def cancel_item(self, index, item) -> None:
         self.cancelled[index] = item
+        if getattr(self.on_output, "partial", None):
+            self.on_output.items_ended((index,))
 
     def timing(self, indices, timings: Timings, worker_id: Any, began: float | None) -> None:
         self.slots.timing(indices, timings, worker_id, began)
@@ -224,11 +261,17 @@ class ResultsSink(OutcomeSink):
             item = cancelled[index] if index in cancelled else feed.item_at(index)
             return Failure(index, item, "cancelled")
 
+        close = getattr(self.on_output, "close", None)
+        if close is not None:  # lines still unfinished (a worker's, not an item's)
+            close()
         outputs = {
             index: ItemOutput(
-                "".join(self.stdout.get(index, ())), "".join(self.stderr.get(index, ()))
+                "".join(self.stdout.get(index, ())),
+                "".join(self.stderr.get(index, ())),
+                tuple(self.displays.get(index, ())),
+                tuple(self.logs.get(index, ())),
             )
-            for index in sorted(set(self.stdout) | set(self.stderr))
+            for index in sorted(set(self.stdout).union(self.stderr, self.displays, self.logs))
         }
         results = self.slots.build(feed.size(), missing, self.stats, outputs)
         results.inputs = feed.sequence

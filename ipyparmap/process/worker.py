@@ -12,7 +12,8 @@ Per item the worker only stores its position and start time on the status board 
 memory, no syscall); results, errors, durations and captured output go back in one
 message per chunk, or every `FLUSH_SECONDS` for long chunks. A background thread
 watches the lifeline to the parent (the worker exits when the parent is gone) and
-streams captured ``print`` output while an item runs.
+streams captured output while an item runs; what items print, log and display is
+captured by process/capture.py.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ from collections import OrderedDict
 from ipyparmap import system
 from ipyparmap.errors import SerializationError
 from ipyparmap.options import describe
+from ipyparmap.process import capture
+from ipyparmap.process.capture import CapturedStream as _CapturedStream
+from ipyparmap.process.capture import OutputSink as _OutputSink
 from ipyparmap.wire import board as B
 from ipyparmap.wire import messages as M
 from ipyparmap.wire.channel import Channel, FrameError
@@ -89,80 +93,6 @@ def _memory_kb(fresh: bool = False) -> tuple[int | None, int | None]:
     return peak, current
 
 
-class _CapturedStream:
-    """Stands in for sys.stdout/sys.stderr while a chunk runs; tags text with the item."""
-
-    def __init__(self, sink: _OutputSink, name: str, original):
-        self._sink = sink
-        self._name = name
-        self._original = original
-        self.encoding = "utf-8"
-        self.errors = "replace"
-
-    def write(self, text: str) -> int:
-        if not isinstance(text, str):
-            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
-        if text:
-            self._sink.add(self._name, text)
-        return len(text)
-
-    def writelines(self, lines) -> None:
-        for line in lines:
-            self.write(line)
-
-    def flush(self) -> None:
-        pass
-
-    def isatty(self) -> bool:
-        return False
-
-    def writable(self) -> bool:
-        return True
-
-    def fileno(self) -> int:
-        # C-level writers (faulthandler, subprocess) get the real descriptor.
-        return self._original.fileno()
-
-
-class _OutputSink:
-    """Captured output waiting to be sent, tagged with the position of its item.
-
-    ``positions[1]`` is the running item's position (the status board, or a list).
-    """
-
-    def __init__(self, positions):
-        self._positions = positions
-        self.lock = threading.Lock()
-        self.pending: list = []
-        self.chunk_id = B.IDLE
-        # While a block of tiny items runs (see run_items): (its values list, how long
-        # that list was when the block began); the item printing is the one after the
-        # results produced since.
-        self.block: tuple | None = None
-
-    def add(self, stream: str, text: str) -> None:
-        position = self._positions[1]
-        block = self.block
-        if block is not None:
-            position += len(block[0]) - block[1]
-        with self.lock:
-            self.pending.append((position, stream, text))
-
-    def take(self) -> list:
-        """Pending text, emptied, with adjacent pieces of one item's stream joined
-        (``print`` writes the text and the newline separately); call with ``lock`` held."""
-        pieces, self.pending = self.pending, []
-        # [position, stream, [texts]]: joined once; joining text by text was quadratic
-        # (tests/faults/test_concurrency.py::test_a_task_printing_50_mb never finished)
-        runs: list = []
-        for position, stream, text in pieces:
-            if runs and runs[-1][0] == position and runs[-1][1] == stream:
-                runs[-1][2].append(text)
-            else:
-                runs.append((position, stream, [text]))
-        return [(position, stream, "".join(texts)) for position, stream, texts in runs]
-
-
 class _LoadFailure:
     """Stands in the function cache for a function that could not be unpickled."""
 
@@ -179,7 +109,8 @@ class Worker:
         self.parent_pid = os.getppid()
         self.functions: OrderedDict = OrderedDict()
         self.modules: dict = {}  # the caller's local module versions held (apply_world)
-        self.sink = _OutputSink(board.ints)
+        # what items write: pending for the next message, and in the board's output log
+        self.sink = _OutputSink(board.ints, board, self._send_locked)
         self.fresh_rss = False  # the parent wants the current RSS with every result
         threading.Thread(target=self._watch, args=(lifeline,), daemon=True).start()
 
@@ -201,12 +132,10 @@ class Worker:
                 os._exit(0)  # the parent is gone: nobody wants our results
             if self.sink.pending:
                 with self.sink.lock:
-                    lines = self.sink.take()
-                    if lines:
-                        try:
-                            self._send_locked(M.pack(M.Output(self.sink.chunk_id, lines)))
-                        except OSError:
-                            os._exit(0)
+                    try:
+                        self.sink.flush_locked()
+                    except OSError:
+                        os._exit(0)
 
     # -- main loop ---------------------------------------------------------------------
     def serve(self) -> None:
@@ -304,7 +233,7 @@ class Worker:
             self._send(M.pack(M.LoadFailed("chunk", chunk_id, info)))
             board.end_chunk()
             return
-        self.sink.chunk_id = chunk_id
+        self.sink.begin(chunk_id)
         saved = sys.stdout, sys.stderr
         sys.stdout = _CapturedStream(self.sink, "stdout", saved[0])
         sys.stderr = _CapturedStream(self.sink, "stderr", saved[1])
@@ -331,12 +260,13 @@ class Worker:
             fds, table = packed.share()
             message = M.ResultBatch(
                 chunk_id, start, packed.blob, table, errors, timings, began,
-                self.sink.take(), _memory_kb(self.fresh_rss), done,
+                self.sink.take(), _memory_kb(self.fresh_rss), done, self.sink.sequence(),
             )  # fmt: skip
             try:
                 self._send_locked(M.pack(message), fds)
             finally:
                 packed.close()  # the parent has its own descriptor now
+            self.sink.sent()
 
 
 def run_items(func, items: list, star: bool, stride: int, positions, times, flush=None,
@@ -559,6 +489,7 @@ def main(argv: list[str]) -> None:
     board = B.Board.from_fd(board_fd)
     os.close(board_fd)
     worker = Worker(Channel.from_fd(conn_fd), lifeline_fd, board)
+    capture.install(worker.sink)  # display(), IPython's and pyplot's, for user code
     import cloudpickle  # noqa: F401  # load it now, while the parent prepares the run
 
     worker.serve()

@@ -12,8 +12,8 @@ message stream.
 Parent -> worker: `Init` (once, first), `World` (what changed in the kernel's working
 directory, environment, ``sys.path`` and local modules, only when something did),
 `LoadFunction` (cached by key), `RunChunk`, `Stop`. Worker -> parent: `Ready`,
-`ResultBatch`, `Output`, `LoadFailed`. Chunks run as tasks of another executor
-(engine/executor.py) come back as `TaskDone` or `TaskFailed`, returned by
+`ResultBatch`, `Output`, `Display`, `LoadFailed`. Chunks run as tasks of another
+executor (engine/executor.py) come back as `TaskDone` or `TaskFailed`, returned by
 `process.worker.run_task`.
 """
 
@@ -108,9 +108,10 @@ class ResultBatch(NamedTuple):
     make the rest unreadable); ``errors`` maps a position (relative to ``start``) to an
     ErrorInfo tuple ``(exception blob or None, type name, message, traceback text)``;
     ``timings`` is the plain tuple of a `Timings`; ``began`` the wall-clock time the
-    batch's first item started; ``outputs`` captured text ``[(position, stream,
-    text)]``; ``memory_kb`` the worker's (peak, current) RSS; ``done`` is True on the
-    chunk's last batch.
+    batch's first item started; ``outputs`` what the items wrote, as `Output.lines`;
+    ``memory_kb`` the worker's (peak, current) RSS; ``done`` is True on the chunk's
+    last batch; ``seq`` the number of the output log this batch emptied (see
+    `Output`).
     """
 
     TAG = "results"
@@ -124,14 +125,38 @@ class ResultBatch(NamedTuple):
     outputs: list
     memory_kb: tuple
     done: bool
+    seq: int = -1
 
 
 class Output(NamedTuple):
-    """Captured ``print`` output while items run: ``lines`` is [(position, stream, text)]."""
+    """What items wrote while they run, every 0.1 s (or when the worker's output log
+    is full): ``lines`` is ``[(position, stream, text)]``, ``stream`` "stdout" or
+    "stderr", or "log" with a log record's fields (a dict) in place of the text.
+
+    ``seq`` is the number of the worker's output log (wire/board.py) that this message
+    emptied: after a death, the parent reads the log only if no message carried it.
+    """
 
     TAG = "output"
     chunk_id: int
     lines: list
+    seq: int = -1
+
+
+class Display(NamedTuple):
+    """A rich display of the item at ``position`` (``display(obj)``, ``plt.show()``):
+    ``data`` a MIME bundle (``{"text/plain": ..., "text/html": ...}``, binary types as
+    base64 text), ``metadata`` its metadata, ``display_id`` (None, or the id of an
+    updatable display), ``update`` True to update that display in place. Sent at once,
+    after the text printed before it."""
+
+    TAG = "display"
+    chunk_id: int
+    position: int
+    data: dict
+    metadata: dict
+    display_id: str | None = None
+    update: bool = False
 
 
 class LoadFailed(NamedTuple):
@@ -166,7 +191,8 @@ class TaskFailed(NamedTuple):
     info: tuple
 
 
-_RECORDS = (Init, World, LoadFunction, RunChunk, Stop, Ready, ResultBatch, Output, LoadFailed)
+_WORKER_TO_PARENT = (Ready, ResultBatch, Output, Display, LoadFailed)
+_RECORDS = (Init, World, LoadFunction, RunChunk, Stop, *_WORKER_TO_PARENT)
 _BY_TAG: dict[str, Any] = {record.TAG: record for record in _RECORDS}
 
 
