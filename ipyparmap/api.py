@@ -123,8 +123,10 @@ def parmap(
         backend: None or ``"local"`` (the warm local process pool), ``"dask"`` (the
             current ``distributed.Client``), a ``distributed.Client``, or any
             ``concurrent.futures.Executor``.
-        max_memory: recycle a worker whose memory (RSS) exceeds this after an item,
-            in bytes or as ``"2GB"``; it is replaced by a fresh one. Local pool only.
+        max_memory: a worker whose memory (RSS) exceeds this, in bytes or as ``"2GB"``,
+            is stopped during an item (which fails as ``"memory"``, with
+            `MemoryLimitExceeded`) or replaced by a fresh one after an item. Local pool
+            only.
 
     Raises:
         Interrupted: on Ctrl-C / "interrupt kernel", with ``.results``.

@@ -263,7 +263,8 @@ OPTIONS: tuple[Option, ...] = (
         default=None,
         check=_size,
         accepts="bytes (int) or a size like '2GB'",
-        help="Recycle a worker whose memory (RSS) exceeds this, e.g. 2GB (local pool only).",
+        help="A worker over this memory (RSS), e.g. 2GB, is stopped during an item (which "
+        "fails as 'memory') or replaced after one (local pool only).",
         flag=Flag(("--max-memory",), "SIZE"),
         trait="Unicode",
     ),

@@ -138,6 +138,41 @@ def test_a_line_printed_right_before_the_worker_dies_is_kept(death, tmp_path, ca
     assert "[1] to stderr\n" in err
 
 
+def test_an_interrupt_keeps_what_killed_items_printed(tmp_path):
+    """Ctrl-C kills the busy workers: what their items printed just before (not yet
+    streamed: that happens every 0.1 s) is still kept, from the pipe and the board."""
+    import _thread
+
+    marker = tmp_path / "printed"
+    talk = notebook_function(
+        """
+        def talk(x):
+            import pathlib, sys, time
+            print(f"about to wait {x}")
+            sys.stdout.write(f"no newline {x}")
+            pathlib.Path(MARKER + str(x)).touch()
+            time.sleep(60)
+        """,
+        "talk",
+        MARKER=str(marker),
+    )
+    timer = threading.Thread(
+        target=lambda: (
+            wait_for(lambda: all(os.path.exists(f"{marker}{i}") for i in (0, 1)))
+            and _thread.interrupt_main()
+        )
+    )
+    timer.start()
+    try:
+        with pytest.raises(pm.Interrupted) as info:
+            pm.parmap(talk, range(2), workers=2, chunksize=1, progress=False)
+    finally:
+        timer.join(30)
+    outputs = info.value.results.outputs
+    for i in (0, 1):
+        assert outputs[i].stdout == f"about to wait {i}\nno newline {i}"
+
+
 def test_what_was_sent_before_a_death_is_not_shown_twice(capfd):
     """The board keeps only what no message carried: text streamed earlier (an Output
     after 0.1 s) and the text after it both arrive, each once."""

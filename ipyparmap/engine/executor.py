@@ -10,8 +10,8 @@ flight, and only an item that loses its worker alone fails as ``crashed``
 (engine/attribution.py, the same policy as the local engine's). Dask gives up on every
 task that sat on the workers a bad task killed (``KilledWorker``), so the innocent ones
 run again, each alone. A ``ProcessPoolExecutor`` breaks as a whole when one of its
-processes dies (the standard library's behaviour): every unfinished item fails as
-``crashed`` and nothing more can be sent.
+processes dies (the standard library's behaviour): every item it held fails as
+``crashed``, the items not sent yet are cancelled, and nothing more can be sent.
 
 What differs between executors is a `TaskBackend` (`ThreadTasks`, `ProcessTasks`,
 `DaskTasks`): how the function travels (not at all to threads; with each task to a
@@ -194,6 +194,11 @@ def resolve_backend(backend: Any) -> TaskBackend:
             raise ValueError("the Dask client is closed")
         return DaskTasks(backend)
     if isinstance(backend, Executor):
+        if getattr(backend, "_broken", False):  # a ProcessPoolExecutor whose process died
+            raise ValueError(
+                f"the executor is broken ({backend._broken}): it cannot run anything any "
+                "more; make a new one"
+            )
         if getattr(backend, "_shutdown", False) or getattr(backend, "_shutdown_thread", False):
             raise ValueError("the executor is shut down")
         if isinstance(backend, ThreadPoolExecutor):

@@ -13,6 +13,7 @@ wake-up socket among the waited-on objects and a per-worker item limit.
 
 from __future__ import annotations
 
+import os
 import selectors
 import time
 from collections.abc import Callable
@@ -157,12 +158,41 @@ class LocalEngine:
             worker.kill()
         for worker in busy:
             worker.reap(5.0)
-            sink.cancel_rest(self.in_flight.pop(worker))
+            chunk = self.in_flight.pop(worker)
+            self._salvage(worker, chunk)
+            sink.cancel_rest(chunk)
             if worker in self.queued:
                 following = self.queued.pop(worker)
                 _release(following)
                 sink.cancel_rest(following)
             self._forget(worker)
+
+    def _salvage(self, worker: WorkerHandle, chunk: Chunk) -> None:
+        """A worker killed on purpose (interrupt, cancel, the first failure): keep what it
+        finished and wrote before, from its pipe and its board's output log (tests/
+        test_output_capture.py::test_an_interrupt_keeps_what_killed_items_printed)."""
+        sink = self.run.sink
+        while True:
+            try:
+                if not worker.conn.poll(0):
+                    break
+                message, fds = worker.recv()
+            except (EOFError, OSError):
+                break
+            if type(message) is M.ResultBatch and message.chunk_id == chunk.id:
+                if message.outputs:
+                    sink.output(chunk, message.outputs)
+                values = Incoming(message.values, list(fds), message.table)
+                sink.fold(chunk, message.start, values, message.errors, message.timings,
+                          message.memory_kb, message.began)  # fmt: skip
+            else:
+                for fd in fds:
+                    os.close(fd)
+                if type(message) is M.Output and message.chunk_id == chunk.id:
+                    sink.output(chunk, message.lines)
+        lines = unsent_output(worker.board, chunk.id)
+        if lines:
+            sink.output(chunk, lines)
 
     def close(self) -> None:
         keep = max(self.run.n_workers, len(self.workers))
