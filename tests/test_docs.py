@@ -82,3 +82,22 @@ def test_readme_links_exist():
     for target in re.findall(r"\]\(([^)#]+)\)", readme):
         if not target.startswith("http"):
             assert (ROOT / target).exists(), target
+
+
+def test_every_test_named_in_docs_and_comments_exists():
+    """Docs and comments pin behaviour to tests by name (tests/x.py::test_y): a renamed
+    or removed test must not leave a dangling reference."""
+    pattern = re.compile(r"tests/[\w/]+\.py::\s*\w+")
+    sources = [
+        *(ROOT / "docs").glob("*.md"),
+        ROOT / "README.md",
+        *(ROOT / "ipyparmap").rglob("*.py"),
+    ]
+    missing = []
+    for source in sources:
+        for ref in pattern.findall(source.read_text()):
+            path, name = (part.strip() for part in ref.split("::"))
+            test_file = ROOT / path
+            if not test_file.exists() or not re.search(rf"def {name}\b", test_file.read_text()):
+                missing.append(f"{source.relative_to(ROOT)}: {ref}")
+    assert not missing, missing

@@ -169,8 +169,8 @@ class LocalEngine:
 
     def _salvage(self, worker: WorkerHandle, chunk: Chunk) -> None:
         """A worker killed on purpose (interrupt, cancel, the first failure): keep what it
-        finished and wrote before, from its pipe and its board's output log (tests/
-        test_output_capture.py::test_an_interrupt_keeps_what_killed_items_printed)."""
+        finished and wrote before, from its pipe and its board's output log. Pinned by
+        tests/test_output_capture.py::test_an_interrupt_keeps_what_killed_items_printed"""
         sink = self.run.sink
         while True:
             try:
@@ -234,9 +234,9 @@ class LocalEngine:
             self.queued[worker] = chunk
             # A busy worker does not read its pipe: a message bigger than the pipe's
             # buffer would block us while the worker blocks sending us its results, a
-            # deadlock (tests/faults/test_concurrency.py::
-            # test_queued_chunks_never_outgrow_a_small_socket_buffer). Such a chunk
-            # stays here, assigned, and goes out when the worker is idle.
+            # deadlock. Such a chunk stays here, assigned, and goes out when the worker
+            # is idle. Pinned by (a long name, on its own line):
+            # tests/faults/test_concurrency.py::test_queued_chunks_never_outgrow_a_small_socket_buffer  # noqa: E501
             if len(chunk.blob.blob) + 1024 > worker.fits or payload.key not in worker.functions:
                 return
         else:
