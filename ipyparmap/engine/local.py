@@ -172,13 +172,9 @@ class LocalEngine:
         finished and wrote before, from its pipe and its board's output log. Pinned by
         tests/test_output_capture.py::test_an_interrupt_keeps_what_killed_items_printed"""
         sink = self.run.sink
-        while True:
-            try:
-                if not worker.conn.poll(0):
-                    break
-                message, fds = worker.recv()
-            except (EOFError, OSError):
-                break
+        for message, fds in _unread(worker):
+            if type(message) in (M.ResultBatch, M.Output):  # the output log they emptied
+                worker.board.seen = message.seq
             if type(message) is M.ResultBatch and message.chunk_id == chunk.id:
                 if message.outputs:
                     sink.output(chunk, message.outputs)
@@ -402,13 +398,7 @@ class LocalEngine:
         if worker.closed:
             return
         # Messages it sent before dying are still in the pipe: read them first.
-        while True:
-            try:
-                if not worker.conn.poll(0):
-                    break
-                message, fds = worker.recv()
-            except (EOFError, OSError):
-                break
+        for message, fds in _unread(worker):
             self._handle(worker, message, fds)
         if worker.closed:  # handling a message may have closed it
             return
@@ -551,6 +541,18 @@ class LocalEngine:
             if board_chunk == chunk.id and 0 <= position < len(chunk.indices):
                 progress.worker(worker.pid).current = chunk.indices[position]
         progress.maybe_refresh()
+
+
+def _unread(worker: WorkerHandle):
+    """The messages a dead (or killed) worker sent that are still in its pipe."""
+    while True:
+        try:
+            if not worker.conn.poll(0):
+                return
+            message, fds = worker.recv()
+        except (EOFError, OSError):
+            return
+        yield message, fds
 
 
 def _executable() -> str:
