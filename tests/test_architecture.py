@@ -113,3 +113,22 @@ def test_workers_import_this_very_package():
 
     first = worker_env()["PYTHONPATH"].split(os.pathsep)[0]
     assert Path(first, "ipyparmap", "__init__.py").samefile(ipyparmap.__file__)
+
+
+def test_the_architecture_page_names_every_module_and_layer():
+    """docs/how-it-works.md is the architecture of record: its package tree lists every
+    module, and its layers table every entry of the layers contract."""
+    import tomllib
+
+    page = (ROOT / "docs" / "how-it-works.md").read_text()
+    tree = page.split("## The package tree", 1)[1].split("\n## ", 1)[0]
+    package = ROOT / "ipyparmap"
+    for path in package.rglob("*.py"):
+        if path.name != "__init__.py":
+            assert f" {path.name} " in tree or f"── {path.name}" in tree, path
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    layers = next(c for c in config["contracts"] if c["name"] == "Layers of the package tree")
+    table = page.split("## Layers and import rules", 1)[1]
+    for layer in layers["layers"]:
+        for name in layer.replace(":", "|").split("|"):
+            assert f"`{name.strip().removeprefix('ipyparmap.')}`" in table, name
