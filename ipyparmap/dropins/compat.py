@@ -323,10 +323,9 @@ class Pool:
 
     def _imap(self, func, iterable, chunksize, ordered: bool) -> IMapIterator:
         self._check_running()
-        _check_chunksize(chunksize)
         iterator = IMapIterator(ordered)
-        self._engine.submit(
-            func, iterable, "one", STREAM, None,
+        self._engine.submit(  # chunks of exactly ``chunksize`` items, as the stdlib's
+            func, iterable, "one", STREAM, _check_chunksize(chunksize),
             on_outcome=iterator._outcome, on_done=iterator._job_done,
         )  # fmt: skip
         return iterator
