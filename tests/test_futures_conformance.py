@@ -4,12 +4,188 @@ and Pool.imap's chunksize (issue 16). Each test names the CPython test it mirror
 
 from __future__ import annotations
 
+import concurrent.futures
+import multiprocessing
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+from concurrent.futures.process import BrokenProcessPool
+
 import helpers
 import pytest
+from conftest import notebook_function
 
 import ipyparmap as pm
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# -- errors are the standard library's ----------------------------------------------------
+def test_a_crash_is_a_broken_process_pool_that_fails_only_its_future():
+    # mirrors ExecutorDeadlockTest.test_crash ("crash during func execution on worker":
+    # BrokenProcessPool); unlike the stdlib, the other futures still complete
+    with pm.ProcessPoolExecutor(2) as executor:
+        good = [executor.submit(helpers.sleepy, (i, 0.2)) for i in range(3)]
+        bad = executor.submit(helpers.act, ("run", "_exit"))
+        error = bad.exception(30)
+        assert isinstance(error, BrokenProcessPool)
+        assert isinstance(error, pm.WorkerCrashed)
+        assert error.exitcode == 3 and "exited with code 3" in str(error)
+        assert [f.result(30) for f in good] == [0, 1, 2]
+        assert executor.submit(helpers.square, 3).result(30) == 9  # not broken
+        again = pickle.loads(pickle.dumps(error))
+        assert isinstance(again, BrokenProcessPool) and isinstance(again, pm.WorkerCrashed)
+        with pytest.raises(BrokenProcessPool):  # in map() too
+            list(executor.map(helpers.act, [1, ("run", "_exit")], timeout=30))
+
+
+ERROR_AT_PICKLE = """
+import pickle
+
+class ErrorAtPickle:
+    def __reduce__(self):
+        raise pickle.PicklingError("error at pickle")
+
+def return_instance(*args):
+    return ErrorAtPickle()
+"""
+
+
+def test_an_error_pickling_a_result_is_that_error():
+    # mirrors ExecutorDeadlockTest.test_crash ("error during result pickle on worker":
+    # PicklingError, and "exit during result pickle on worker": SystemExit)
+    return_instance = notebook_function(ERROR_AT_PICKLE, "return_instance")
+    with pm.ProcessPoolExecutor(1) as executor:
+        with pytest.raises(pickle.PicklingError, match="error at pickle"):
+            executor.submit(return_instance).result(30)
+        with pytest.raises(SystemExit) as info:
+            executor.submit(helpers.act, ("result-pickle", "exit")).result(30)
+        assert info.value.code == 3
+        with pytest.raises(ValueError, match="boom from die"):  # any other error: itself
+            executor.submit(helpers.act, ("result-pickle", "raise")).result(30)
+        with pytest.raises(pickle.PicklingError, match="error at pickle"):
+            list(executor.map(return_instance, [1], timeout=30))
+        assert executor.submit(helpers.square, 4).result(30) == 16
+
+
+@pytest.mark.parametrize("how", ["raise", "exit"])
+def test_an_error_unpickling_a_result_is_a_broken_process_pool(how):
+    # mirrors ExecutorDeadlockTest.test_crash ("error/exit during result unpickle in
+    # result_handler": BrokenProcessPool); here only that future fails
+    with pm.ProcessPoolExecutor(1) as executor:
+        with pytest.raises(BrokenProcessPool, match="could not be unpickled"):
+            executor.submit(helpers.act, ("result-unpickle", how)).result(30)
+        assert executor.submit(helpers.square, 4).result(30) == 16
+
+
+def test_submit_after_shutdown_raises_runtime_error():
+    # mirrors ExecutorShutdownTest.test_run_after_shutdown
+    executor = pm.ProcessPoolExecutor(1)
+    executor.shutdown()
+    with pytest.raises(RuntimeError, match="cannot schedule new futures after shutdown"):
+        executor.submit(pow, 2, 5)
+    with pytest.raises(RuntimeError, match="cannot schedule new futures after shutdown"):
+        executor.map(pow, [2], [5])
+
+
+def _run_script(source: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "tests")]))
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(source)],
+        capture_output=True, text=True, timeout=120, env=env, cwd=ROOT,
+    )  # fmt: skip
+
+
+def test_submit_after_interpreter_shutdown_raises_runtime_error():
+    # mirrors ExecutorShutdownTest.test_submit_after_interpreter_shutdown
+    done = _run_script("""
+        import atexit
+        import ipyparmap as pm
+
+        def run_last():
+            try:
+                t.submit(id, None)
+            except RuntimeError:
+                print("runtime-error")
+                raise
+
+        atexit.register(run_last)
+        t = pm.ProcessPoolExecutor(1)
+        t.submit(id, 42).result()
+    """)
+    assert "RuntimeError: cannot schedule new futures after interpreter shutdown" in done.stderr
+    assert done.stdout.strip() == "runtime-error"
+
+
+def test_work_never_waited_on_runs_at_interpreter_exit():
+    # mirrors ExecutorShutdownTest.test_interpreter_shutdown ("apple" printed at exit)
+    done = _run_script("""
+        import ipyparmap as pm
+        import helpers
+
+        t = pm.ProcessPoolExecutor(2)
+        t.submit(helpers.sleep_then, 0, 1.0)
+        t.submit(print, "apple")
+        u = pm.ProcessPoolExecutor(1)
+        u.submit(helpers.sleep_then, 0, 0.5)
+        u.submit(print, "banana")
+        u.shutdown(wait=False)  # the stdlib still runs its pending work
+    """)
+    assert done.returncode == 0, done.stderr
+    assert sorted(done.stdout.split()) == ["apple", "banana"]
+
+
+def test_a_failing_initializer_breaks_the_executor():
+    # mirrors FailingInitializerMixin.test_initializer: pending futures and every later
+    # submit raise BrokenExecutor (BrokenProcessPool); the error is printed by the worker
+    executor = pm.ProcessPoolExecutor(2, initializer=helpers.fail_on, initargs=(3,))
+    try:
+        futures = [executor.submit(helpers.square, i) for i in range(4)]
+        for future in futures:
+            with pytest.raises(concurrent.futures.BrokenExecutor):
+                future.result(30)
+        assert executor._broken
+        with pytest.raises(BrokenProcessPool):
+            executor.submit(helpers.square, 1)
+        with pytest.raises(BrokenProcessPool):
+            executor.map(helpers.square, [1])
+    finally:
+        executor.shutdown(wait=True)
+
+
+def test_a_working_initializer_still_runs_once_per_worker():
+    # mirrors InitializerMixin.test_initializer
+    with pm.ProcessPoolExecutor(1, initializer=helpers.record_init, initargs=("x",)) as ex:
+        assert [ex.submit(helpers.init_count, i).result(30)[1] for i in range(3)] == [1, 1, 1]
+
+
+# -- mp_context and max_tasks_per_child -----------------------------------------------------
+def test_mp_context_spawn_is_accepted_others_are_refused():
+    # the stdlib honours every context (ProcessPoolSpawnMixin, ...); ipyparmap's workers
+    # are always spawned, so a spawn context works and fork/forkserver are refused
+    with pm.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as ex:
+        assert ex.submit(helpers.square, 5).result(30) == 25
+    for method in ("fork", "forkserver"):
+        with pytest.raises(ValueError, match=f"start method '{method}' is not supported"):
+            pm.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context(method))
+    with pytest.raises(TypeError, match="mp_context"):
+        pm.ProcessPoolExecutor(1, mp_context="spawn")
+
+
+def test_max_tasks_per_child():
+    # mirrors ProcessPoolExecutorTest.test_max_tasks_per_child (a fresh worker per task)
+    # and test_max_tasks_per_child_defaults-style argument checks
+    with pm.ProcessPoolExecutor(1, max_tasks_per_child=2) as executor:
+        pids = [executor.submit(helpers.pid_of, i).result(30) for i in range(4)]
+    assert pids[0] == pids[1] and pids[2] == pids[3] and pids[1] != pids[2]
+    with pytest.raises(TypeError, match="max_tasks_per_child must be an integer"):
+        pm.ProcessPoolExecutor(1, max_tasks_per_child=1.5)
+    with pytest.raises(ValueError, match="max_tasks_per_child must be >= 1"):
+        pm.ProcessPoolExecutor(1, max_tasks_per_child=0)
 
 
 # -- Pool.imap chunksize ---------------------------------------------------------------------
