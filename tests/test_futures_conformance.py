@@ -82,6 +82,31 @@ def test_an_error_unpickling_a_result_is_a_broken_process_pool(how):
         assert executor.submit(helpers.square, 4).result(30) == 16
 
 
+@pytest.mark.parametrize("how", ["raise", "exit", "_exit"])
+def test_a_task_that_cannot_be_loaded_in_the_worker_is_a_broken_process_pool(how):
+    # mirrors ExecutorDeadlockTest.test_crash ("error/exit/crash at task unpickle":
+    # BrokenProcessPool); here only that future fails, and ipyparmap's error stays
+    with pm.ProcessPoolExecutor(1) as executor:
+        error = executor.submit(helpers.act, helpers.BadToUnpickle(how)).exception(30)
+        assert isinstance(error, BrokenProcessPool)
+        assert isinstance(error, pm.WorkerCrashed if how == "_exit" else pm.SerializationError)
+        bad = notebook_function(
+            "def uses(x):\n    return (x, guard)\n", "uses", guard=helpers.BadToUnpickle(how)
+        )
+        with pytest.raises(BrokenProcessPool):  # the function itself cannot load
+            executor.submit(bad, 1).result(30)
+        assert executor.submit(helpers.square, 4).result(30) == 16
+
+
+def test_exit_in_the_function_is_that_system_exit():
+    # mirrors ExecutorDeadlockTest.test_crash ("exit during func execution on worker")
+    with pm.ProcessPoolExecutor(1) as executor:
+        with pytest.raises(SystemExit):
+            executor.submit(helpers.die, "exit").result(30)
+        with pytest.raises(BrokenProcessPool):  # "crash during result pickle on worker"
+            executor.submit(helpers.act, ("result-pickle", "_exit")).result(30)
+
+
 def test_submit_after_shutdown_raises_runtime_error():
     # mirrors ExecutorShutdownTest.test_run_after_shutdown
     executor = pm.ProcessPoolExecutor(1)

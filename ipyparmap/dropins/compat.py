@@ -45,7 +45,7 @@ from ipyparmap.dropins.futures import (
     ResultCall,
 )
 from ipyparmap.engine.jobs import MAP, STREAM, EndOfStream, Job, JobServer
-from ipyparmap.errors import WorkerCrashed
+from ipyparmap.errors import SerializationError, WorkerCrashed
 from ipyparmap.options import BY_NAME as OPTIONS
 from ipyparmap.process.pool import Pool as ProcessSet
 from ipyparmap.process.pool import spawn_worker, worker_env
@@ -453,7 +453,9 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
             if not self._broken:
                 self._break(error)
             return BrokenProcessPool(self._broken)
-        if isinstance(error, WorkerCrashed):
+        if isinstance(error, WorkerCrashed) or (
+            isinstance(error, SerializationError) and not error.argument_error
+        ):  # a dead worker, or a task that could not be loaded in the worker
             return _broken_pool_error(error)
         return _task_exception(error)
 
@@ -738,9 +740,10 @@ _broken_classes: dict[type, type] = {}
 
 
 def _broken_pool_error(error: BaseException) -> BaseException:
-    """The same crash as an instance of ``WorkerCrashed[BrokenProcessPool]``: a subclass
-    of the crash's own class (WorkerCrashed, MemoryLimitExceeded) and of the standard
-    library's ``BrokenProcessPool``, with the crash's attributes."""
+    """The same error as an instance of ``WorkerCrashed[BrokenProcessPool]`` (or
+    ``SerializationError[...]``): a subclass of the error's own class (WorkerCrashed,
+    MemoryLimitExceeded, SerializationError) and of the standard library's
+    ``BrokenProcessPool``, with the error's attributes."""
     kind = type(error)
     cls = _broken_classes.get(kind)
     if cls is None:
