@@ -180,6 +180,12 @@ def test_a_failing_initializer_breaks_the_executor():
             executor.map(helpers.square, [1])
     finally:
         executor.shutdown(wait=True)
+    with pm.ProcessPoolExecutor(1, initializer=helpers.fail_on, initargs=(3,)) as executor:
+        with pytest.raises(BrokenProcessPool):  # map() breaks it as well
+            list(executor.map(helpers.square, range(3), timeout=30))
+        assert executor._broken
+        with pytest.raises(BrokenProcessPool):
+            executor.submit(helpers.square, 1)
 
 
 def test_a_working_initializer_still_runs_once_per_worker():
