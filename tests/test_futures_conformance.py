@@ -164,7 +164,7 @@ def test_work_never_waited_on_runs_at_interpreter_exit():
     assert sorted(done.stdout.split()) == ["apple", "banana"]
 
 
-def test_a_failing_initializer_breaks_the_executor():
+def test_a_failing_initializer_breaks_the_executor(caplog):
     # mirrors FailingInitializerMixin.test_initializer: pending futures and every later
     # submit raise BrokenExecutor (BrokenProcessPool); the error is printed by the worker
     executor = pm.ProcessPoolExecutor(2, initializer=helpers.fail_on, initargs=(3,))
@@ -180,6 +180,11 @@ def test_a_failing_initializer_breaks_the_executor():
             executor.map(helpers.square, [1])
     finally:
         executor.shutdown(wait=True)
+    # logged on the worker's "concurrent.futures" logger, as the stdlib logs it
+    # (ipyparmap forwards worker log records to the same logger here)
+    logged = [r for r in caplog.records if r.name == "concurrent.futures"]
+    assert logged and logged[0].getMessage() == "Exception in initializer:"
+    assert "ValueError: bad item 3" in caplog.text
     with pm.ProcessPoolExecutor(1, initializer=helpers.fail_on, initargs=(3,)) as executor:
         with pytest.raises(BrokenProcessPool):  # map() breaks it as well
             list(executor.map(helpers.square, range(3), timeout=30))

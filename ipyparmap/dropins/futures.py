@@ -22,9 +22,10 @@ class InitializerFailed(Exception):
 
 
 class GuardedInitializer:
-    """The user's initializer; when it raises, the worker prints the traceback to its
-    ``sys.stderr`` (the stdlib logs "Exception in initializer:") and the task fails with
-    `InitializerFailed`, which the parent turns into a broken pool."""
+    """The user's initializer; when it raises, the worker logs "Exception in
+    initializer:" and the traceback on the ``concurrent.futures`` logger, as the stdlib
+    does, and the task fails with `InitializerFailed`, which the parent turns into a
+    broken pool."""
 
     __slots__ = ("func",)
 
@@ -41,11 +42,13 @@ class GuardedInitializer:
         try:
             self.func(*args)
         except BaseException as exc:
-            import sys
-            import traceback
+            import logging
 
-            print("Exception in initializer:", file=sys.stderr)
-            traceback.print_exc()
+            # the standard library's words and logger (printed to stderr unless the
+            # initializer itself routed that logger elsewhere)
+            logging.getLogger("concurrent.futures").critical(
+                "Exception in initializer:", exc_info=True
+            )
             raise InitializerFailed(f"{type(exc).__name__}: {exc}") from None
 
 
