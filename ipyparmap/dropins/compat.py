@@ -34,10 +34,18 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from ipyparmap.dropins.calls import PoolCall
+from ipyparmap.dropins.futures import (
+    GuardedInitializer,
+    InitializerFailed,
+    PickledResult,
+    ResultCall,
+)
 from ipyparmap.engine.jobs import MAP, STREAM, EndOfStream, Job, JobServer
+from ipyparmap.errors import SerializationError, WorkerCrashed
 from ipyparmap.options import BY_NAME as OPTIONS
 from ipyparmap.process.pool import Pool as ProcessSet
 from ipyparmap.process.pool import spawn_worker, worker_env
@@ -48,6 +56,7 @@ from ipyparmap.wire import messages as M
 from ipyparmap.wire.serialize import (
     ItemPicklingError,
     dumps,
+    loads,
     pickle_function,
     pickle_items,
     rebuild_exception,
@@ -185,9 +194,13 @@ MapResult = AsyncResult
 class IMapIterator:
     """What ``imap``/``imap_unordered`` return: ``next(timeout)`` as in multiprocessing."""
 
-    def __init__(self, ordered: bool, timeout_error: type[BaseException] = TimeoutError):
+    def __init__(self, ordered: bool, timeout_error: type[BaseException] = TimeoutError,
+                 value: Callable[[Any], Any] | None = None,
+                 error: Callable[[BaseException], BaseException] = _task_exception):  # fmt: skip
         self._ordered = ordered
         self._timeout_error = timeout_error
+        self._value = value  # turns a delivered outcome into the value (the executor's)
+        self._error = error  # turns a failure's exception into the one to raise
         self._cond = threading.Condition()
         self._ready: dict[int, Any] = {}
         self._next = 0
@@ -242,8 +255,8 @@ class IMapIterator:
             self._end = self._next - 1  # nothing comes after an input error
             raise outcome.error
         if isinstance(outcome, Failure):
-            raise _task_exception(outcome.exception)
-        return outcome
+            raise self._error(outcome.exception)
+        return outcome if self._value is None else self._value(outcome)
 
     __next__ = next
 
@@ -323,10 +336,9 @@ class Pool:
 
     def _imap(self, func, iterable, chunksize, ordered: bool) -> IMapIterator:
         self._check_running()
-        _check_chunksize(chunksize)
         iterator = IMapIterator(ordered)
-        self._engine.submit(
-            func, iterable, "one", STREAM, None,
+        self._engine.submit(  # chunks of exactly ``chunksize`` items, as the stdlib's
+            func, iterable, "one", STREAM, _check_chunksize(chunksize),
             on_outcome=iterator._outcome, on_done=iterator._job_done,
         )  # fmt: skip
         return iterator
@@ -355,7 +367,13 @@ class Pool:
 
 # ------------------------------------------------------------------------------ executor
 class ProcessPoolExecutor(concurrent.futures.Executor):
-    """``concurrent.futures.ProcessPoolExecutor`` where a crash fails only its own futures."""
+    """``concurrent.futures.ProcessPoolExecutor`` where a crash fails only its own futures.
+
+    Its errors are the standard library's (docs/from-multiprocessing.md): a crashed
+    worker fails its future with a `WorkerCrashed` that is also a ``BrokenProcessPool``;
+    an error while pickling a result is that error; a failing ``initializer`` breaks
+    the executor; work never waited on still runs at interpreter exit.
+    """
 
     def __init__(
         self,
@@ -370,45 +388,104 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
             max_workers = cpu_count()
         elif max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
+        _check_mp_context(mp_context)
+        if max_tasks_per_child is not None:
+            if not isinstance(max_tasks_per_child, int):
+                raise TypeError("max_tasks_per_child must be an integer")
+            if max_tasks_per_child <= 0:
+                raise ValueError("max_tasks_per_child must be >= 1")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        guarded = None if initializer is None else GuardedInitializer(initializer)
         self._max_workers = max_workers
-        self._engine = _Engine(max_workers, initializer, initargs, max_tasks_per_child)
+        self._mp_context = mp_context
+        self._max_tasks_per_child = max_tasks_per_child
+        self._engine = _Engine(max_workers, guarded, initargs, max_tasks_per_child)
         self._shutdown = False
+        self._broken: str | bool = False  # the reason, once broken (as the stdlib's)
         self._lock = threading.Lock()
         self._pending: weakref.WeakSet = weakref.WeakSet()
         self._finalizer = weakref.finalize(self, _Engine.terminate, self._engine)
+        _track_executor(self)
+
+    def _check_open(self) -> None:  # the standard library's order and words
+        if self._broken:
+            raise BrokenProcessPool(self._broken)
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        if _at_exit.started:
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
 
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
         with self._lock:
-            if self._shutdown:
-                raise RuntimeError("cannot schedule new futures after shutdown")
+            self._check_open()
             future: concurrent.futures.Future = concurrent.futures.Future()
             item = (args, kwargs)
             _check_arguments(item)
 
             def finished(job: Job) -> None:  # runs in the pool's thread
-                if future.cancelled():
+                if future.done():  # cancelled, or failed by a broken pool
                     return
                 if job.error is not None:
-                    future.set_exception(_task_exception(job.error))
+                    if isinstance(job.error, InitializerFailed):
+                        self._break(job.error)
+                    else:
+                        _settle(future.set_exception, self._exception(job.error))
+                    return
+                try:
+                    value = _unpickle_result(job.results[0])
+                except BaseException as exc:
+                    _settle(future.set_exception, exc)
                 else:
-                    future.set_result(job.results[0])
+                    _settle(future.set_result, value)
+
+            def start() -> bool:  # False: cancelled (or broken) while pending
+                return not future.done() and future.set_running_or_notify_cancel()
 
             self._engine.submit(
-                fn, [item], "apply", MAP, 1, on_done=finished,
-                start=future.set_running_or_notify_cancel,
+                ResultCall(fn), [item], "apply", MAP, 1, on_done=finished, start=start,
             )  # fmt: skip
             self._pending.add(future)
             return future
 
+    def _exception(self, error: BaseException) -> BaseException:
+        if isinstance(error, InitializerFailed):  # in map(): breaks the pool as submit's
+            if not self._broken:
+                self._break(error)
+            return BrokenProcessPool(self._broken)
+        if isinstance(error, WorkerCrashed) or (
+            isinstance(error, SerializationError) and not error.argument_error
+        ):  # a dead worker, or a task that could not be loaded in the worker
+            return _broken_pool_error(error)
+        return _task_exception(error)
+
+    def _break(self, error: BaseException) -> None:
+        """The initializer failed in a worker: as in the standard library, every pending
+        future fails with ``BrokenProcessPool`` and ``submit`` raises it from now on."""
+        cause = _task_exception(error)
+        with self._lock:
+            self._broken = f"{_BROKEN} (the initializer raised {error})"
+        for future in list(self._pending):
+            if not future.done():
+                broken = BrokenProcessPool(
+                    "A process in the process pool was terminated abruptly while the "
+                    "future was running or pending (the initializer failed)."
+                )
+                broken.__cause__ = cause
+                _settle(future.set_exception, broken)
+        self._engine.runner.terminate()  # we are in its thread: it stops once we return
+
     def map(self, fn: Callable, *iterables: Iterable, timeout: float | None = None,
             chunksize: int = 1) -> Iterator:  # fmt: skip
-        if self._shutdown:
-            raise RuntimeError("cannot schedule new futures after shutdown")
+        self._check_open()
         _check_chunksize(chunksize)
         items = list(zip(*iterables, strict=False))  # all submitted at once, as the stdlib
-        stream = IMapIterator(ordered=True, timeout_error=concurrent.futures.TimeoutError)
+        stream = IMapIterator(
+            ordered=True, timeout_error=concurrent.futures.TimeoutError,
+            value=_unpickle_result, error=self._exception,
+        )  # fmt: skip
         self._engine.submit(
-            fn, items, "star", STREAM, chunksize,
+            ResultCall(fn), items, "star", STREAM, chunksize,
             on_outcome=stream._outcome, on_done=stream._job_done,
         )  # fmt: skip
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -429,7 +506,14 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         self._engine.close()
         if wait:
             self._engine.join()
+            _at_exit.executors.discard(self)  # else: its work is still run at exit
         self._finalizer.detach()
+
+    def _finish_at_exit(self) -> None:
+        """Run what was submitted and never waited on, as the standard library does."""
+        if not self._broken:
+            self._engine.close()
+            self._engine.join()
 
 
 # ------------------------------------------------------------------------------ Process
@@ -603,3 +687,114 @@ def _join_non_daemonic() -> None:
 
 
 atexit.register(_join_non_daemonic)
+
+
+# ------------------------------------------------------------------------------ executor helpers
+_BROKEN = "A child process terminated abruptly, the process pool is not usable anymore"
+
+
+def _check_mp_context(mp_context: Any) -> None:
+    """A spawn context is what ipyparmap does anyway; any other is refused, not ignored."""
+    if mp_context is None:
+        return
+    getter = getattr(mp_context, "get_start_method", None)
+    if getter is None:
+        raise TypeError(f"mp_context must be a multiprocessing context, not {mp_context!r}")
+    try:
+        method = getter(allow_none=False)
+    except TypeError:
+        method = getter()
+    if method != "spawn":
+        raise ValueError(
+            f"mp_context with start method {method!r} is not supported: ipyparmap's "
+            "workers are always fresh interpreters, as with 'spawn' (forking a Jupyter "
+            "kernel or a threaded process is unsafe); pass mp_context=None or "
+            "multiprocessing.get_context('spawn')"
+        )
+
+
+def _settle(setter: Callable, value: Any) -> None:
+    """Set a future's outcome unless it was cancelled meanwhile (in the caller's thread)."""
+    try:
+        setter(value)
+    except concurrent.futures.InvalidStateError:
+        pass
+
+
+def _unpickle_result(result: Any) -> Any:
+    """A `ResultCall`'s outcome: the value, or the exception its pickling raised."""
+    if not isinstance(result, PickledResult):
+        return result
+    if result.error is None:
+        try:
+            return loads(result.data)
+        except (Exception, SystemExit) as exc:  # the stdlib breaks the pool; here only
+            # this future fails
+            raise BrokenProcessPool(f"the result could not be unpickled: {exc!r}") from exc
+    error = loads(result.error)
+    error.__cause__ = multiprocessing.pool.RemoteTraceback(result.tb)
+    raise error
+
+
+_broken_classes: dict[type, type] = {}
+
+
+def _broken_pool_error(error: BaseException) -> BaseException:
+    """The same error as an instance of ``WorkerCrashed[BrokenProcessPool]`` (or
+    ``SerializationError[...]``): a subclass of the error's own class (WorkerCrashed,
+    MemoryLimitExceeded, SerializationError) and of the standard library's
+    ``BrokenProcessPool``, with the error's attributes."""
+    kind = type(error)
+    cls = _broken_classes.get(kind)
+    if cls is None:
+        cls = type(
+            f"{kind.__name__}[BrokenProcessPool]", (kind, BrokenProcessPool),
+            {"__module__": kind.__module__,
+             "__doc__": f"A {kind.__name__} that is also a BrokenProcessPool.",
+             "__reduce__": _broken_reduce},
+        )  # fmt: skip
+        _broken_classes[kind] = cls
+    made = cls.__new__(cls, *error.args)
+    made.args = error.args
+    made.__dict__.update(vars(error))
+    made.__cause__ = error.__cause__
+    return made.with_traceback(error.__traceback__)
+
+
+def _broken_reduce(self):
+    kind = type(self).__mro__[1]  # the crash's own class; its __reduce__ gives the args
+    return (_rebuild_broken, (kind, kind.__reduce__(self)[1]))
+
+
+def _rebuild_broken(kind: type, args: tuple) -> BaseException:
+    return _broken_pool_error(kind(*args))
+
+
+class _AtExit:
+    """Live executors, finished at interpreter exit as the standard library's are (it
+    joins them from ``threading._register_atexit``, before ``atexit`` handlers)."""
+
+    def __init__(self):
+        self.executors: weakref.WeakSet = weakref.WeakSet()
+        self.started = False
+        self.registered = False
+        self.lock = threading.Lock()
+
+    def run(self) -> None:
+        self.started = True
+        for executor in list(self.executors):
+            executor._finish_at_exit()
+
+
+_at_exit = _AtExit()
+
+
+def _track_executor(executor: ProcessPoolExecutor) -> None:
+    with _at_exit.lock:
+        if not _at_exit.registered:
+            try:
+                threading._register_atexit(_at_exit.run)  # type: ignore[attr-defined]
+            except RuntimeError:  # "can't register atexit after shutdown"
+                _at_exit.started = True
+            _at_exit.registered = True
+        _at_exit.executors.add(executor)

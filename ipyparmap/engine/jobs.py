@@ -92,10 +92,11 @@ class Job:
         try:
             items.extend(itertools.islice(self.source, size))
         except Exception as exc:  # the input iterable raised: the job fails with it
+            # ...at the start of this chunk, whose earlier items are not run, as the
+            # standard library's imap(chunksize=) does (test_imap_handle_iterable_exception)
             self.exhausted = True
-            self.pulled += len(items)
             self.fail_input(exc, self.pulled)
-            return items
+            return []
         self.pulled += len(items)
         if len(items) < size or (self.total is not None and self.pulled >= self.total):
             self.exhausted = True
