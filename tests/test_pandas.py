@@ -85,14 +85,14 @@ def test_import_registers_when_pandas_is_imported_first():
 
 def test_register_pandas_sets_defaults_and_the_serial_size():
     try:
-        pm.register_pandas(serial_below=0, workers=1, progress=False)
+        pm.register_pandas(serial_seconds=0, workers=1, progress=False)
         pids = pd.Series(range(3)).parmap.map(lambda _: os.getpid())
         assert set(pids) != {os.getpid()}  # no serial path: ran in a worker
         with pytest.raises(TypeError, match="not run options"):
             pm.register_pandas(star=True)
     finally:
-        pm.register_pandas(serial_below=100)
-    assert accessors.DEFAULTS == {} and accessors.SERIAL_BELOW == 100
+        pm.register_pandas(serial_seconds=0.01)
+    assert accessors.DEFAULTS == {} and accessors.SERIAL_SECONDS == 0.01
 
 
 # ------------------------------------------------------------------------ Series
@@ -337,10 +337,25 @@ def test_collect_in_the_serial_path():
 
 # ---------------------------------------------------------------------- small inputs
 def test_small_inputs_run_in_the_kernel():
-    s = pd.Series(range(accessors.SERIAL_BELOW - 1))
-    assert set(s.parmap.map(lambda _: os.getpid(), progress=False)) == {os.getpid()}
-    big = pd.Series(range(accessors.SERIAL_BELOW))
-    assert os.getpid() not in set(big.parmap.map(lambda _: os.getpid(), workers=2, progress=False))
+    s = pd.Series(range(500), index=_index("strings", 500))
+    got = s.parmap.map(lambda _: os.getpid(), progress=False)
+    assert set(got) == {os.getpid()}
+    assert_series_equal(got, s.map(lambda _: os.getpid()))
+
+
+def test_slow_rows_go_to_the_workers_after_the_first_ones():
+    import time
+
+    def slow(_):
+        time.sleep(0.004)
+        return os.getpid()
+
+    s = pd.Series(range(40), index=_index("datetimes", 40))
+    got = s.parmap.map(slow, workers=2, progress=False)
+    first = list(got.iloc[:3])
+    assert first == [os.getpid()] * 3  # 1 + 2 rows in the kernel: 12 ms > SERIAL_SECONDS
+    assert os.getpid() not in set(got.iloc[3:])
+    assert got.index.equals(s.index) and got.dtype == "int64"
 
 
 def test_bad_options_are_refused():
@@ -351,3 +366,37 @@ def test_bad_options_are_refused():
         s.parmap.map(str, chunksize=0)
     with pytest.raises(TypeError, match="need a function"):
         s.parmap.apply("sum")
+
+
+def _slow_row(fail_at=None):
+    return notebook_function(
+        f"""
+        import time
+        def slow_row(row):
+            time.sleep(0.003)
+            if row["i"] == {fail_at}:
+                raise ValueError("bad row")
+            return pd.Series({{"twice": row["i"] * 2, "half": None if row["i"] > 30 else row["f"]}})
+        """,
+        "slow_row",
+        pd=pd,
+    )
+
+
+def test_kernel_and_worker_pieces_combine_as_pandas():
+    df = _frame("multi", 40)
+    func = _slow_row()
+    assert_frame_equal(df.parmap.apply(func, axis=1, workers=2, progress=False),
+                       df.apply(func, axis=1))  # fmt: skip
+
+
+@pytest.mark.parametrize("fail_at", [1, 33], ids=["in-kernel", "in-worker"])
+def test_errors_where_the_rows_ran(fail_at):
+    df = _frame("strings", 40)
+    with pytest.raises(ValueError, match=rf"row 'row{fail_at}' \(position {fail_at}\)"):
+        df.parmap.apply(_slow_row(fail_at), axis=1, workers=2, progress=False)
+    got = df.parmap.apply(_slow_row(fail_at), axis=1, workers=2, progress=False, errors="collect")
+    good = _slow_row()
+    expected = df.drop(index=f"row{fail_at}").apply(good, axis=1).reindex(df.index)
+    assert_frame_equal(got, expected)
+    assert [f.item for f in got.attrs["parmap_failures"]] == [f"row{fail_at}"]

@@ -16,14 +16,15 @@ from typing import Any
 _registered = False
 
 
-def register_pandas(serial_below: int | None = None, **defaults: Any) -> None:
+def register_pandas(serial_seconds: float | None = None, **defaults: Any) -> None:
     """Register the ``.parmap`` accessors of pandas Series and DataFrame (imports pandas).
 
     ``import ipyparmap`` does this by itself when pandas is, or later gets, imported;
     call it to set the defaults of the accessors' calls (``workers=``, ``progress=``,
     ``errors=``, ``chunksize=`` (rows per piece), ``timeout=``, ``retries=``,
-    ``backend=``; a call's own arguments win) and ``serial_below`` (inputs with fewer
-    rows run serially in the kernel). Calling it again replaces the defaults.
+    ``backend=``; a call's own arguments win) and ``serial_seconds`` (how long a call
+    runs its first rows in the kernel before it sends the rest to the workers; default
+    0.01, 0 sends every row). Calling it again replaces the defaults.
     """
     _register()
     from ipyparmap.frames import accessors
@@ -33,10 +34,14 @@ def register_pandas(serial_below: int | None = None, **defaults: Any) -> None:
         raise TypeError(f"not run options of the accessors: {', '.join(sorted(unknown))}")
     accessors.DEFAULTS.clear()
     accessors.DEFAULTS.update({k: v for k, v in defaults.items() if v is not None})
-    if serial_below is not None:
-        if not isinstance(serial_below, int) or isinstance(serial_below, bool) or serial_below < 0:
-            raise ValueError(f"serial_below must be an int >= 0, got {serial_below!r}")
-        accessors.SERIAL_BELOW = serial_below
+    if serial_seconds is not None:
+        if (
+            isinstance(serial_seconds, bool)
+            or not isinstance(serial_seconds, (int, float))
+            or not serial_seconds >= 0
+        ):
+            raise ValueError(f"serial_seconds must be a number >= 0, got {serial_seconds!r}")
+        accessors.SERIAL_SECONDS = float(serial_seconds)
 
 
 def _register() -> None:

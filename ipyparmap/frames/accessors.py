@@ -4,14 +4,16 @@ A call splits the object into contiguous pieces (``iloc`` slices: rows, or colum
 ``DataFrame.apply(axis=0)``), has `ipyparmap.parmap` run pandas' own ``apply``/``map`` on
 each piece in the workers (`pieces.run_piece`), and concatenates the pieces in order.
 Where the pieces' dtypes disagree (a piece of ints beside one holding a NaN) the
-combined values are inferred again the way pandas infers them in one call. Inputs
-smaller than `serial_below` rows run in the kernel, with the same error handling.
+combined values are inferred again the way pandas infers them in one call. The first
+rows run in the kernel for up to `SERIAL_SECONDS` (so small inputs never leave it),
+with the same error handling.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import time
 from typing import Any
 
 import pandas as pd
@@ -23,10 +25,11 @@ from ipyparmap.frames.pieces import PieceFailure, PieceJob, run_piece
 RUN_OPTIONS = ("workers", "chunksize", "progress", "errors", "timeout", "retries", "backend")
 #: Defaults set with `ipyparmap.register_pandas` (option -> value), for calls not passing them.
 DEFAULTS: dict[str, Any] = {}
-#: Below this many rows (columns for ``apply(axis=0)``) a call runs serially in the
-#: kernel: a warm parallel call costs a few milliseconds, more than pandas needs for so
-#: few rows of a cheap function. Set with ``register_pandas(serial_below=...)``.
-SERIAL_BELOW = 100
+#: A call runs its first rows in the kernel, in slices of 1, 2, 4... rows, for up to
+#: this many seconds (measured: a warm parallel call costs 5-8 ms on 2 cores), and
+#: sends only the rest to the workers: a small or cheap input never leaves the kernel.
+#: Set with ``register_pandas(serial_seconds=...)``; 0 sends every row to the workers.
+SERIAL_SECONDS = 0.01
 #: Pieces per worker when ``chunksize=`` (rows per piece) is not given: enough to
 #: balance uneven rows and move the progress bar, few enough to keep pandas'
 #: per-call overhead small.
@@ -51,6 +54,47 @@ def _split_options(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, An
 
 
 # ------------------------------------------------------------------------- the run
+class _Split:
+    """A call's pieces (contiguous slices, in order), where each starts, and what each
+    gave: its result (None: the piece was lost) and the failures it holds."""
+
+    def __init__(self, obj: Any, job: PieceJob, by_columns: bool):
+        self.obj, self.job, self.by_columns = obj, job, by_columns
+        self.length = obj.shape[1] if by_columns else len(obj)
+        self.pieces: list[Any] = []
+        self.starts: list[int] = []
+        self.results: list[Any] = []
+        self.failures: list[Any] = []
+
+    @property
+    def done(self) -> int:
+        """Rows (columns) cut into pieces so far."""
+        if not self.pieces:
+            return 0
+        last = self.pieces[-1]
+        return self.starts[-1] + (last.shape[1] if self.by_columns else len(last))
+
+    def take(self, size: int) -> Any:
+        start = self.done
+        stop = min(self.length, start + size)
+        obj = self.obj
+        piece = obj.iloc[:, start:stop] if self.by_columns else obj.iloc[start:stop]
+        self.pieces.append(piece)
+        self.starts.append(start)
+        return piece
+
+    def gave(self, position: int, value: Any, failed: list[PieceFailure]) -> None:
+        self.results.append(value)
+        self.failures.extend(
+            _failures(self.pieces[position], self.starts[position], self.job, self.by_columns,
+                      failed)
+        )  # fmt: skip
+
+    def raised(self, position: int, exc: BaseException, call: int, tb: str) -> TaskError:
+        return _row_error(self.pieces[position], self.starts[position], self.job,
+                          self.by_columns, exc, call, tb)  # fmt: skip
+
+
 def run(obj: Any, job: PieceJob, options: dict[str, Any], by_columns: bool = False) -> Any:
     """pandas' ``job`` on ``obj``, in pieces, in parallel; the result pandas would give."""
     if not callable(job.func):
@@ -62,25 +106,60 @@ def run(obj: Any, job: PieceJob, options: dict[str, Any], by_columns: bool = Fal
     if errors not in ("raise", "collect"):
         raise ValueError(f"errors must be one of: 'raise', 'collect', got {errors!r}")
     job = job._replace(collect=errors == "collect")
-    length = obj.shape[1] if by_columns else len(obj)
     chunk = options.pop("chunksize", None)
     if chunk is not None and (not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1):
         raise ValueError(f"chunksize must be a positive int (rows per piece), got {chunk!r}")
-    if length < SERIAL_BELOW and chunk is None and options.get("backend") is None:
-        return _serial(obj, job, by_columns)
+    split = _Split(obj, job, by_columns)
+    # In the kernel first: slices of 1, 2, 4... rows until SERIAL_SECONDS have passed
+    # (about what a warm parallel call costs); a small or cheap input ends there. Not
+    # with what only workers enforce (timeout=, retries=), another backend, a chunksize=.
+    if (
+        chunk is None
+        and options.get("timeout") is None
+        and not options.get("retries")
+        and options.get("backend") in (None, "local")
+    ):
+        _in_kernel(split)
+    if split.done < split.length:
+        _in_workers(split, options, chunk)
+    if len(split.results) == 1 and split.results[0] is not None:
+        return _mark(split.results[0], split.failures, job)  # pandas' own result, whole
+    result = _combine(obj, split.pieces, split.results, job, by_columns)
+    return _mark(result, split.failures, job)
+
+
+def _in_kernel(split: _Split) -> None:
+    began = time.perf_counter()
+    size = 1
+    while split.done < split.length and time.perf_counter() - began < SERIAL_SECONDS:
+        piece = split.take(size)
+        size *= 2
+        try:
+            value, failed = run_piece(split.job, piece)
+        except Exception as exc:
+            call = getattr(exc, "_parmap_call", None)
+            if call is None:
+                raise  # pandas' own error, not the function's
+            import traceback
+
+            raise split.raised(len(split.pieces) - 1, exc, call, traceback.format_exc()) from exc
+        split.gave(len(split.pieces) - 1, value, failed)
+
+
+def _in_workers(split: _Split, options: dict[str, Any], chunk: int | None) -> None:
+    """The rows not run yet, in pieces of ``chunk`` rows, run by `parmap`."""
     from ipyparmap.api import cpu_count, parmap
     from ipyparmap.results import Failure
 
     if chunk is None:
         workers = options.get("workers") or cpu_count()
-        chunk = max(1, math.ceil(length / (workers * PIECES_PER_WORKER)))
-    starts = list(range(0, length, chunk)) or [0]
-    if by_columns:
-        pieces = [obj.iloc[:, a : a + chunk] for a in starts]
-    else:
-        pieces = [obj.iloc[a : a + chunk] for a in starts]
+        chunk = max(1, math.ceil((split.length - split.done) / (workers * PIECES_PER_WORKER)))
+    first = len(split.pieces)
+    while split.done < split.length:
+        split.take(chunk)
     try:
-        done = parmap(functools.partial(run_piece, job), pieces, chunksize=1, **options)
+        outcomes = parmap(functools.partial(run_piece, split.job), split.pieces[first:],
+                          chunksize=1, **options)  # fmt: skip
     except TaskError as err:
         failure = err.failure
         index = getattr(failure, "index", None)
@@ -88,33 +167,14 @@ def run(obj: Any, job: PieceJob, options: dict[str, Any], by_columns: bool = Fal
         call = getattr(exc, "_parmap_call", None)
         if index is None or call is None:
             raise  # the engine's own error: a crash, a timeout, what could not be pickled
-        raise _row_error(pieces[index], starts[index], job, by_columns, exc, call,
-                         failure.traceback) from exc  # fmt: skip
-    results: list[Any] = []
-    failures: list[Any] = []
-    for piece, start, outcome in zip(pieces, starts, done, strict=True):
+        raise split.raised(first + index, exc, call, failure.traceback) from exc
+    for position, outcome in enumerate(outcomes, first):
         if isinstance(outcome, Failure):  # the whole piece: a crash, a timeout
-            results.append(None)
-            failures.extend(_piece_failed(piece, start, by_columns, outcome))
-            continue
-        value, failed = outcome
-        results.append(value)
-        failures.extend(_failures(piece, start, job, by_columns, failed))
-    result = _combine(obj, pieces, results, job, by_columns)
-    return _mark(result, failures, job)
-
-
-def _serial(obj: Any, job: PieceJob, by_columns: bool) -> Any:
-    try:
-        value, failed = run_piece(job, obj)
-    except Exception as exc:
-        call = getattr(exc, "_parmap_call", None)
-        if call is None:
-            raise  # pandas' own error, not the function's
-        import traceback
-
-        raise _row_error(obj, 0, job, by_columns, exc, call, traceback.format_exc()) from exc
-    return _mark(value, _failures(obj, 0, job, by_columns, failed), job)
+            split.results.append(None)
+            split.failures.extend(_piece_failed(split.pieces[position], split.starts[position],
+                                                split.by_columns, outcome))  # fmt: skip
+        else:
+            split.gave(position, *outcome)
 
 
 # ------------------------------------------------------------------- placing failures
