@@ -400,3 +400,78 @@ def test_errors_where_the_rows_ran(fail_at):
     expected = df.drop(index=f"row{fail_at}").apply(good, axis=1).reindex(df.index)
     assert_frame_equal(got, expected)
     assert [f.item for f in got.attrs["parmap_failures"]] == [f"row{fail_at}"]
+
+
+# -------------------------------------------------------------------------- groupby
+def _grouped_frame(n: int = 50):
+    return pd.DataFrame(
+        {
+            "k": list("bacabdeffg") * (n // 10),
+            "k2": np.arange(n) % 3,
+            "v": np.arange(n),
+            "w": np.arange(n) * 0.5,
+        },
+        index=_index("strings", n),
+    )
+
+
+GROUP_FUNCS = {
+    "scalar": lambda g: g["v"].sum(),
+    "series": lambda g: pd.Series({"a": g["v"].sum(), "b": g["w"].mean()}),
+    "head": lambda g: g.head(2),
+    "transform": lambda g: g * 2,
+}
+GPAR = {"workers": 2, "chunksize": 2, "progress": False}
+
+
+def _assert_same(got, expected):
+    if isinstance(expected, pd.DataFrame):
+        assert_frame_equal(got, expected)
+    else:
+        assert_series_equal(got, expected)
+
+
+@pytest.mark.parametrize("name", list(GROUP_FUNCS))
+@pytest.mark.parametrize("group_keys", [True, False])
+@pytest.mark.parametrize("by", ["k", ["k", "k2"]], ids=["one-key", "two-keys"])
+def test_groupby_apply_equals_pandas(by, group_keys, name):
+    gb = _grouped_frame().groupby(by, group_keys=group_keys)
+    func = GROUP_FUNCS[name]
+    _assert_same(gb.parmap.apply(func, **GPAR), gb.apply(func))
+
+
+@pytest.mark.parametrize("group_keys", [True, False])
+@pytest.mark.parametrize("name", ["sum", "cumsum", "describe"])
+def test_series_groupby_apply_equals_pandas(name, group_keys):
+    gb = _grouped_frame().groupby("k", group_keys=group_keys)["v"]
+    func = {
+        "sum": lambda g: g.sum(),
+        "cumsum": lambda g: g.cumsum(),
+        "describe": lambda g: g.describe(),
+    }[name]
+    _assert_same(gb.parmap.apply(func, **GPAR), gb.apply(func))
+
+
+def test_groupby_keys_that_are_not_columns_and_unsorted_groups():
+    df = _grouped_frame()
+    func = GROUP_FUNCS["scalar"]
+    for gb in (df.groupby(df["k"].str.upper()), df.groupby("k", sort=False),
+               df.groupby(level=0), df.groupby(df["k"].astype("category"), observed=True)):  # fmt: skip
+        _assert_same(gb.parmap.apply(func, **GPAR), gb.apply(func))
+    gb = df.groupby("k")
+    _assert_same(gb.parmap.apply(func, progress=False), gb.apply(func))  # kernel first
+
+
+def test_groupby_errors_name_the_group():
+    def func(g):
+        if g.name == "d":
+            raise ZeroDivisionError("no d")
+        return g["v"].sum()
+
+    gb = _grouped_frame().groupby("k")
+    with pytest.raises(ZeroDivisionError, match=r"group 'd' raised ZeroDivisionError: no d"):
+        gb.parmap.apply(func, **GPAR)
+    got = gb.parmap.apply(func, errors="collect", **GPAR)
+    expected = gb.apply(lambda g: np.nan if g.name == "d" else g["v"].sum())
+    assert_series_equal(got, expected)
+    assert [f.item for f in got.attrs["parmap_failures"]] == ["d"]

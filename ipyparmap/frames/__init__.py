@@ -50,10 +50,21 @@ def _register() -> None:
         return
     import pandas as pd
 
-    from ipyparmap.frames.accessors import DataFrameAccessor, SeriesAccessor
+    from ipyparmap.frames.accessors import (
+        DataFrameAccessor,
+        GroupByAccessorProperty,
+        SeriesAccessor,
+    )
 
     pd.api.extensions.register_series_accessor("parmap")(SeriesAccessor)
     pd.api.extensions.register_dataframe_accessor("parmap")(DataFrameAccessor)
+    try:
+        from pandas.api.typing import DataFrameGroupBy, SeriesGroupBy
+    except ImportError:  # pandas before 2.1
+        from pandas.core.groupby import DataFrameGroupBy, SeriesGroupBy
+    for cls in (DataFrameGroupBy, SeriesGroupBy):
+        if "parmap" not in vars(cls):
+            cls.parmap = GroupByAccessorProperty()
     _registered = True
 
 
