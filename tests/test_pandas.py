@@ -366,6 +366,8 @@ def test_bad_options_are_refused():
         s.parmap.map(str, chunksize=0)
     with pytest.raises(TypeError, match="need a function"):
         s.parmap.apply("sum")
+    with pytest.raises(NotImplementedError, match="by_row=False"):
+        s.parmap.apply(sum, by_row=False)
 
 
 def _slow_row(fail_at=None):

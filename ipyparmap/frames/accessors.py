@@ -359,6 +359,11 @@ class SeriesAccessor(_Accessor):
         options (``workers=``, ``errors=``...) are taken out of ``kwargs``; the rest go
         to ``func``."""
         kwargs, options = _split_options(kwargs)
+        if kwargs.get("by_row", "compat") is False:
+            raise NotImplementedError(
+                "s.parmap.apply(by_row=False) would call func on pieces of the Series, "
+                "not on the whole: call s.apply"
+            )
         job = PieceJob("series_apply", func, args=tuple(args), kwargs=kwargs)
         return run(self._obj, job, options)
 
