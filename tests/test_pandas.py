@@ -477,3 +477,45 @@ def test_groupby_errors_name_the_group():
     expected = gb.apply(lambda g: np.nan if g.name == "d" else g["v"].sum())
     assert_series_equal(got, expected)
     assert [f.item for f in got.attrs["parmap_failures"]] == ["d"]
+
+
+EDGE_CASES = {
+    "categorical": lambda: (pd.Series(pd.Categorical(list("abcab") * 6)), "map", str.upper),
+    "tz-aware index": lambda: (
+        pd.Series(range(30), index=pd.date_range("2024", periods=30, tz="Europe/Paris")),
+        "map",
+        lambda x: x * 2,
+    ),
+    "Int64 with NA": lambda: (
+        pd.Series(pd.array([1, None, 3] * 10, dtype="Int64")),
+        "map",
+        lambda x: x,
+    ),
+    "timestamps": lambda: (pd.Series(pd.date_range("2024", periods=30)), "map", lambda t: t.day),
+    "empty series": lambda: (pd.Series([], dtype=float), "map", lambda x: x),
+    "empty frame rows": lambda: (pd.DataFrame({"a": []}), "apply1", lambda r: 1),
+    "dict per row": lambda: (pd.DataFrame({"a": range(30)}), "apply1", lambda r: {"q": r["a"]}),
+    "tuple per row": lambda: (
+        pd.DataFrame({"a": range(30), "b": list("xy") * 15}),
+        "apply1",
+        lambda r: (r["a"], r["b"]),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(EDGE_CASES))
+def test_edge_cases_equal_pandas(case):
+    obj, how, func = EDGE_CASES[case]()
+    if how == "map":
+        got, expected = obj.parmap.map(func, **PAR), obj.map(func)
+    else:
+        got, expected = obj.parmap.apply(func, axis=1, **PAR), obj.apply(func, axis=1)
+    _assert_same(got, expected)
+
+
+@pytest.mark.parametrize("dropna", [True, False])
+def test_groupby_with_missing_keys(dropna):
+    df = pd.DataFrame({"k": [1, 1, np.nan, 2] * 8, "v": range(32)})
+    for group_keys, func in ((True, GROUP_FUNCS["scalar"]), (False, lambda g: g * 2)):
+        gb = df.groupby("k", dropna=dropna, group_keys=group_keys)
+        _assert_same(gb.parmap.apply(func, **GPAR), gb.apply(func))

@@ -110,6 +110,8 @@ def run(obj: Any, job: PieceJob, options: dict[str, Any], by_columns: bool = Fal
     if chunk is not None and (not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1):
         raise ValueError(f"chunksize must be a positive int (rows per piece), got {chunk!r}")
     split = _Split(obj, job, by_columns)
+    if split.length == 0:  # pandas' own rules for empty input (it may call func once)
+        return _mark(run_piece(job, obj)[0], [], job)
     # In the kernel first: slices of 1, 2, 4... rows until SERIAL_SECONDS have passed
     # (about what a warm parallel call costs); a small or cheap input ends there. Not
     # with what only workers enforce (timeout=, retries=), another backend, a chunksize=.
