@@ -519,3 +519,15 @@ def test_groupby_with_missing_keys(dropna):
     for group_keys, func in ((True, GROUP_FUNCS["scalar"]), (False, lambda g: g * 2)):
         gb = df.groupby("k", dropna=dropna, group_keys=group_keys)
         _assert_same(gb.parmap.apply(func, **GPAR), gb.apply(func))
+
+
+def test_errors_mode_from_config_parmap():
+    from ipyparmap import api
+
+    api.configure_defaults({"errors": "collect"})
+    try:
+        got = pd.Series(range(N)).parmap.map(_fails_on(3), **PAR)
+    finally:
+        api.configure_defaults({})
+    assert np.isnan(got.iloc[3]) and got.iloc[4] == 8
+    assert [f.index for f in got.attrs["parmap_failures"]] == [3]

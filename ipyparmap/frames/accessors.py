@@ -47,6 +47,20 @@ def _options(given: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
+def _errors_mode(options: dict[str, Any]) -> str:
+    """The call's ``errors=``: passed, else `register_pandas`'s, else ``%config
+    Parmap.errors``, else "raise"; written into ``options`` (the pieces must know it)."""
+    errors = options.get("errors")
+    if errors is None:
+        from ipyparmap import api
+
+        errors = api._configured.get("errors", "raise")
+    if errors not in ("raise", "collect"):
+        raise ValueError(f"errors must be one of: 'raise', 'collect', got {errors!r}")
+    options["errors"] = errors
+    return errors
+
+
 def _split_options(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(the function's keyword arguments, the run options) of an ``apply`` call."""
     run = {k: kwargs.pop(k) for k in RUN_OPTIONS if k in kwargs}
@@ -102,9 +116,7 @@ def run(obj: Any, job: PieceJob, options: dict[str, Any], by_columns: bool = Fal
             f"the parmap accessors need a function, got {type(job.func).__name__}; "
             "call pandas directly for strings, lists and dicts"
         )
-    errors = options.get("errors", "raise")
-    if errors not in ("raise", "collect"):
-        raise ValueError(f"errors must be one of: 'raise', 'collect', got {errors!r}")
+    errors = _errors_mode(options)
     job = job._replace(collect=errors == "collect")
     chunk = options.pop("chunksize", None)
     if chunk is not None and (not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1):
@@ -498,9 +510,7 @@ def run_groups(gb: Any, job: PieceJob, options: dict[str, Any]) -> Any:
         raise TypeError(
             f"groupby(...).parmap.apply needs a function, got {type(job.func).__name__}"
         )
-    errors = options.get("errors", "raise")
-    if errors not in ("raise", "collect"):
-        raise ValueError(f"errors must be one of: 'raise', 'collect', got {errors!r}")
+    errors = _errors_mode(options)
     chunk = options.pop("chunksize", None)
     if chunk is not None and (not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1):
         raise ValueError(f"chunksize must be a positive int (groups per piece), got {chunk!r}")
