@@ -40,6 +40,7 @@ _LAZY = {
     "current_process": "dropins.compat",
     "Run": "engine.background",
     "parmap_async": "api",
+    "register_pandas": "frames",
 }
 
 __all__ = [
@@ -64,10 +65,26 @@ __all__ = [
     "imap",
     "parmap",
     "parmap_async",
+    "register_pandas",
     "set_idle_timeout",
     "shared_array",
     "shutdown",
 ]
+
+
+def _hook_pandas() -> None:
+    """The ``.parmap`` accessors of pandas: registered now if pandas is imported, else
+    when it is (never in a worker, which has no use for them)."""
+    import os
+
+    if os.environ.get("IPYPARMAP_WORKER"):
+        return
+    from ipyparmap.frames import register_when_imported
+
+    register_when_imported()
+
+
+_hook_pandas()
 
 
 def __getattr__(name: str):

@@ -1,0 +1,127 @@
+"""pandas accessors: ``df.parmap`` and ``s.parmap`` (layer: api).
+
+``import ipyparmap`` calls `register_when_imported`: if pandas is imported already the
+accessors are registered at once, else a finder on ``sys.meta_path`` waits for
+``import pandas`` and registers them right after it (no pandas import of our own, so
+``import ipyparmap`` stays light). `register_pandas` registers them explicitly and sets
+the defaults of their calls. The accessors themselves are in `accessors`, the part that
+runs in the workers in `pieces`.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+_registered = False
+
+
+def register_pandas(serial_seconds: float | None = None, **defaults: Any) -> None:
+    """Register the ``.parmap`` accessors of pandas Series and DataFrame (imports pandas).
+
+    ``import ipyparmap`` does this by itself when pandas is, or later gets, imported;
+    call it to set the defaults of the accessors' calls (``workers=``, ``progress=``,
+    ``errors=``, ``chunksize=`` (rows per piece), ``timeout=``, ``retries=``,
+    ``backend=``; a call's own arguments win) and ``serial_seconds`` (how long a call
+    runs its first rows in the kernel before it sends the rest to the workers; default
+    0.01, 0 sends every row). Calling it again replaces the defaults.
+    """
+    _register()
+    from ipyparmap.frames import accessors
+
+    unknown = set(defaults) - set(accessors.RUN_OPTIONS)
+    if unknown:
+        raise TypeError(f"not run options of the accessors: {', '.join(sorted(unknown))}")
+    accessors.DEFAULTS.clear()
+    accessors.DEFAULTS.update({k: v for k, v in defaults.items() if v is not None})
+    if serial_seconds is not None:
+        if (
+            isinstance(serial_seconds, bool)
+            or not isinstance(serial_seconds, (int, float))
+            or not serial_seconds >= 0
+        ):
+            raise ValueError(f"serial_seconds must be a number >= 0, got {serial_seconds!r}")
+        accessors.SERIAL_SECONDS = float(serial_seconds)
+
+
+def _register() -> None:
+    global _registered
+    if _registered:
+        return
+    import pandas as pd
+
+    from ipyparmap.frames.accessors import (
+        DataFrameAccessor,
+        GroupByAccessorProperty,
+        SeriesAccessor,
+    )
+
+    pd.api.extensions.register_series_accessor("parmap")(SeriesAccessor)
+    pd.api.extensions.register_dataframe_accessor("parmap")(DataFrameAccessor)
+    try:
+        from pandas.api.typing import DataFrameGroupBy, SeriesGroupBy
+    except ImportError:  # pandas before 2.1
+        from pandas.core.groupby import DataFrameGroupBy, SeriesGroupBy
+    for cls in (DataFrameGroupBy, SeriesGroupBy):
+        if "parmap" not in vars(cls):
+            cls.parmap = GroupByAccessorProperty()
+    _registered = True
+
+
+def _register_quietly() -> None:
+    """Registration as a side effect of an import: a failure warns, never breaks it."""
+    try:
+        _register()
+    except Exception as exc:  # e.g. a pandas too old or too new for the accessors
+        import warnings
+
+        warnings.warn(f"ipyparmap: the pandas accessors are not available: {exc}", stacklevel=3)
+
+
+class _PandasImportHook:
+    """A ``sys.meta_path`` finder that finds nothing itself: when ``pandas`` is being
+    imported it asks the other finders for its spec, and wraps the loader so that the
+    accessors are registered once pandas' own module has run. It removes itself."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name != "pandas":
+            return None
+        _remove_hook()
+        for finder in list(sys.meta_path):
+            find = getattr(finder, "find_spec", None)
+            if find is None:
+                continue
+            spec = find(name, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        loader = spec.loader
+        exec_module = getattr(loader, "exec_module", None)
+        if exec_module is None:
+            return spec
+
+        def exec_then_register(module: Any) -> None:
+            exec_module(module)
+            # the finder runs while pandas is being imported: sys.modules has it now
+            _register_quietly()
+
+        try:
+            loader.exec_module = exec_then_register
+        except Exception:  # a loader that takes no attributes: register on first use
+            pass
+        return spec
+
+
+def _remove_hook() -> None:
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _PandasImportHook)]
+
+
+def register_when_imported() -> None:
+    """Register now if pandas is imported, else when it is (see the module's doc)."""
+    if _registered:
+        return
+    if "pandas" in sys.modules:
+        _register_quietly()
+    elif not any(isinstance(f, _PandasImportHook) for f in sys.meta_path):
+        sys.meta_path.insert(0, _PandasImportHook())
