@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, run_python
 
-HEAVY = ("IPython", "ipywidgets", "psutil", "numpy", "distributed", "cloudpickle")
+HEAVY = ("IPython", "ipywidgets", "psutil", "numpy", "pandas", "distributed", "cloudpickle")
 
 
 def test_import_is_light():
