@@ -174,6 +174,18 @@ class Worker:
 
     def init(self, settings: dict) -> None:
         sys.path[:] = settings.get("sys_path", sys.path)
+        parent = settings.get("parent")
+        if parent is not None:  # act as the parent's spawned multiprocessing child
+            from multiprocessing import process
+
+            process.current_process().authkey = parent["authkey"]
+            try:  # parent_process(): stdlib's stand-in, alive until the parent's pidfd ends
+                sentinel = os.pidfd_open(parent["pid"])
+                process._parent_process = process._ParentProcess(
+                    parent["name"], parent["pid"], sentinel
+                )
+            except (AttributeError, OSError):  # no pidfd (macOS): parent_process() is None
+                pass
 
     def apply_world(self, world: M.World) -> None:
         """Take the caller's working directory, environment, ``sys.path`` and module
