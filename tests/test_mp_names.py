@@ -357,3 +357,36 @@ def test_the_child_prints_its_traceback_or_exit_message_to_its_own_stderr(how, t
         assert text == "the reason\n"
     out, err = capfd.readouterr()
     assert "boom" not in out + err and "the reason" not in out + err
+
+
+SUBCLASS = """
+import multiprocessing
+
+class Worker(multiprocessing.Process):
+    def __init__(self, queue, **kwargs):
+        super().__init__(**kwargs)
+        self.queue = queue
+
+    def run(self):
+        self.queue.put(("ran", multiprocessing.current_process().name))
+"""
+
+
+def test_a_subclass_holding_a_queue_runs_its_run_method():
+    source = SUBCLASS.replace("multiprocessing.Process", "Process")
+    ns = {"Process": pm.Process}
+    worker_class = notebook_function(source, "Worker", **ns)
+    queue = pm.Queue()
+    (proc,) = started(worker_class(queue, name="sub"))
+    assert queue.get(timeout=60) == ("ran", "sub")
+    assert joined(proc) == [0]
+
+
+def test_without_pidfd_parent_process_is_still_there(monkeypatch):
+    monkeypatch.setenv("IPYPARMAP_MASK", "pidfd")
+    report = notebook_function(REPORT, "report")
+    queue = pm.Queue()
+    (proc,) = started(pm.Process(target=report, args=(queue,)))
+    parent_pid, _, alive, *_ = queue.get(timeout=60)
+    assert (parent_pid, alive) == (os.getpid(), True)
+    assert joined(proc) == [0]

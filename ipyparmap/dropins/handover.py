@@ -133,6 +133,8 @@ class _Server:
                 continue
             try:
                 with conn:
+                    if not conn.poll(10):  # a worker that stalls can't hold up the others
+                        continue
                     key = conn.recv()
                     with self.lock:
                         fds = self.parcels.get(key)

@@ -179,13 +179,18 @@ class Worker:
             from multiprocessing import process
 
             process.current_process().authkey = parent["authkey"]
-            try:  # parent_process(): stdlib's stand-in, alive until the parent's pidfd ends
+            # parent_process(): the standard library's stand-in, whose sentinel is ready
+            # once the parent is gone: its pidfd, else a pipe nobody writes to (this
+            # worker exits when the parent does: _watch)
+            try:
+                if not system.has_pidfd():
+                    raise OSError("no pidfd")
                 sentinel = os.pidfd_open(parent["pid"])
-                process._parent_process = process._ParentProcess(
-                    parent["name"], parent["pid"], sentinel
-                )
-            except (AttributeError, OSError):  # no pidfd (macOS): parent_process() is None
-                pass
+            except (AttributeError, OSError):
+                sentinel, self._parent_pipe = os.pipe()
+            maker = getattr(process, "_ParentProcess", None)
+            if maker is not None:
+                process._parent_process = maker(parent["name"], parent["pid"], sentinel)
 
     def apply_world(self, world: M.World) -> None:
         """Take the caller's working directory, environment, ``sys.path`` and module
