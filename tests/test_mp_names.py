@@ -390,3 +390,11 @@ def test_without_pidfd_parent_process_is_still_there(monkeypatch):
     parent_pid, _, alive, *_ = queue.get(timeout=60)
     assert (parent_pid, alive) == (os.getpid(), True)
     assert joined(proc) == [0]
+
+
+def test_per_task_arguments_refuse_a_queue_as_the_standard_library_does():
+    queue = pm.Queue()
+    with pm.Pool(1) as pool, pytest.raises(RuntimeError, match="through inheritance"):
+        pool.map(print, [queue])
+    with pm.ProcessPoolExecutor(1) as pool, pytest.raises(RuntimeError, match="inheritance"):
+        pool.submit(print, pm.Lock())
