@@ -398,3 +398,24 @@ def test_per_task_arguments_refuse_a_queue_as_the_standard_library_does():
         pool.map(print, [queue])
     with pm.ProcessPoolExecutor(1) as pool, pytest.raises(RuntimeError, match="inheritance"):
         pool.submit(print, pm.Lock())
+
+
+def test_replacement_workers_open_the_same_initargs_again():
+    # maxtasksperchild=1: every task has a fresh worker, and each one fetches the
+    # queue's descriptors anew (the standard library pickles initargs per child)
+    init = notebook_function(INIT, "init")
+    task = init.__globals__["task"]
+    log = pm.Queue()
+    with pm.Pool(1, initializer=init, initargs=(log,), maxtasksperchild=1) as pool:
+        assert pool.map(task, range(3), chunksize=1) == [0, 2, 4]
+        records = [log.get(timeout=60) for _ in range(3)]
+    assert sorted(x for _, x in records) == [0, 1, 2]
+    assert len({pid for pid, _ in records}) == 3
+
+
+def test_what_a_process_put_in_a_queue_arrives_after_it_exited():
+    producer = notebook_function(PRODUCER, "producer")
+    queue = pm.Queue()
+    (proc,) = started(pm.Process(target=producer, args=(queue, 50)))
+    assert joined(proc) == [0]  # the worker flushed its queue before exiting
+    assert [queue.get(timeout=60) for _ in range(51)] == [i * i for i in range(50)] + [None]
