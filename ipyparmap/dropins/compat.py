@@ -449,8 +449,10 @@ class Process:
     """``multiprocessing.Process`` for notebook-defined targets, under spawn.
 
     Its ``print`` output shows in the cell that started it. If the target raises, the
-    traceback goes to stderr and ``exitcode`` is 1 (``sys.exit(n)`` gives ``n``), as with
-    the standard library.
+    worker writes the traceback to its own ``sys.stderr`` (the cell, unless the target
+    redirected it) and ``exitcode`` is 1 (``sys.exit(n)`` gives ``n``), as with the
+    standard library (dropins/calls.py ``ProcessCall``). Its arguments may hold queues,
+    locks, shared values and pipes (dropins/handover.py).
     """
 
     def __init__(
@@ -628,10 +630,6 @@ class Process:
         if self._worker is not None:
             self._worker.close()
         self._closed = True
-
-
-def _nothing(*args, **kwargs) -> None:
-    return None
 
 
 def freeze_support() -> None:
