@@ -419,3 +419,28 @@ def test_what_a_process_put_in_a_queue_arrives_after_it_exited():
     (proc,) = started(pm.Process(target=producer, args=(queue, 50)))
     assert joined(proc) == [0]  # the worker flushed its queue before exiting
     assert [queue.get(timeout=60) for _ in range(51)] == [i * i for i in range(50)] + [None]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts /proc/self/fd")
+def test_handed_over_descriptors_are_closed_when_the_workers_are_done():
+    producer = notebook_function(PRODUCER, "producer")
+    init = notebook_function(INIT, "init")
+    queue = pm.Queue()
+    for _ in range(2):  # warm: the handover server, the queue's own threads
+        (proc,) = started(pm.Process(target=producer, args=(queue, 1)))
+        joined(proc)
+        assert [queue.get(timeout=60) for _ in range(2)] == [0, None]
+    with pm.Pool(1, initializer=init, initargs=(queue,)) as pool:
+        pool.map(init.__globals__["task"], [5])
+    assert queue.get(timeout=60)[1] == 5
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        (proc,) = started(pm.Process(target=producer, args=(queue, 1)))
+        joined(proc)
+        proc.close()  # its sentinel (a pidfd) is released here, as with the stdlib
+        assert [queue.get(timeout=60) for _ in range(2)] == [0, None]
+        with pm.Pool(1, initializer=init, initargs=(queue,)) as pool:
+            pool.map(init.__globals__["task"], [5])
+        assert queue.get(timeout=60)[1] == 5
+    wait_for(lambda: len(os.listdir("/proc/self/fd")) <= before, timeout=10,
+             what="the handed-over descriptors to be closed")  # fmt: skip
