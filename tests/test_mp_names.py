@@ -444,3 +444,60 @@ def test_handed_over_descriptors_are_closed_when_the_workers_are_done():
         assert queue.get(timeout=60)[1] == 5
     wait_for(lambda: len(os.listdir("/proc/self/fd")) <= before, timeout=10,
              what="the handed-over descriptors to be closed")  # fmt: skip
+
+
+CHILD = """
+def child(q, *args, **kwargs):
+    import multiprocessing, os
+    current = multiprocessing.current_process()
+    q.put(args)
+    q.put(kwargs)
+    q.put(current.name)
+    q.put(bytes(current.authkey))
+    q.put(os.getpid())
+"""
+
+
+def test_process_as_cpythons_test_process_checks_it():
+    # after Lib/test/_test_multiprocessing.py::_TestProcess.test_process
+    child = notebook_function(CHILD, "child")
+    q = pm.Queue()
+    args, kwargs = (1, 2, "3"), {"hello": 23, "bye": 2.54}
+    p = pm.Process(target=child, args=(q, *args), kwargs=kwargs, name="SomeProcess")
+    p.daemon = True
+    assert p.authkey == pm.current_process().authkey
+    assert not p.is_alive() and p.daemon and p.exitcode is None
+    assert p not in pm.active_children() and type(pm.active_children()) is list
+    p.start()
+    assert p.exitcode is None and p.is_alive() and p in pm.active_children()
+    assert q.get(timeout=60) == args
+    assert q.get(timeout=60) == kwargs
+    assert q.get(timeout=60) == "SomeProcess"
+    assert q.get(timeout=60) == pm.current_process().authkey
+    assert q.get(timeout=60) == p.pid
+    assert joined(p) == [0]
+    assert not p.is_alive() and p not in pm.active_children()
+    p.close()
+    with pytest.raises(ValueError):
+        p.sentinel  # noqa: B018
+
+
+EXIT = """
+def exiting(path, reason):
+    import sys
+    sys.stderr = open(path, "w")
+    sys.exit(reason)
+"""
+
+
+@pytest.mark.parametrize(
+    ("reason", "code", "text"),
+    [([1, 2, 3], 1, "[1, 2, 3]\n"), ("ignore this", 1, "ignore this\n"), (True, 1, ""),
+     (False, 0, ""), (8, 8, ""), (None, 0, "")],
+)  # fmt: skip
+def test_sys_exit_codes_and_messages_as_cpythons_test_sys_exit(reason, code, text, tmp_path):
+    exiting = notebook_function(EXIT, "exiting")
+    path = tmp_path / "stderr.txt"
+    (proc,) = started(pm.Process(target=exiting, args=(str(path), reason)))
+    assert joined(proc) == [code]
+    assert path.read_text() == text

@@ -537,6 +537,8 @@ class Process:
     def sentinel(self) -> int:
         """A descriptor that becomes ready when the process ends (for
         ``multiprocessing.connection.wait``)."""
+        if self._closed:
+            raise ValueError("process object is closed")
         if self._worker is None:
             raise ValueError("process not started")
         return self._worker.sentinel
