@@ -501,3 +501,36 @@ def test_sys_exit_codes_and_messages_as_cpythons_test_sys_exit(reason, code, tex
     (proc,) = started(pm.Process(target=exiting, args=(str(path), reason)))
     assert joined(proc) == [code]
     assert path.read_text() == text
+
+
+FORKED = """
+def in_forked_child(result):
+    import ipyparmap as pm
+
+    def put(q):
+        q.put("from the grandchild")
+
+    q = pm.Queue()
+    p = pm.Process(target=put, args=(q,))
+    p.start()
+    result.put(q.get(timeout=60))
+    p.join(60)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_hands_over_through_its_own_server():
+    producer = notebook_function(PRODUCER, "producer")
+    queue = pm.Queue()
+    (proc,) = started(pm.Process(target=producer, args=(queue, 1)))  # the server runs here
+    joined(proc)
+    in_forked_child = notebook_function(FORKED, "in_forked_child")
+    fork = multiprocessing.get_context("fork")
+    result = fork.Queue()
+    child = fork.Process(target=in_forked_child, args=(result,))
+    child.start()
+    try:
+        assert result.get(timeout=60) == "from the grandchild"
+    finally:
+        child.join(60)
+    assert child.exitcode == 0

@@ -164,6 +164,17 @@ _server: _Server | None = None
 _server_lock = threading.Lock()
 
 
+def _forget_server() -> None:
+    """In a forked child: the server thread stayed in the parent; start our own when
+    needed (the parent's listener is left alone: closing it would unlink its socket)."""
+    global _server, _server_lock
+    _server, _server_lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_server)
+
+
 def _the_server() -> _Server:
     global _server
     with _server_lock:
