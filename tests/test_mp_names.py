@@ -534,3 +534,22 @@ def test_a_forked_child_hands_over_through_its_own_server():
     finally:
         child.join(60)
     assert child.exitcode == 0
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts /proc/self/fd")
+def test_a_joined_process_garbage_collected_releases_its_descriptors():
+    import gc
+
+    def run_one():
+        proc = pm.Process(target=print, args=("collected",))
+        proc.start()
+        joined(proc)
+
+    run_one()
+    gc.collect()
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        run_one()
+    gc.collect()
+    wait_for(lambda: len(os.listdir("/proc/self/fd")) <= before, timeout=10,
+             what="the collected processes' descriptors to be closed")  # fmt: skip

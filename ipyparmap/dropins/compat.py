@@ -516,6 +516,7 @@ class Process:
         )  # fmt: skip
         self._reader.start()
         _live_processes.add(self)
+        weakref.finalize(self, _release_worker, worker)
 
     def __getstate__(self):  # a subclass instance travels to its own worker
         state = dict(self.__dict__)
@@ -632,6 +633,13 @@ class Process:
         if self._worker is not None:
             self._worker.close()
         self._closed = True
+
+
+def _release_worker(worker) -> None:
+    """A ``Process`` object was garbage collected: close its worker's descriptors (the
+    sentinel among them) if the worker has ended, as multiprocessing's Popen does."""
+    if worker.proc.poll() is not None:
+        worker.close()
 
 
 def freeze_support() -> None:
