@@ -163,6 +163,37 @@ FROM_MULTIPROCESSING = [
         "with multiprocessing.ProcessPoolExecutor(2) as executor:\n"
         "    print(list(executor.map(square, numbers)))",
     ),
+    (
+        "md",
+        "## Queues, locks and `Manager`\n\nThe rest of the tutorial surface is there too: "
+        "`Queue`, `Pipe`, `Lock`, `Event`, `Value`, `Array`, `Barrier`, `Manager`... "
+        "(the standard library's own, from its spawn context). Pass them to a `Process`, "
+        "or to a `Pool`'s `initializer`, as with the standard library. The classic "
+        "producer and consumer:",
+    ),
+    (
+        "code",
+        "def producer(queue):\n    for i in range(5):\n        queue.put(i * i)\n"
+        "    queue.put(None)  # no more\n\n"
+        "queue = multiprocessing.Queue()\n"
+        "p = multiprocessing.Process(target=producer, args=(queue,))\np.start()\n"
+        "while (item := queue.get()) is not None:\n    print('got', item)\np.join()",
+    ),
+    (
+        "md",
+        "A `Manager` dict filled by several processes (its proxies also work as "
+        "arguments of `Pool.map`):",
+    ),
+    (
+        "code",
+        "def record(shared, key):\n    shared[key] = key * 10\n\n"
+        "with multiprocessing.Manager() as manager:\n    shared = manager.dict()\n"
+        "    procs = [multiprocessing.Process(target=record, args=(shared, k)) "
+        "for k in range(3)]\n"
+        "    for proc in procs:\n        proc.start()\n"
+        "    for proc in procs:\n        proc.join()\n"
+        "    print(sorted(shared.items()))",
+    ),
     ("md", "A worker that dies fails its own task instead of hanging the pool:"),
     (
         "code",

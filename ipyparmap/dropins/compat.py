@@ -37,7 +37,8 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from ipyparmap.dropins.calls import PoolCall
+from ipyparmap.dropins import handover
+from ipyparmap.dropins.calls import PoolCall, ProcessCall
 from ipyparmap.dropins.futures import (
     GuardedInitializer,
     InitializerFailed,
@@ -105,7 +106,10 @@ class _Engine:
             raise TypeError("initializer must be a callable")
         self.workers = workers
         self.initializer = initializer
-        self.initargs = tuple(initargs)
+        # pickled once, as multiprocessing pickles them for a spawned child (queues,
+        # locks, pipes); each worker opens them before its first task
+        self.parcel = handover.pack(tuple(initargs)) if initializer is not None else None
+        self.initargs = () if self.parcel is None else (self.parcel,)
         self.token = uuid.uuid4().hex
         self.processes = ProcessSet()
         self.runner = JobServer(
@@ -135,10 +139,13 @@ class _Engine:
         self.runner.terminate()
         self.runner.thread.join(10)
         self.processes.shutdown()
+        handover.release(self.parcel)
 
     def join(self, timeout: float | None = None) -> None:
         self.runner.thread.join(timeout)
         self.processes.shutdown()
+        if not self.runner.thread.is_alive():
+            handover.release(self.parcel)
 
 
 # ------------------------------------------------------------------------------ results
@@ -525,8 +532,10 @@ class Process:
     """``multiprocessing.Process`` for notebook-defined targets, under spawn.
 
     Its ``print`` output shows in the cell that started it. If the target raises, the
-    traceback goes to stderr and ``exitcode`` is 1 (``sys.exit(n)`` gives ``n``), as with
-    the standard library.
+    worker writes the traceback to its own ``sys.stderr`` (the cell, unless the target
+    redirected it) and ``exitcode`` is 1 (``sys.exit(n)`` gives ``n``), as with the
+    standard library (dropins/calls.py ``ProcessCall``). Its arguments may hold queues,
+    locks, shared values and pipes (dropins/handover.py).
     """
 
     def __init__(
@@ -550,6 +559,8 @@ class Process:
         self._reader: threading.Thread | None = None
         self._target_exitcode: int | None = None
         self._closed = False
+        self._parcel = None
+        self._authkey = None
 
     def __repr__(self) -> str:
         state = "initial" if self._worker is None else ("started" if self.is_alive() else "stopped")
@@ -565,14 +576,19 @@ class Process:
             raise ValueError("process object is closed")
         if self._worker is not None:
             raise AssertionError("cannot start a process twice")
+        # pickled as multiprocessing pickles for a spawned child: queues, locks, pipes
         if type(self).run is Process.run:
-            call = PoolCall(self._target or _nothing, "apply")
+            parcel = handover.pack((self._target, self._args, self._kwargs))
         else:  # a subclass overriding run(): send the object itself
-            call = PoolCall(type(self).run, "apply")
-        payload = pickle_function(call)
-        item = ((self,), {}) if type(self).run is not Process.run else (self._args, self._kwargs)
-        blob = dumps([item])
-        self._worker = worker = spawn_worker(worker_env())
+            parcel = handover.pack(self)
+        self._parcel = parcel
+        try:
+            payload = pickle_function(ProcessCall(self.name, bytes(self.authkey), parcel))
+            blob = dumps([None])
+            self._worker = worker = spawn_worker(worker_env())
+        except BaseException:
+            handover.release(parcel)
+            raise
         worker.send_function(payload)
         worker.send(M.pack(M.RunChunk(0, payload.key, blob, star=False, stride=1, table=None)))
         payload.close()
@@ -583,14 +599,42 @@ class Process:
         )  # fmt: skip
         self._reader.start()
         _live_processes.add(self)
+        weakref.finalize(self, _release_worker, worker)
 
     def __getstate__(self):  # a subclass instance travels to its own worker
         state = dict(self.__dict__)
-        state.update(_worker=None, _reader=None)
+        state.update(_worker=None, _reader=None, _parcel=None, _authkey=None)
         return state
+
+    @property
+    def authkey(self) -> bytes:
+        """The worker's ``multiprocessing`` authkey (default: this process's)."""
+        if self._authkey is None:
+            return multiprocessing.current_process().authkey
+        return self._authkey
+
+    @authkey.setter
+    def authkey(self, value: bytes) -> None:
+        self._authkey = multiprocessing.process.AuthenticationString(value)
+
+    @property
+    def sentinel(self) -> int:
+        """A descriptor that becomes ready when the process ends (for
+        ``multiprocessing.connection.wait``)."""
+        if self._closed:
+            raise ValueError("process object is closed")
+        if self._worker is None:
+            raise ValueError("process not started")
+        return self._worker.sentinel
 
     def _read(self) -> None:
         """Forward the target's output to this cell; note how the target ended."""
+        try:
+            self._read_messages()
+        finally:
+            handover.release(self._parcel)  # the worker is gone: nobody opens it now
+
+    def _read_messages(self) -> None:
         while True:
             try:
                 message, fds = self._worker.recv()
@@ -604,13 +648,19 @@ class Process:
             elif type(message) is M.ResultBatch:
                 for _, stream, text in message.outputs:
                     (sys.stdout if stream == "stdout" else sys.stderr).write(text)
-                self._target_exitcode = 0
+                self._target_exitcode = 1
                 if message.errors:
                     self._target_exitcode = self._report(next(iter(message.errors.values())))
+                elif message.table is None:
+                    try:  # ProcessCall's exit code (it printed any traceback itself)
+                        self._target_exitcode = int(loads(message.values)[0])
+                    except Exception:
+                        pass
             elif type(message) is M.LoadFailed:
                 self._target_exitcode = self._report(message.info)
 
     def _report(self, info) -> int:
+        """The call failed in the worker before the target ran (it could not load)."""
         if info is None:
             return 1
         exc = rebuild_exception(info)
@@ -668,8 +718,11 @@ class Process:
         self._closed = True
 
 
-def _nothing(*args, **kwargs) -> None:
-    return None
+def _release_worker(worker) -> None:
+    """A ``Process`` object was garbage collected: close its worker's descriptors (the
+    sentinel among them) if the worker has ended, as multiprocessing's Popen does."""
+    if worker.proc.poll() is not None:
+        worker.close()
 
 
 def freeze_support() -> None:

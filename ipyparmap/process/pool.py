@@ -282,8 +282,17 @@ def spawn_worker(env: dict[str, str]) -> WorkerHandle:
         for name in {*env, *ours}
         if env.get(name) != ours.get(name)  # set, changed or left out by worker_env
     )
-    worker.send(M.pack(M.Init({"sys_path": world.path})))
+    worker.send(M.pack(M.Init({"sys_path": world.path, "parent": _parent_settings()})))
     return worker
+
+
+def _parent_settings() -> dict:
+    """What a worker needs to act as a spawned ``multiprocessing`` child of ours: our
+    authkey (``Manager`` proxies and listeners authenticate with it), pid and name."""
+    from multiprocessing import process
+
+    me = process.current_process()
+    return {"authkey": bytes(me.authkey), "pid": os.getpid(), "name": me.name}
 
 
 #: Extra environment for new workers, or a function that builds it (called only when a

@@ -174,6 +174,23 @@ class Worker:
 
     def init(self, settings: dict) -> None:
         sys.path[:] = settings.get("sys_path", sys.path)
+        parent = settings.get("parent")
+        if parent is not None:  # act as the parent's spawned multiprocessing child
+            from multiprocessing import process
+
+            process.current_process().authkey = parent["authkey"]
+            # parent_process(): the standard library's stand-in, whose sentinel is ready
+            # once the parent is gone: its pidfd, else a pipe nobody writes to (this
+            # worker exits when the parent does: _watch)
+            try:
+                if not system.has_pidfd():
+                    raise OSError("no pidfd")
+                sentinel = os.pidfd_open(parent["pid"])
+            except (AttributeError, OSError):
+                sentinel, self._parent_pipe = os.pipe()
+            maker = getattr(process, "_ParentProcess", None)
+            if maker is not None:
+                process._parent_process = maker(parent["name"], parent["pid"], sentinel)
 
     def apply_world(self, world: M.World) -> None:
         """Take the caller's working directory, environment, ``sys.path`` and module

@@ -30,7 +30,9 @@ WORKER_ENV = "IPYPARMAP_WORKER"
 
 # -- parent -> worker ---------------------------------------------------------------
 class Init(NamedTuple):
-    """First message to a new worker: its settings (``sys_path``)."""
+    """First message to a new worker: its settings: ``sys_path``, and ``parent``
+    (``authkey``, ``pid``, ``name``: the worker takes our ``multiprocessing`` authkey and
+    gets a ``parent_process()``, as a spawned ``multiprocessing`` child does)."""
 
     TAG = "init"
     settings: dict
