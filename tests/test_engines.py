@@ -465,7 +465,9 @@ def test_stopping_a_drop_in_pool_leaves_nothing_behind(engine, how, tmp_path):
         assert pool.map(hold, items[:QUICK], chunksize=1) == list(range(QUICK))
         result = pool.map_async(hold, items[QUICK:], chunksize=1)
         held = both_workers_held(tmp_path)
-        with ctrl_c_when(held, "2 held items to start"), pytest.raises(KeyboardInterrupt):
+        # pytest.raises outside: the held tasks may have started already, so the Ctrl-C
+        # can come as soon as ctrl_c_when is entered, before get() is called
+        with pytest.raises(KeyboardInterrupt), ctrl_c_when(held, "2 held items to start"):
             result.get(60)
         started = time.monotonic()
         pool.terminate()  # what leaving `with Pool() as pool:` does
