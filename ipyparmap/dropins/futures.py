@@ -21,11 +21,9 @@ class InitializerFailed(Exception):
     """The executor's ``initializer`` raised in a worker (the message names the error)."""
 
 
-class GuardedInitializer:
-    """The user's initializer; when it raises, the worker logs "Exception in
-    initializer:" and the traceback on the ``concurrent.futures`` logger, as the stdlib
-    does, and the task fails with `InitializerFailed`, which the parent turns into a
-    broken pool."""
+class _Wrapping:
+    """A callable around the user's ``func`` that pickles as just that function (the
+    wrapper's class travels by reference; cloudpickle takes the function by value)."""
 
     __slots__ = ("func",)
 
@@ -37,6 +35,15 @@ class GuardedInitializer:
 
     def __setstate__(self, state):
         self.func = state
+
+
+class GuardedInitializer(_Wrapping):
+    """The user's initializer; when it raises, the worker logs "Exception in
+    initializer:" and the traceback on the ``concurrent.futures`` logger, as the stdlib
+    does, and the task fails with `InitializerFailed`, which the parent turns into a
+    broken pool."""
+
+    __slots__ = ()
 
     def __call__(self, *args: Any) -> None:
         try:
@@ -68,19 +75,10 @@ class PickledResult:
         self.data, self.error, self.tb = state
 
 
-class ResultCall:
+class ResultCall(_Wrapping):
     """``func(*args, **kwargs)`` whose result comes back as a `PickledResult`."""
 
-    __slots__ = ("func",)
-
-    def __init__(self, func):
-        self.func = func
-
-    def __getstate__(self):
-        return self.func
-
-    def __setstate__(self, state):
-        self.func = state
+    __slots__ = ()
 
     def __call__(self, *args: Any, **kwargs: Any) -> PickledResult:
         value = self.func(*args, **kwargs)
