@@ -175,3 +175,19 @@ def pytest_collection_modifyitems(config, items):
         feature, reason = LINUX_ONLY.get(item.nodeid.split("[")[0], (None, ""))
         if feature in system.MASKED:
             item.add_marker(pytest.mark.skip(reason=f"Linux-only ({feature} masked): {reason}"))
+
+
+@pytest.fixture
+def copies(monkeypatch):
+    """Bytes copied into fresh shared memory for sending, per call of write_buffers."""
+    from ipyparmap.wire import sharedmem
+
+    log = []
+    original = sharedmem.write_buffers
+
+    def write_buffers(buffers):
+        log.append(sum(b.nbytes for b in buffers))
+        return original(buffers)
+
+    monkeypatch.setattr(sharedmem, "write_buffers", write_buffers)
+    return log

@@ -35,20 +35,6 @@ def arenas():
     assert set(sharedmem._arenas) <= before
 
 
-@pytest.fixture
-def copies(monkeypatch):
-    """Bytes copied into fresh shared memory for sending, per call of write_buffers."""
-    log = []
-    original = sharedmem.write_buffers
-
-    def write_buffers(buffers):
-        log.append(sum(b.nbytes for b in buffers))
-        return original(buffers)
-
-    monkeypatch.setattr(sharedmem, "write_buffers", write_buffers)
-    return log
-
-
 # -- descriptors, reuse, threads ---------------------------------------------------------
 @pytest.mark.parametrize("count", [1_000, 5_000])
 def test_thousands_of_small_shared_arrays_hold_a_handful_of_descriptors(arenas, count):

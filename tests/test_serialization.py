@@ -143,22 +143,6 @@ def test_shared_memory_is_released(no_leaks):
 
 
 # -- pm.shared_array: data in shared memory from the start, sent without a copy -----------
-@pytest.fixture
-def copies(monkeypatch):
-    """Bytes copied into fresh shared memory for sending, per call of write_buffers."""
-    from ipyparmap.wire import sharedmem
-
-    log = []
-    original = sharedmem.write_buffers
-
-    def write_buffers(buffers):
-        log.append(sum(b.nbytes for b in buffers))
-        return original(buffers)
-
-    monkeypatch.setattr(sharedmem, "write_buffers", write_buffers)
-    return log
-
-
 def _total(a):
     return float(a.sum())
 
