@@ -64,3 +64,14 @@ def test_no_timeout_keeps_every_idle_worker():
 def test_set_idle_timeout_refuses_nonsense(bad):
     with pytest.raises(ValueError, match="seconds must be a positive number or None"):
         pm.set_idle_timeout(bad)
+
+
+def test_shutdown_ends_the_idle_watch_at_once():
+    # A pool shut down while its watch sleeps (up to idle_seconds) used to leave the
+    # thread behind: one per drop-in Pool/ProcessPoolExecutor (CPython's suites saw them).
+    pool = Pool(keep_warm=1, idle_seconds=60)
+    pool.release(pool.acquire(2))
+    reaper = pool._reaper
+    assert reaper is not None and reaper.is_alive()
+    pool.shutdown()
+    assert not reaper.is_alive()

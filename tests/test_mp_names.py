@@ -5,9 +5,11 @@ are defined as in a notebook (pickled by value)."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import multiprocessing
 import multiprocessing.connection
 import os
+import threading
 
 import pytest
 from conftest import notebook_function, wait_for
@@ -360,6 +362,7 @@ def test_the_child_prints_its_traceback_or_exit_message_to_its_own_stderr(how, t
 
 
 SUBCLASS = """
+import concurrent.futures
 import multiprocessing
 
 class Worker(multiprocessing.Process):
@@ -396,8 +399,26 @@ def test_per_task_arguments_refuse_a_queue_as_the_standard_library_does():
     queue = pm.Queue()
     with pm.Pool(1) as pool, pytest.raises(RuntimeError, match="through inheritance"):
         pool.map(print, [queue])
-    with pm.ProcessPoolExecutor(1) as pool, pytest.raises(RuntimeError, match="inheritance"):
-        pool.submit(print, pm.Lock())
+    with pm.ProcessPoolExecutor(1) as pool:
+        future = pool.submit(print, pm.Lock())  # as the stdlib: the error is the future's
+        with pytest.raises(RuntimeError, match="inheritance") as caught:
+            future.result(30)
+    assert isinstance(caught.value.__cause__, concurrent.futures.process._RemoteTraceback)
+
+
+def test_an_unpicklable_function_fails_its_future_with_its_own_error():
+    lock = threading.Lock()
+    with pm.ProcessPoolExecutor(1) as pool:
+        future = pool.submit(lambda: lock)
+        error = future.exception(30)
+        assert isinstance(error, TypeError) and "_thread.lock" in str(error)
+        assert any("lock" in note for note in getattr(error, "__notes__", []))  # names it
+        assert pool.submit(abs, -2).result(60) == 2  # the pool goes on
+
+
+def test_submit_passes_self_and_fn_as_keywords():
+    with pm.ProcessPoolExecutor(1) as pool:
+        assert pool.submit(dict, self=2, fn=3).result(60) == {"self": 2, "fn": 3}
 
 
 def test_replacement_workers_open_the_same_initargs_again():

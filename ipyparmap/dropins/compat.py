@@ -20,10 +20,8 @@ oldest submission first.
 
 from __future__ import annotations
 
-import atexit
 import concurrent.futures
 import contextvars
-import itertools
 import multiprocessing
 import multiprocessing.pool
 import os
@@ -32,6 +30,7 @@ import sys
 import threading
 import time
 import uuid
+import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures.process import BrokenProcessPool
@@ -66,14 +65,18 @@ from ipyparmap.wire.serialize import (
 TimeoutError = multiprocessing.TimeoutError  # as multiprocessing.TimeoutError
 
 
-def _task_exception(error: BaseException | None) -> BaseException:
-    """The exception a standard-library user expects for a failed task."""
+def _task_exception(
+    error: BaseException | None, remote: type = multiprocessing.pool.RemoteTraceback
+) -> BaseException:
+    """The exception a standard-library user expects for a failed task, with the
+    worker's traceback as its cause (``remote``: ``multiprocessing``'s class, or
+    ``concurrent.futures``' for the executor)."""
     if getattr(error, "argument_error", False) and isinstance(error.__cause__, BaseException):
         return error.__cause__  # "cannot pickle '_thread.lock' object": the argument's own
     cause = getattr(error, "__cause__", None)
     text = getattr(cause, "tb", None)
     if text is not None:  # the task's exception: the worker's traceback as its cause
-        error.__cause__ = multiprocessing.pool.RemoteTraceback(text)
+        error.__cause__ = remote(text)
     return error
 
 
@@ -301,6 +304,12 @@ class Pool:
     def __repr__(self) -> str:
         return f"<ipyparmap.Pool state={self._state} pool_size={self._processes}>"
 
+    def __del__(self, _warn=warnings.warn) -> None:
+        # As multiprocessing: a pool dropped while running is a leak worth a warning
+        # (its finalizer still stops the workers).
+        if getattr(self, "_state", None) == "RUN":
+            _warn(f"unclosed running multiprocessing pool {self!r}", ResourceWarning, source=self)
+
     def _check_running(self) -> None:
         if self._state != "RUN":
             raise ValueError("Pool not running")
@@ -405,7 +414,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
             raise TypeError("initializer must be a callable")
         guarded = None if initializer is None else GuardedInitializer(initializer)
         self._max_workers = max_workers
-        self._mp_context = mp_context
+        self._mp_context = mp_context if mp_context is not None else _spawn_context()
         self._max_tasks_per_child = max_tasks_per_child
         self._engine = _Engine(max_workers, guarded, initargs, max_tasks_per_child)
         self._shutdown = False
@@ -428,7 +437,6 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
             self._check_open()
             future: concurrent.futures.Future = concurrent.futures.Future()
             item = (args, kwargs)
-            _check_arguments(item)
 
             def finished(job: Job) -> None:  # runs in the pool's thread
                 if future.done():  # cancelled, or failed by a broken pool
@@ -449,9 +457,14 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
             def start() -> bool:  # False: cancelled (or broken) while pending
                 return not future.done() and future.set_running_or_notify_cancel()
 
-            self._engine.submit(
-                ResultCall(fn), [item], "apply", MAP, 1, on_done=finished, start=start,
-            )  # fmt: skip
+            try:  # the function and arguments are pickled now, in the caller
+                _check_arguments(item)
+                self._engine.submit(
+                    ResultCall(fn), [item], "apply", MAP, 1, on_done=finished, start=start,
+                )  # fmt: skip
+            except Exception as exc:  # as the standard library: on the future
+                future.set_exception(_pickling_failure(exc))
+                return future
             self._pending.add(future)
             return future
 
@@ -464,12 +477,12 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
             isinstance(error, SerializationError) and not error.argument_error
         ):  # a dead worker, or a task that could not be loaded in the worker
             return _broken_pool_error(error)
-        return _task_exception(error)
+        return _task_exception(error, _FuturesTraceback)
 
     def _break(self, error: BaseException) -> None:
         """The initializer failed in a worker: as in the standard library, every pending
         future fails with ``BrokenProcessPool`` and ``submit`` raises it from now on."""
-        cause = _task_exception(error)
+        cause = _task_exception(error, _FuturesTraceback)
         with self._lock:
             self._broken = f"{_BROKEN} (the initializer raised {error})"
         for future in list(self._pending):
@@ -524,19 +537,21 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
 
 
 # ------------------------------------------------------------------------------ Process
-_process_counter = itertools.count(1)
-_live_processes: weakref.WeakSet = weakref.WeakSet()
-
-
-class Process:
+class Process(multiprocessing.process.BaseProcess):
     """``multiprocessing.Process`` for notebook-defined targets, under spawn.
 
-    Its ``print`` output shows in the cell that started it. If the target raises, the
-    worker writes the traceback to its own ``sys.stderr`` (the cell, unless the target
-    redirected it) and ``exitcode`` is 1 (``sys.exit(n)`` gives ``n``), as with the
-    standard library (dropins/calls.py ``ProcessCall``). Its arguments may hold queues,
-    locks, shared values and pipes (dropins/handover.py).
+    The standard library's own process class (``BaseProcess``: ``start``, ``join``,
+    ``is_alive``, ``exitcode``, ``close``, ``active_children()``, subclassing with
+    ``run()``) with ipyparmap's launcher in place of a start method's ``Popen``, as each
+    ``multiprocessing`` context specialises it: the child is an ipyparmap worker
+    (`_WorkerPopen`), so its ``print`` output shows in the cell that started it. If
+    the target raises, the worker writes the traceback to its own ``sys.stderr`` (the
+    cell, unless the target redirected it) and ``exitcode`` is 1 (``sys.exit(n)``
+    gives ``n``), as with the standard library (dropins/calls.py ``ProcessCall``). Its
+    arguments may hold queues, locks, shared values and pipes (dropins/handover.py).
     """
+
+    _start_method = "spawn"
 
     def __init__(
         self,
@@ -548,47 +563,43 @@ class Process:
         *,
         daemon: bool | None = None,
     ):
-        if group is not None:
-            raise ValueError("group argument must be None for now")
-        self._target = target
-        self._args = tuple(args)
-        self._kwargs = dict(kwargs or {})
-        self.name = name or f"Process-{next(_process_counter)}"
-        self.daemon = bool(daemon)
-        self._worker = None
-        self._reader: threading.Thread | None = None
-        self._target_exitcode: int | None = None
-        self._closed = False
-        self._parcel = None
-        self._authkey = None
+        super().__init__(group, target, name, args, kwargs or {}, daemon=daemon)
 
-    def __repr__(self) -> str:
-        state = "initial" if self._worker is None else ("started" if self.is_alive() else "stopped")
-        return f"<ipyparmap.Process name={self.name!r} {state}>"
+    @staticmethod
+    def _Popen(process_obj: Process) -> _WorkerPopen:  # BaseProcess calls it so
+        return _WorkerPopen(process_obj)
 
-    def run(self) -> None:
-        """What the process runs (override it, or pass ``target``)."""
-        if self._target is not None:
-            self._target(*self._args, **self._kwargs)
+    def __getstate__(self):  # a subclass instance travels to its own worker
+        state = dict(self.__dict__)
+        state.update(_popen=None)
+        state.pop("_sentinel", None)
+        return state
 
-    def start(self) -> None:
-        if self._closed:
-            raise ValueError("process object is closed")
-        if self._worker is not None:
-            raise AssertionError("cannot start a process twice")
+
+class _WorkerPopen:
+    """One ipyparmap worker running one ``Process``: the ``Popen`` that ``BaseProcess``
+    drives (``poll``, ``wait``, ``terminate``, ``kill``, ``close``, ``sentinel``)."""
+
+    def __init__(self, process_obj: Process):
         # pickled as multiprocessing pickles for a spawned child: queues, locks, pipes
-        if type(self).run is Process.run:
-            parcel = handover.pack((self._target, self._args, self._kwargs))
+        if type(process_obj).run is multiprocessing.process.BaseProcess.run:
+            what = (process_obj._target, process_obj._args, process_obj._kwargs)
         else:  # a subclass overriding run(): send the object itself
-            parcel = handover.pack(self)
-        self._parcel = parcel
+            what = process_obj
+        self.name = process_obj.name
+        self.returncode: int | None = None
+        self._target_exitcode: int | None = None
+        self._parcel = parcel = handover.pack(what)
         try:
-            payload = pickle_function(ProcessCall(self.name, bytes(self.authkey), parcel))
+            call = ProcessCall(self.name, bytes(process_obj.authkey), parcel)
+            payload = pickle_function(call)
             blob = dumps([None])
             self._worker = worker = spawn_worker(worker_env())
         except BaseException:
             handover.release(parcel)
             raise
+        self.pid = worker.pid
+        self.sentinel = worker.sentinel
         worker.send_function(payload)
         worker.send(M.pack(M.RunChunk(0, payload.key, blob, star=False, stride=1, table=None)))
         payload.close()
@@ -598,34 +609,43 @@ class Process:
             name=f"ipyparmap-{self.name}",
         )  # fmt: skip
         self._reader.start()
-        _live_processes.add(self)
         weakref.finalize(self, _release_worker, worker)
 
-    def __getstate__(self):  # a subclass instance travels to its own worker
-        state = dict(self.__dict__)
-        state.update(_worker=None, _reader=None, _parcel=None, _authkey=None)
-        return state
+    def poll(self, flag: int = os.WNOHANG) -> int | None:
+        """The exit code: the worker's, or the target's (``sys.exit(n)``, 1 after an
+        uncaught exception) when the worker itself ended normally."""
+        if self.returncode is None:
+            code = self._worker.proc.poll()
+            if code is None:
+                return None
+            self._reader.join(5)  # the target's exit code arrives just before EOF
+            if code == 0 and self._target_exitcode is not None:
+                code = self._target_exitcode
+            self.returncode = code
+        return self.returncode
 
-    @property
-    def authkey(self) -> bytes:
-        """The worker's ``multiprocessing`` authkey (default: this process's)."""
-        if self._authkey is None:
-            return multiprocessing.current_process().authkey
-        return self._authkey
+    def wait(self, timeout: float | None = None) -> int | None:
+        if timeout is not None and timeout < 0:  # as multiprocessing: join(-1) polls
+            timeout = 0
+        try:
+            self._worker.proc.wait(timeout)
+        except Exception:  # subprocess.TimeoutExpired: still running, as multiprocessing
+            return None
+        return self.poll()
 
-    @authkey.setter
-    def authkey(self, value: bytes) -> None:
-        self._authkey = multiprocessing.process.AuthenticationString(value)
+    def terminate(self) -> None:
+        if self.poll() is None:
+            try:
+                os.kill(self.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
 
-    @property
-    def sentinel(self) -> int:
-        """A descriptor that becomes ready when the process ends (for
-        ``multiprocessing.connection.wait``)."""
-        if self._closed:
-            raise ValueError("process object is closed")
-        if self._worker is None:
-            raise ValueError("process not started")
-        return self._worker.sentinel
+    def kill(self) -> None:
+        if self.poll() is None:
+            self._worker.kill()
+
+    def close(self) -> None:
+        self._worker.close()
 
     def _read(self) -> None:
         """Forward the target's output to this cell; note how the target ended."""
@@ -670,57 +690,10 @@ class Process:
         sys.stderr.write(f"Process {self.name}:\n{info[3]}")
         return 1
 
-    @property
-    def pid(self) -> int | None:
-        return None if self._worker is None else self._worker.pid
-
-    ident = pid
-
-    @property
-    def exitcode(self) -> int | None:
-        if self._worker is None:
-            return None
-        code = self._worker.proc.poll()
-        if code is None:
-            return None
-        if self._reader is not None:
-            self._reader.join(5)
-        if code == 0 and self._target_exitcode is not None:
-            return self._target_exitcode
-        return code
-
-    def is_alive(self) -> bool:
-        return self._worker is not None and self._worker.proc.poll() is None
-
-    def join(self, timeout: float | None = None) -> None:
-        if self._worker is None:
-            raise AssertionError("can only join a started process")
-        try:
-            self._worker.proc.wait(timeout)
-        except Exception:  # subprocess.TimeoutExpired: still running, as multiprocessing
-            return
-        if self._reader is not None:
-            self._reader.join(5)
-
-    def terminate(self) -> None:
-        if self.is_alive():
-            os.kill(self.pid, signal.SIGTERM)
-
-    def kill(self) -> None:
-        if self.is_alive():
-            self._worker.kill()
-
-    def close(self) -> None:
-        if self.is_alive():
-            raise ValueError("Cannot close a process while it is still running")
-        if self._worker is not None:
-            self._worker.close()
-        self._closed = True
-
 
 def _release_worker(worker) -> None:
-    """A ``Process`` object was garbage collected: close its worker's descriptors (the
-    sentinel among them) if the worker has ended, as multiprocessing's Popen does."""
+    """A ``Process`` was garbage collected: close its worker's descriptors (the sentinel
+    among them) if the worker has ended, as multiprocessing's Popen does."""
     if worker.proc.poll() is not None:
         worker.close()
 
@@ -729,21 +702,23 @@ def freeze_support() -> None:
     """Does nothing, as on every platform but frozen Windows programs (API parity)."""
 
 
+# At exit, multiprocessing's own exit function terminates daemonic processes and joins
+# the others: ours are among its children (BaseProcess.start adds them).
 current_process = multiprocessing.current_process
 
 
-def _join_non_daemonic() -> None:
-    """At exit, wait for non-daemonic processes, as multiprocessing does."""
-    for proc in list(_live_processes):
-        if not proc.daemon and proc.is_alive():
-            proc.join()
-
-
-atexit.register(_join_non_daemonic)
-
-
 # ------------------------------------------------------------------------------ executor helpers
+#: The cause ``concurrent.futures`` gives a task's exception (its worker's traceback).
+_FuturesTraceback = concurrent.futures.process._RemoteTraceback
+
 _BROKEN = "A child process terminated abruptly, the process pool is not usable anymore"
+
+
+def _spawn_context() -> Any:
+    """The context an executor reports as its ``_mp_context`` when given none: how its
+    workers start (``get_start_method()`` is ``"spawn"``, as the stdlib's default with
+    ``max_tasks_per_child``)."""
+    return multiprocessing.get_context("spawn")
 
 
 def _check_mp_context(mp_context: Any) -> None:
@@ -774,6 +749,21 @@ def _settle(setter: Callable, value: Any) -> None:
         pass
 
 
+def _pickling_failure(error: BaseException) -> BaseException:
+    """What ``submit`` puts on the future when the call cannot be pickled: the pickling
+    error itself (ipyparmap's message, naming the part that failed, as a note), with
+    the traceback as ``concurrent.futures`` gives it for the same failure."""
+    import traceback
+
+    cause = error.__cause__ if isinstance(error, SerializationError) else None
+    if isinstance(cause, BaseException):
+        cause.add_note(str(error))
+        error = cause
+    text = "".join(traceback.format_exception(error))
+    error.__cause__ = _FuturesTraceback(f'\n"""\n{text}"""')
+    return error
+
+
 def _unpickle_result(result: Any) -> Any:
     """A `ResultCall`'s outcome: the value, or the exception its pickling raised."""
     if not isinstance(result, PickledResult):
@@ -785,7 +775,7 @@ def _unpickle_result(result: Any) -> Any:
             # this future fails
             raise BrokenProcessPool(f"the result could not be unpickled: {exc!r}") from exc
     error = loads(result.error)
-    error.__cause__ = multiprocessing.pool.RemoteTraceback(result.tb)
+    error.__cause__ = _FuturesTraceback(result.tb)
     raise error
 
 

@@ -47,11 +47,9 @@ parent_process = multiprocessing.parent_process  # set in workers (process/worke
 _METHOD = "spawn"
 
 
-def active_children() -> list:
-    """The started ipyparmap ``Process`` objects still alive, and the standard library's
-    own children (a ``Manager``'s server process, for one)."""
-    ours = [p for p in list(compat._live_processes) if p.is_alive()]
-    return ours + multiprocessing.active_children()
+# ipyparmap's ``Process`` is a ``BaseProcess``: the standard library's own list holds it,
+# beside its own children (a ``Manager``'s server process, for one).
+active_children = multiprocessing.active_children
 
 
 def _check_method(method: str | None) -> None:

@@ -56,6 +56,13 @@ class GuardedInitializer(_Wrapping):
             logging.getLogger("concurrent.futures").critical(
                 "Exception in initializer:", exc_info=True
             )
+            # The standard library's worker exits here, which flushes what its queues
+            # still buffer (a QueueHandler's log record, for one) before the pool is
+            # seen broken; ours lives on, so flush them now, as its exit would
+            # (CPython's test_concurrent_futures, FailingInitializer test_initializer).
+            from multiprocessing import util
+
+            util._run_finalizers()
             raise InitializerFailed(f"{type(exc).__name__}: {exc}") from None
 
 
@@ -80,7 +87,8 @@ class ResultCall(_Wrapping):
 
     __slots__ = ()
 
-    def __call__(self, *args: Any, **kwargs: Any) -> PickledResult:
+    def __call__(self, /, *args: Any, **kwargs: Any) -> PickledResult:
+        # positional-only: ``submit(fn, self=1)`` passes ``self`` on to ``fn``
         value = self.func(*args, **kwargs)
         from ipyparmap.wire.serialize import dumps
 

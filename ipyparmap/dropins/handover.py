@@ -184,16 +184,18 @@ def _the_server() -> _Server:
 
 
 def _pickler(file) -> pickle.Pickler:
-    """cloudpickle (notebook functions by value) plus ``multiprocessing``'s reducers
-    (connections, arenas, shared ctypes: ``ForkingPickler.register``)."""
+    """cloudpickle (notebook functions by value, keeping their file names) plus
+    ``multiprocessing``'s reducers (connections, arenas, shared ctypes:
+    ``ForkingPickler.register``)."""
     from multiprocessing import reduction
 
-    import cloudpickle
+    from ipyparmap.wire.serialize import function_pickler
 
     forking = reduction.ForkingPickler(io.BytesIO()).dispatch_table
+    base = function_pickler()
 
-    class Pickler(cloudpickle.Pickler):
-        dispatch_table: ClassVar = ChainMap(cloudpickle.Pickler.dispatch_table, forking)
+    class Pickler(base):
+        dispatch_table: ClassVar = ChainMap(base.dispatch_table, forking)
 
     return Pickler(file, protocol=pickle.HIGHEST_PROTOCOL)
 

@@ -282,17 +282,30 @@ def spawn_worker(env: dict[str, str]) -> WorkerHandle:
         for name in {*env, *ours}
         if env.get(name) != ours.get(name)  # set, changed or left out by worker_env
     )
-    worker.send(M.pack(M.Init({"sys_path": world.path, "parent": _parent_settings()})))
+    parent, fds = _parent_settings()
+    worker.send(M.pack(M.Init({"sys_path": world.path, "parent": parent})), fds)
     return worker
 
 
-def _parent_settings() -> dict:
+def _parent_settings() -> tuple[dict, tuple[int, ...]]:
     """What a worker needs to act as a spawned ``multiprocessing`` child of ours: our
-    authkey (``Manager`` proxies and listeners authenticate with it), pid and name."""
-    from multiprocessing import process
+    authkey (``Manager`` proxies and listeners authenticate with it), pid and name, the
+    level of ``multiprocessing``'s logger, and our resource tracker if it runs (shared
+    memory a worker attaches to must outlive the worker, as it does for a spawned
+    child: tests/stdlib, ``test_shared_memory_across_processes``)."""
+    from multiprocessing import process, util
 
     me = process.current_process()
-    return {"authkey": bytes(me.authkey), "pid": os.getpid(), "name": me.name}
+    settings = {"authkey": bytes(me.authkey), "pid": os.getpid(), "name": me.name}
+    if util._logger is not None:  # as multiprocessing.spawn.get_preparation_data
+        settings["log_level"] = util._logger.getEffectiveLevel()
+    fds: tuple[int, ...] = ()
+    if os.name == "posix" and "multiprocessing.resource_tracker" in sys.modules:
+        tracker_fd = sys.modules["multiprocessing.resource_tracker"]._resource_tracker._fd
+        if tracker_fd is not None:
+            settings["resource_tracker"] = True
+            fds = (tracker_fd,)
+    return settings, fds
 
 
 #: Extra environment for new workers, or a function that builds it (called only when a
@@ -491,9 +504,13 @@ class Pool:
         with self._lock:
             idle, self._idle = self._idle, []
             busy = list(self._leased) if kill_busy else []
+            reaper = self._reaper
+        self._wake_reaper.set()  # it finds nothing left to watch and ends
         for worker in busy:
             worker.kill()
         _stop_all(idle + busy, wait)
+        if wait and reaper is not None and reaper is not threading.current_thread():
+            reaper.join(STOP_GRACE)  # a pool shut down leaves no thread behind
 
 
 def _stop_all(workers: list[WorkerHandle], wait: bool = True) -> None:

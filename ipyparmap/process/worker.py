@@ -156,7 +156,7 @@ class Worker:
             elif type(message) is M.LoadFunction:
                 self.load_function(fds, message)
             elif type(message) is M.Init:
-                self.init(message.settings)
+                self.init(message.settings, fds)
             elif type(message) is M.Stop:
                 return
 
@@ -172,13 +172,21 @@ class Worker:
         elif type(message) is M.LoadFunction:  # reported by each chunk that needs it
             self.functions[message.key] = _LoadFailure(info)
 
-    def init(self, settings: dict) -> None:
+    def init(self, settings: dict, fds: list[int]) -> None:
         sys.path[:] = settings.get("sys_path", sys.path)
         parent = settings.get("parent")
         if parent is not None:  # act as the parent's spawned multiprocessing child
             from multiprocessing import process
 
             process.current_process().authkey = parent["authkey"]
+            if "log_level" in parent:  # as multiprocessing.spawn.prepare
+                from multiprocessing import util
+
+                util.get_logger().setLevel(parent["log_level"])
+            if parent.get("resource_tracker") and fds:  # the parent's, as spawn.prepare
+                from multiprocessing import resource_tracker
+
+                resource_tracker._resource_tracker._fd = fds[0]
             # parent_process(): the standard library's stand-in, whose sentinel is ready
             # once the parent is gone: its pidfd, else a pipe nobody writes to (this
             # worker exits when the parent does: _watch)
@@ -509,4 +517,7 @@ def main(argv: list[str]) -> None:
     capture.install(worker.sink)  # display(), IPython's and pyplot's, for user code
     import cloudpickle  # noqa: F401  # load it now, while the parent prepares the run
 
-    worker.serve()
+    try:
+        worker.serve()
+    except (BrokenPipeError, ConnectionResetError):
+        os._exit(0)  # the parent is gone while we answered: nobody wants our results

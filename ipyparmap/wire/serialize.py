@@ -200,21 +200,27 @@ _function_pickler = None
 
 
 def dumps_function(func: Any, buffers: list | None = None) -> bytes:
-    """Like `dumps`, but code objects keep their file names.
-
-    cloudpickle 3.1 replaces ``co_filename`` by ``<dynamic-code>`` (for deterministic
-    pickles); we need the real name, since a worker's traceback finds the notebook
-    cell's source lines (shipped with `cell_sources`) by that name.
-    """
-    global _function_pickler
-    if _function_pickler is None:
-        _function_pickler = _make_function_pickler()
+    """Like `dumps`, but code objects keep their file names (`function_pickler`)."""
     import io
 
     stream = io.BytesIO()
     callback = _share_large(buffers) if buffers is not None else None
-    _function_pickler(stream, protocol=PROTOCOL, buffer_callback=callback).dump(func)
+    function_pickler()(stream, protocol=PROTOCOL, buffer_callback=callback).dump(func)
     return stream.getvalue()
+
+
+def function_pickler() -> type:
+    """cloudpickle's Pickler, but code objects pickled by value keep their file names.
+
+    cloudpickle 3.1 replaces ``co_filename`` by ``<dynamic-code>`` (for deterministic
+    pickles); we need the real name, since a worker's traceback finds the notebook
+    cell's source lines (shipped with `cell_sources`) by that name, and a drop-in
+    ``Process``'s traceback names the target's file as the standard library's does.
+    """
+    global _function_pickler
+    if _function_pickler is None:
+        _function_pickler = _make_function_pickler()
+    return _function_pickler
 
 
 def _make_function_pickler():
