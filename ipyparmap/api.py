@@ -146,7 +146,7 @@ def parmap(
 
 def parmap_counted(func: Callable[..., Any], items: list, counts: list[int], unit: str,
                    before: int = 0, **run_options: Any) -> Results:  # fmt: skip
-    """`parmap` whose progress counts ``counts[i]`` ``unit``\ s for item ``i``, plus
+    """`parmap` whose progress counts ``counts[i]`` units (``unit``) for item ``i``, plus
     ``before`` already done: the pandas accessors send pieces of a frame and count rows
     (or groups). For the package's own callers; options as `parmap`'s."""
     defaults = parmap.__kwdefaults__

@@ -63,6 +63,11 @@ def _register() -> None:
     for cls in (DataFrameGroupBy, SeriesGroupBy):
         if "parmap" not in vars(cls):
             cls.parmap = GroupByAccessorProperty()
+    from ipyparmap.frames.windows import WindowAccessor, window_classes
+
+    for cls in window_classes():  # Rolling, Expanding and their groupby forms
+        if "parmap" not in vars(cls):
+            cls.parmap = GroupByAccessorProperty(WindowAccessor)
     _registered = True
 
 

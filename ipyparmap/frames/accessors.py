@@ -111,6 +111,12 @@ class _Split:
                       failed)
         )  # fmt: skip
 
+    def lost(self, position: int, failure: Any) -> None:
+        """The piece never came back (a crash, a timeout): every row of it failed."""
+        self.results.append(None)
+        self.failures.extend(_piece_failed(self.pieces[position], self.starts[position],
+                                           self.by_columns, failure))  # fmt: skip
+
     def raised(self, position: int, exc: BaseException, call: int, tb: str) -> TaskError:
         return _row_error(self.pieces[position], self.starts[position], self.job,
                           self.by_columns, exc, call, tb)  # fmt: skip
@@ -132,14 +138,8 @@ def run(obj: Any, job: PieceJob, options: dict[str, Any], by_columns: bool = Fal
     if split.length == 0:  # pandas' own rules for empty input (it may call func once)
         return _mark(run_piece(job, obj)[0], [], job)
     # In the kernel first: slices of 1, 2, 4... rows until SERIAL_SECONDS have passed
-    # (about what a warm parallel call costs); a small or cheap input ends there. Not
-    # with what only workers enforce (timeout=, retries=), another backend, a chunksize=.
-    if (
-        chunk is None
-        and options.get("timeout") is None
-        and not options.get("retries")
-        and options.get("backend") in (None, "local")
-    ):
+    # (about what a warm parallel call costs); a small or cheap input ends there.
+    if kernel_first(options, chunk):
         _in_kernel(split)
     if split.done < split.length:
         _in_workers(split, options, chunk)
@@ -147,6 +147,17 @@ def run(obj: Any, job: PieceJob, options: dict[str, Any], by_columns: bool = Fal
         return _mark(split.results[0], split.failures, job)  # pandas' own result, whole
     result = _combine(obj, split.pieces, split.results, job, by_columns)
     return _mark(result, split.failures, job)
+
+
+def kernel_first(options: dict[str, Any], chunk: int | None) -> bool:
+    """Whether a call runs its first rows (groups) in the kernel: not with what only
+    workers enforce (timeout=, retries=), another backend, or a chunksize= asked for."""
+    return (
+        chunk is None
+        and options.get("timeout") is None
+        and not options.get("retries")
+        and options.get("backend") in (None, "local")
+    )
 
 
 def _in_kernel(split: _Split) -> None:
@@ -194,9 +205,7 @@ def _in_workers(split: _Split, options: dict[str, Any], chunk: int | None) -> No
         raise split.raised(first + index, exc, call, failure.traceback) from exc
     for position, outcome in enumerate(outcomes, first):
         if isinstance(outcome, Failure):  # the whole piece: a crash, a timeout
-            split.results.append(None)
-            split.failures.extend(_piece_failed(split.pieces[position], split.starts[position],
-                                                split.by_columns, outcome))  # fmt: skip
+            split.lost(position, outcome)
         else:
             split.gave(position, *outcome)
 

@@ -154,12 +154,7 @@ def split_in_pieces(split: Groups, options: dict[str, Any], chunk: int | None) -
     """Run every group of ``split``: the first ones in the kernel (as `accessors.run`
     does with rows), the rest in the workers, ``chunk`` groups a piece."""
     job = split.job
-    if (
-        chunk is None
-        and options.get("timeout") is None
-        and not options.get("retries")
-        and options.get("backend") in (None, "local")
-    ):
+    if accessors.kernel_first(options, chunk):
         began = time.perf_counter()
         size = 1
         while split.done < split.ngroups and time.perf_counter() - began < accessors.SERIAL_SECONDS:
