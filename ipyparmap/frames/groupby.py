@@ -35,6 +35,8 @@ def _group_arguments(gb: Any) -> tuple[dict[str, Any], Any]:
     obj = gb.obj
     if isinstance(obj, pd.DataFrame):
         group["as_index"] = gb.as_index
+        if gb._selection is not None:  # df.groupby(k)[columns]: chosen in the pieces
+            group["selection"] = gb._selection
     elif not gb.as_index:
         raise NotImplementedError("groupby(as_index=False)[column].parmap: not supported yet")
     keys, level = gb.keys, gb.level
@@ -246,8 +248,10 @@ def _combine_transform(split: Groups) -> Any:
     combined = pd.concat([r for _, r in kept]) if len(kept) > 1 else kept[0][1]
     positions = np.concatenate([pos for pos, _ in kept])
     if len(positions) == len(obj):
-        return combined.iloc[np.argsort(positions, kind="stable")]
-    combined = combined.set_axis(positions, axis=0).reindex(np.arange(len(obj)))
+        combined = combined.iloc[np.argsort(positions, kind="stable")]
+    else:
+        combined = combined.set_axis(positions, axis=0).reindex(np.arange(len(obj)))
+    # the object's own index (a DatetimeIndex keeps its freq, as in pandas' result)
     return combined.set_axis(obj.index, axis=0)
 
 

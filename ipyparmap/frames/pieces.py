@@ -200,7 +200,10 @@ def _run_groups(job: PieceJob, piece: Any) -> tuple:
     group = dict(job.group)
     if piece.keys is not None:
         group["by"] = piece.keys
+    selection = group.pop("selection", None)
     gb = piece.obj.groupby(**group)
+    if selection is not None:
+        gb = gb[selection]
     if op == "group_apply":
         watch = _Watch(job.func, job.collect, groups=True, locate=_group_name)
         result = gb.apply(watch, *job.args, **job.kwargs)
