@@ -50,12 +50,24 @@ def _group_arguments(gb: Any) -> tuple[dict[str, Any], Any]:
         group["by"] = keys
         return group, None
     try:
-        series = grouping_series(gb._grouper, obj.index)
+        series = grouping_series(grouper_of(gb), obj.index)
     except Exception as exc:
         raise NotImplementedError(
             f"groupby(...).parmap: these group keys are not supported yet ({exc})"
         ) from None
     return group, series[0] if len(series) == 1 and not isinstance(keys, list) else series
+
+
+def grouper_of(obj: Any) -> Any:
+    """pandas' BaseGrouper of a groupby or groupby-window (``.grouper`` before 2.2)."""
+    grouper = getattr(obj, "_grouper", None)
+    return grouper if grouper is not None else obj.grouper
+
+
+def group_codes(grouper: Any) -> Any:
+    """Each row's group number (-1: dropped), in the order of the result's groups."""
+    ids = getattr(grouper, "ids", None)  # pandas 3; group_info before
+    return ids if ids is not None else grouper.group_info[0]
 
 
 def grouping_series(grouper: Any, index: Any) -> list[pd.Series]:

@@ -177,7 +177,7 @@ def run_group_windows(rg: Any, job: PieceJob, options: dict[str, Any], expanding
     errors = _errors_mode(options)
     chunk = options.pop("chunksize", None)
     groupby._check_chunk(chunk)
-    grouper, obj = rg._grouper, rg.obj
+    grouper, obj = groupby.grouper_of(rg), rg.obj
     keys = groupby.grouping_series(grouper, obj.index)
     group = {"sort": grouper._sort, "dropna": grouper.dropna,
              "observed": all(getattr(g, "_observed", True) for g in grouper.groupings)}  # fmt: skip
@@ -187,7 +187,7 @@ def run_group_windows(rg: Any, job: PieceJob, options: dict[str, Any], expanding
     else:
         window.update(window=rg.window, center=rg.center, closed=rg.closed, on=rg.on)
     job = job._replace(collect=errors == "collect", group=group, window=window)
-    split = groupby.Groups(obj, np.asarray(grouper.ids), int(grouper.ngroups), job,
+    split = groupby.Groups(obj, np.asarray(groupby.group_codes(grouper)), int(grouper.ngroups), job,
                            keys if len(keys) > 1 else keys[0])  # fmt: skip
     groupby.split_in_pieces(split, options, chunk)
     return _mark(groupby._combine_groups(split), split.failures, job)
@@ -218,7 +218,7 @@ class WindowAccessor:
             raise TypeError(f"rolling(...).parmap.apply needs a function, got {type(func).__name__}")
         if not isinstance(raw, bool):
             raise ValueError("raw parameter must be `True` or `False`")
-        grouped = hasattr(win, "_grouper")
+        grouped = hasattr(win, "_grouper") or hasattr(win, "grouper")
         if _serial_only(win, engine, win.min_periods) or (grouped and not win._as_index):
             return win.apply(func, raw=raw, engine=engine, engine_kwargs=engine_kwargs,
                              args=args, kwargs=kwargs)  # fmt: skip
