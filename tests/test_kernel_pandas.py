@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("pandas")
 pytest.importorskip("ipykernel")
 pytest.importorskip("jupyter_client")
-from kernel_tools import running_kernel  # noqa: E402
+from kernel_tools import running_kernel
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
@@ -77,9 +77,13 @@ def test_accessors_with_notebook_functions_lambdas_closures_and_globals(kernel):
     assert reply.stdout.strip() == "[True, True, True, True]"
     assert "NameError" not in reply.stderr and "pickle" not in reply.stderr
     # a second and third call, the globals changed between them: no hang, no stale value
-    again = _ok(kernel, "SCALE = 1000\nprint(df['v'].parmap.map(lambda x: x * SCALE, **opts).iloc[3])")
+    again = _ok(
+        kernel, "SCALE = 1000\nprint(df['v'].parmap.map(lambda x: x * SCALE, **opts).iloc[3])"
+    )
     assert again.stdout.strip() == "3000"
-    third = _ok(kernel, "print(df['v'].parmap.map(lambda x: x * SCALE, **opts).iloc[4])\nSCALE = 10")
+    third = _ok(
+        kernel, "print(df['v'].parmap.map(lambda x: x * SCALE, **opts).iloc[4])\nSCALE = 10"
+    )
     assert third.stdout.strip() == "4000"
 
 

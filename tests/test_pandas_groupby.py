@@ -69,7 +69,9 @@ def test_transform_and_agg_with_missing_keys_and_unsorted_groups(dropna, sort):
     gb = df.groupby("k", dropna=dropna, sort=sort)
     func = TRANSFORMS["demean"]
     assert_same(gb.parmap.transform(func, **GPAR), gb.transform(func))
-    assert_same(gb["v"].parmap.transform(lambda x: x * 2, **GPAR), gb["v"].transform(lambda x: x * 2))
+    assert_same(
+        gb["v"].parmap.transform(lambda x: x * 2, **GPAR), gb["v"].transform(lambda x: x * 2)
+    )
     spread = lambda x: x.max() - x.min()  # noqa: E731
     assert_same(gb.parmap.agg(spread, **GPAR), gb.agg(spread))
 

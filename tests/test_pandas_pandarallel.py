@@ -89,7 +89,9 @@ def test_the_error_comes_without_waiting_for_every_row(tmp_path):
         "slow_then_fail",
     )
     s = pd.Series(range(200))
-    with pytest.raises(OSError, match=r"row 0 \(position 0\) raised OSError: the first row") as info:
+    with pytest.raises(
+        OSError, match=r"row 0 \(position 0\) raised OSError: the first row"
+    ) as info:
         s.parmap.map(func, workers=2, chunksize=5, progress=False)
     assert not isinstance(info.value, EOFError) and "EOFError" not in info.value.failure.traceback
     assert len(os.listdir(ran)) < 200  # most pieces never started

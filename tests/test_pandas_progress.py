@@ -114,7 +114,10 @@ def test_a_crashed_piece_counts_its_rows_as_failed(capsys):
     got = s.parmap.map(crash_on_17, workers=2, chunksize=10, errors="collect", progress="text")
     line = _final_line(capsys)
     assert re.search(r"30/40 rows done, .*10 failed", line), line
-    assert got.isna().sum() == 10 and [f.kind for f in got.attrs["parmap_failures"]] == ["crashed"] * 10
+    assert (
+        got.isna().sum() == 10
+        and [f.kind for f in got.attrs["parmap_failures"]] == ["crashed"] * 10
+    )
 
 
 def test_text_progress_view_draws_rows_per_second():

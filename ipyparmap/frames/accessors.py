@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from ipyparmap.errors import TaskError, task_error
-from ipyparmap.frames.pieces import GroupPiece, PieceFailure, PieceJob, run_piece
+from ipyparmap.frames.pieces import PieceFailure, PieceJob, run_piece
 
 #: The run options every accessor call takes, passed on to `ipyparmap.parmap`.
 RUN_OPTIONS = ("workers", "chunksize", "progress", "errors", "timeout", "retries", "backend")

@@ -157,11 +157,8 @@ def run_groups(gb: Any, job: PieceJob, options: dict[str, Any]) -> Any:
         method = {"group_apply": gb.apply, "group_transform": gb.transform}.get(job.op, gb.agg)
         return method(job.func, *job.args, **job.kwargs)
     split_in_pieces(split, options, chunk)
-    if job.op == "group_transform":
-        combined = _combine_transform(split)
-    else:
-        combined = _combine_groups(split)
-    return _mark(combined, split.failures, job)
+    combine = _combine_transform if job.op == "group_transform" else _combine_groups
+    return _mark(combine(split), split.failures, job)
 
 
 def split_in_pieces(split: Groups, options: dict[str, Any], chunk: int | None) -> None:
@@ -254,8 +251,10 @@ def _combine_transform(split: Groups) -> Any:
             if r is not None]  # fmt: skip
     obj = split.obj
     if not kept:
-        return obj.iloc[:, :0].copy() if isinstance(obj, pd.DataFrame) else pd.Series(
-            float("nan"), index=obj.index, name=obj.name
+        return (
+            obj.iloc[:, :0].copy()
+            if isinstance(obj, pd.DataFrame)
+            else pd.Series(float("nan"), index=obj.index, name=obj.name)
         )
     combined = pd.concat([r for _, r in kept]) if len(kept) > 1 else kept[0][1]
     positions = np.concatenate([pos for pos, _ in kept])

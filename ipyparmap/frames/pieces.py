@@ -217,9 +217,7 @@ def _run_groups(job: PieceJob, piece: Any) -> tuple:
     elif op == "group_window":
         rolling = gb.expanding if job.window.get("expanding") else gb.rolling
         arguments = {k: v for k, v in job.window.items() if k != "expanding"}
-        result = rolling(**arguments).apply(
-            watch, raw=job.raw, args=job.args, kwargs=job.kwargs
-        )
+        result = rolling(**arguments).apply(watch, raw=job.raw, args=job.args, kwargs=job.kwargs)
     else:  # pragma: no cover
         raise ValueError(f"unknown piece op {op!r}")
     return result, watch.failures, False

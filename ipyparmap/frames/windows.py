@@ -90,7 +90,7 @@ class WindowSplit:
     def gave(self, position: int, value: Any, failed: list[PieceFailure]) -> None:
         self.results.append(value)
         for item in failed:
-            row, label, column = self._cell(position, item.call)
+            row, label, _ = self._cell(position, item.call)
             self.failures.append(_make_failure(row, label, item.exception, item.traceback))
 
     def lost(self, position: int, failure: Any) -> None:
@@ -215,7 +215,8 @@ class WindowAccessor:
             timeout=timeout, retries=retries, backend=backend,
         ))  # fmt: skip
         if not callable(func):
-            raise TypeError(f"rolling(...).parmap.apply needs a function, got {type(func).__name__}")
+            name = type(func).__name__
+            raise TypeError(f"rolling(...).parmap.apply needs a function, got {name}")
         if not isinstance(raw, bool):
             raise ValueError("raw parameter must be `True` or `False`")
         grouped = hasattr(win, "_grouper") or hasattr(win, "grouper")
