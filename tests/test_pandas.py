@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from conftest import children, notebook_function, run_python, wait_for
+from conftest import notebook_function, run_python
 
 pd = pytest.importorskip("pandas")
 np = pytest.importorskip("numpy")
@@ -25,11 +25,7 @@ assert_frame_equal = pd.testing.assert_frame_equal
 PAR = {"workers": 2, "chunksize": 7, "progress": False}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _pool_down_after():
-    yield
-    pm.shutdown()
-    wait_for(lambda: not children(), timeout=10, what="child processes to exit")
+pytestmark = pytest.mark.usefixtures("no_leaks_after_module")
 
 
 N = 30

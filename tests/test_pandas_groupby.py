@@ -5,24 +5,20 @@ and the groupby arguments that change the result's shape (as_index, sort, dropna
 from __future__ import annotations
 
 import pytest
-from conftest import children, notebook_function, wait_for
+from conftest import notebook_function
 
 pd = pytest.importorskip("pandas")
 np = pytest.importorskip("numpy")
 
 from frames_data import INDEXES, assert_same, grouped_frame  # noqa: E402
 
-import ipyparmap as pm  # noqa: E402  (after pandas: the accessors register at once)
+import ipyparmap  # noqa: E402, F401  (after pandas: registers the accessors at once)
 
 #: Several pieces of two groups each, in workers: the parallel path on small inputs.
 GPAR = {"workers": 2, "chunksize": 2, "progress": False}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _pool_down_after():
-    yield
-    pm.shutdown()
-    wait_for(lambda: not children(), timeout=10, what="child processes to exit")
+pytestmark = pytest.mark.usefixtures("no_leaks_after_module")
 
 
 TRANSFORMS = {

@@ -11,21 +11,14 @@ import os
 
 import psutil
 import pytest
-from conftest import children, notebook_function, run_python, wait_for
+from conftest import children, notebook_function, run_python
 
 pd = pytest.importorskip("pandas")
 np = pytest.importorskip("numpy")
 
-import ipyparmap as pm  # noqa: E402
+import ipyparmap  # noqa: E402, F401  (after pandas: registers the accessors at once)
 
-PAR = {"workers": 2, "chunksize": 50, "progress": False}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _pool_down_after():
-    yield
-    pm.shutdown()
-    wait_for(lambda: not children(), timeout=10, what="child processes to exit")
+pytestmark = pytest.mark.usefixtures("no_leaks_after_module")
 
 
 def test_second_and_later_calls_run_after_success_errors_and_crashes():

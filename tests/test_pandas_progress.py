@@ -8,56 +8,15 @@ import re
 import time
 
 import pytest
-from conftest import children, wait_for
 
 pd = pytest.importorskip("pandas")
 np = pytest.importorskip("numpy")
 
 from frames_data import grouped_frame, make_index  # noqa: E402
 
-import ipyparmap as pm  # noqa: E402
-from ipyparmap.views.progress import ProgressModel  # noqa: E402
-from ipyparmap.views.textui import TextProgress  # noqa: E402
+import ipyparmap  # noqa: E402, F401  (after pandas: registers the accessors at once)
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _pool_down_after():
-    yield
-    pm.shutdown()
-    wait_for(lambda: not children(), timeout=10, what="child processes to exit")
-
-
-class Clock:
-    def __init__(self):
-        self.now = 100.0
-
-    def __call__(self):
-        return self.now
-
-
-def test_a_model_counting_by_weights_reads_in_its_unit():
-    clock = Clock()
-    model = ProgressModel(clock=clock)
-    model.count_by([7, 7, 3], "rows", before=5)  # 5 rows ran before, in the kernel
-    model.set_items(3)
-    assert (model.total, model.done, model.ok) == (22, 5, 5)
-    clock.now += 1
-    model.add(1, indices=[1])
-    model.add(1, 1, indices=(2,))  # a lost piece: its 3 rows failed
-    assert (model.done, model.failed, model.items_done) == (15, 3, 2)
-    # the rate counts only rows run since the start (7 in the first second), not `before`
-    assert model.status_parts()[:3] == ["12/22 rows done", "3 failed", "7.0 rows/s"]
-    model.finish()  # piece 0 never came back: its rows cancelled
-    assert model.summary_parts()[:3] == ["12/22 rows done", "7 cancelled", "3 failed"]
-    assert model.failure_parts() == ["3 failed"]
-
-
-def test_an_unweighted_model_reads_as_before():
-    model = ProgressModel(clock=Clock())
-    model.set_items(4)
-    model.add(2, indices=[0, 1])
-    assert (model.total, model.done) == (4, 2)
-    assert model.status_parts()[0] == "2/4 done" and "items/s" in model.status_parts()[2]
+pytestmark = pytest.mark.usefixtures("no_leaks_after_module")
 
 
 def _final_line(capsys) -> str:
@@ -118,15 +77,3 @@ def test_a_crashed_piece_counts_its_rows_as_failed(capsys):
         got.isna().sum() == 10
         and [f.kind for f in got.attrs["parmap_failures"]] == ["crashed"] * 10
     )
-
-
-def test_text_progress_view_draws_rows_per_second():
-    model = ProgressModel(clock=Clock())
-    model.count_by([10, 10], "rows")
-    model.set_items(2)
-    view = TextProgress(summary=True, live=False)
-    model.listeners.append(view)
-    model.add(1, indices=[0])
-    from ipyparmap.views.textui import status_line
-
-    assert "10/20 rows done" in status_line(model)

@@ -5,14 +5,14 @@ center, closed, min_periods, raw)."""
 from __future__ import annotations
 
 import pytest
-from conftest import children, notebook_function, wait_for
+from conftest import notebook_function
 
 pd = pytest.importorskip("pandas")
 np = pytest.importorskip("numpy")
 
 from frames_data import INDEXES, assert_same, grouped_frame, make_index  # noqa: E402
 
-import ipyparmap as pm  # noqa: E402  (after pandas: the accessors register at once)
+import ipyparmap  # noqa: E402, F401  (after pandas: registers the accessors at once)
 
 #: Pieces of 7 rows in workers: every window crosses a piece's edge somewhere.
 PAR = {"workers": 2, "chunksize": 7, "progress": False}
@@ -20,11 +20,7 @@ GPAR = {"workers": 2, "chunksize": 2, "progress": False}
 N = 40
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _pool_down_after():
-    yield
-    pm.shutdown()
-    wait_for(lambda: not children(), timeout=10, what="child processes to exit")
+pytestmark = pytest.mark.usefixtures("no_leaks_after_module")
 
 
 def _series(kind: str):
