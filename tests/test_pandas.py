@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from conftest import notebook_function, run_python
+from conftest import notebook_function, run_python, start_python, wait_for
 
 pd = pytest.importorskip("pandas")
 np = pytest.importorskip("numpy")
@@ -495,3 +495,48 @@ def test_errors_mode_from_config_parmap():
         api.configure_defaults({})
     assert np.isnan(got.iloc[3]) and got.iloc[4] == 8
     assert [f.index for f in got.attrs["parmap_failures"]] == [3]
+
+
+INTERRUPTED_FRAME = """
+import os, time
+import pandas as pd, ipyparmap as pm
+
+def work(row):
+    if row["i"] >= 10:  # the third and fourth pieces: busy until interrupted
+        open(os.path.join(TMP, f"busy-{row['i']}"), "w").close()
+        time.sleep(60)
+    return row["i"] * 2
+
+df = pd.DataFrame({"i": range(30)}, index=[f"r{i}" for i in range(30)])
+try:
+    df.parmap.apply(work, axis=1, workers=2, chunksize=5, progress=False)
+except pm.Interrupted as exc:
+    got = exc.results
+    print("TYPE", type(got).__name__, isinstance(exc, KeyboardInterrupt), flush=True)
+    print("DONE", got.iloc[:10].tolist(), int(got.isna().sum()), flush=True)
+    failures = got.attrs["parmap_failures"]
+    print("CANCELLED", len(failures), sorted({f.kind for f in failures}), failures[0].item, flush=True)
+    print("AGAIN", df.head(3).parmap.apply(lambda r: r["i"], axis=1, progress=False).tolist(), flush=True)
+"""
+
+
+def test_interrupt_keeps_the_finished_rows(tmp_path):
+    """Ctrl-C during a call: pm.Interrupted's ``.results`` is the frame so far, pandas'
+    values for the rows that finished, the others missing and listed as cancelled."""
+    import signal
+
+    from test_interrupt import _read_line_with
+
+    proc = start_python(INTERRUPTED_FRAME.replace("TMP", repr(str(tmp_path))))
+    try:
+        wait_for(lambda: {p.name for p in tmp_path.iterdir()} >= {"busy-10", "busy-15"},
+                 timeout=60, what="the two slow pieces to start")  # fmt: skip
+        os.kill(proc.pid, signal.SIGINT)
+        assert _read_line_with(proc, "TYPE", 30) == "TYPE Series True"
+        done = _read_line_with(proc, "DONE", 30)
+        assert done == f"DONE {[i * 2.0 for i in range(10)]} 20"  # NaN rows make floats
+        assert _read_line_with(proc, "CANCELLED", 30) == "CANCELLED 20 ['cancelled'] r10"
+        assert _read_line_with(proc, "AGAIN", 60) == "AGAIN [0, 1, 2]"
+    finally:
+        proc.kill()
+        proc.wait(30)

@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from ipyparmap.errors import TaskError, task_error
+from ipyparmap.errors import Interrupted, TaskError, task_error
 from ipyparmap.frames.pieces import PieceFailure, PieceJob, run_piece
 
 #: The run options every accessor call takes, passed on to `ipyparmap.parmap`.
@@ -141,12 +141,18 @@ def run(obj: Any, job: PieceJob, options: dict[str, Any], by_columns: bool = Fal
     # (about what a warm parallel call costs); a small or cheap input ends there.
     if kernel_first(options, chunk):
         _in_kernel(split)
+
+    def combine() -> Any:
+        if len(split.results) == 1 and split.results[0] is not None:
+            return split.results[0]  # pandas' own result, whole
+        return _combine(obj, split.pieces, split.results, job, by_columns)
+
     if split.done < split.length:
-        _in_workers(split, options, chunk)
-    if len(split.results) == 1 and split.results[0] is not None:
-        return _mark(split.results[0], split.failures, job)  # pandas' own result, whole
-    result = _combine(obj, split.pieces, split.results, job, by_columns)
-    return _mark(result, split.failures, job)
+        try:
+            _in_workers(split, options, chunk)
+        except Interrupted as err:
+            raise interrupted(err, split, combine, job) from None
+    return _mark(combine(), split.failures, job)
 
 
 def kernel_first(options: dict[str, Any], chunk: int | None) -> bool:
@@ -182,7 +188,6 @@ def _in_workers(split: _Split, options: dict[str, Any], chunk: int | None) -> No
     """The rows not run yet, in pieces of ``chunk`` rows, run by `parmap`; its progress
     counts rows (columns), those run in the kernel already done."""
     from ipyparmap.api import cpu_count, parmap_counted
-    from ipyparmap.results import Failure
 
     if chunk is None:
         workers = options.get("workers") or cpu_count()
@@ -203,11 +208,33 @@ def _in_workers(split: _Split, options: dict[str, Any], chunk: int | None) -> No
         if index is None or call is None:
             raise  # the engine's own error: a crash, a timeout, what could not be pickled
         raise split.raised(first + index, exc, call, failure.traceback) from exc
+    except Interrupted as err:
+        record(split, err.results or (), first)  # the finished pieces, for the caller
+        raise
+    record(split, outcomes, first)
+
+
+def record(split: Any, outcomes: Any, first: int) -> None:
+    """What the workers gave for pieces ``first``..: results, or whole pieces lost (a
+    crash, a timeout, an interrupt's cancelled pieces)."""
+    from ipyparmap.results import Failure
+
     for position, outcome in enumerate(outcomes, first):
-        if isinstance(outcome, Failure):  # the whole piece: a crash, a timeout
+        if isinstance(outcome, Failure):
             split.lost(position, outcome)
         else:
             split.gave(position, *outcome)
+
+
+def interrupted(err: Interrupted, split: Any, combine: Any, job: PieceJob) -> Interrupted:
+    """``err`` with ``.results`` the call's result so far, as pandas would give it for
+    the rows that finished (the others missing) and every row that did not finish
+    listed in ``attrs["parmap_failures"]`` ("cancelled")."""
+    if len(split.results) == len(split.pieces) and split.pieces:
+        partial = combine()
+        partial.attrs[FAILURES_ATTR] = list(split.failures)
+        err.results = partial
+    return err
 
 
 # ------------------------------------------------------------------- placing failures

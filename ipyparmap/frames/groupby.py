@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from ipyparmap.errors import TaskError, task_error
+from ipyparmap.errors import Interrupted, TaskError, task_error
 from ipyparmap.frames import accessors
 from ipyparmap.frames.accessors import _errors_mode, _infer_again, _make_failure, _mark
 from ipyparmap.frames.pieces import GroupPiece, PieceFailure, PieceJob, run_piece
@@ -126,7 +126,13 @@ class Groups:
         self.done = stop
         return piece
 
-    def gave(self, value: Any, failed: list[PieceFailure], same: bool = False) -> None:
+    def lost(self, position: int, failure: Any) -> None:
+        """Whole groups lost (a crash, a timeout, an interrupt): left out of the result."""
+        self.results.append(None)
+        self.same.append(True)
+        self.failures.append(failure)
+
+    def gave(self, position: int, value: Any, failed: list[PieceFailure], same: bool = False):
         self.results.append(value)
         self.same.append(same)
         self.failures.extend(_make_failure(-1, f.label, f.exception, f.traceback) for f in failed)
@@ -156,8 +162,11 @@ def run_groups(gb: Any, job: PieceJob, options: dict[str, Any]) -> Any:
     if split.ngroups == 0:  # nothing to split: pandas' own
         method = {"group_apply": gb.apply, "group_transform": gb.transform}.get(job.op, gb.agg)
         return method(job.func, *job.args, **job.kwargs)
-    split_in_pieces(split, options, chunk)
     combine = _combine_transform if job.op == "group_transform" else _combine_groups
+    try:
+        split_in_pieces(split, options, chunk)
+    except Interrupted as err:
+        raise accessors.interrupted(err, split, lambda: combine(split), job) from None
     return _mark(combine(split), split.failures, job)
 
 
@@ -172,7 +181,7 @@ def split_in_pieces(split: Groups, options: dict[str, Any], chunk: int | None) -
             piece = split.take(size)
             size *= 2
             try:
-                split.gave(*run_piece(job, piece))
+                split.gave(len(split.pieces) - 1, *run_piece(job, piece))
             except Exception as exc:
                 if getattr(exc, "_parmap_call", None) is None:
                     raise  # pandas' own error, not the function's
@@ -182,7 +191,6 @@ def split_in_pieces(split: Groups, options: dict[str, Any], chunk: int | None) -
     if split.done >= split.ngroups:
         return
     from ipyparmap.api import cpu_count, parmap_counted
-    from ipyparmap.results import Failure
 
     if chunk is None:
         workers = options.get("workers") or cpu_count()
@@ -200,13 +208,10 @@ def split_in_pieces(split: Groups, options: dict[str, Any], chunk: int | None) -
         if getattr(exc, "_parmap_call", None) is None:
             raise  # the engine's own error: a crash, a timeout, what could not be pickled
         raise _group_error(exc, err.failure.traceback) from exc
-    for outcome in outcomes:
-        if isinstance(outcome, Failure):  # whole groups lost: left out of the result
-            split.results.append(None)
-            split.same.append(True)
-            split.failures.append(outcome)
-        else:
-            split.gave(*outcome)
+    except Interrupted as err:
+        accessors.record(split, err.results or (), first)  # the finished pieces
+        raise
+    accessors.record(split, outcomes, first)
 
 
 def _combine_groups(split: Groups) -> Any:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ipyparmap.errors import TaskError, task_error
+from ipyparmap.errors import Interrupted, TaskError, task_error
 from ipyparmap.frames import accessors
 from ipyparmap.frames.accessors import _errors_mode, _make_failure, _mark
 from ipyparmap.frames.pieces import PieceFailure, PieceJob, WindowPiece
@@ -151,16 +151,24 @@ def run_windows(win: Any, job: PieceJob, options: dict[str, Any]) -> Any:
     split = WindowSplit(obj, job, start, end)
     if accessors.kernel_first(options, chunk):
         accessors._in_kernel(split)
+
+    def combine() -> Any:
+        results = []
+        for piece, result in zip(split.pieces, split.results, strict=True):
+            if result is None:  # a lost piece: its rows missing
+                rows = piece.obj.iloc[piece.keep]
+                result = (
+                    rows.astype(np.float64) * np.nan if rows.ndim == 1 else _nan_like(rows, win)
+                )
+            results.append(result)
+        return results[0] if len(results) == 1 else pd.concat(results)
+
     if split.done < split.length:
-        accessors._in_workers(split, options, chunk)
-    results = []
-    for piece, result in zip(split.pieces, split.results, strict=True):
-        if result is None:  # a lost piece (errors="collect"): its rows missing
-            rows = piece.obj.iloc[piece.keep]
-            result = rows.astype(np.float64) * np.nan if rows.ndim == 1 else _nan_like(rows, win)
-        results.append(result)
-    combined = results[0] if len(results) == 1 else pd.concat(results)
-    return _mark(combined, split.failures, job)
+        try:
+            accessors._in_workers(split, options, chunk)
+        except Interrupted as err:
+            raise accessors.interrupted(err, split, combine, job) from None
+    return _mark(combine(), split.failures, job)
 
 
 def _nan_like(rows: pd.DataFrame, win: Any) -> pd.DataFrame:
@@ -189,7 +197,12 @@ def run_group_windows(rg: Any, job: PieceJob, options: dict[str, Any], expanding
     job = job._replace(collect=errors == "collect", group=group, window=window)
     split = groupby.Groups(obj, np.asarray(groupby.group_codes(grouper)), int(grouper.ngroups), job,
                            keys if len(keys) > 1 else keys[0])  # fmt: skip
-    groupby.split_in_pieces(split, options, chunk)
+    try:
+        groupby.split_in_pieces(split, options, chunk)
+    except Interrupted as err:
+        raise accessors.interrupted(
+            err, split, lambda: groupby._combine_groups(split), job
+        ) from None
     return _mark(groupby._combine_groups(split), split.failures, job)
 
 
