@@ -164,3 +164,25 @@ def test_collect_marks_the_failing_group_and_keeps_the_rest():
     assert_same(got, gb["v"].agg(lambda x: np.nan if x.iloc[0] == 5 else (x - x.min()).sum()))
     assert [f.item for f in got.attrs["parmap_failures"]] == ["d"]
     assert isinstance(got.attrs["parmap_failures"][0].exception, ZeroDivisionError)
+
+
+def test_collect_in_a_transform_on_pandas_fast_path():
+    """DataFrameGroupBy.transform tries func on a piece's first whole group ("fast
+    path") and then calls it so on every group: a later group failing there leaves NaN
+    in its rows (not a scalar pandas cannot place), and the probe itself is not a
+    failure."""
+    df = grouped_frame(kind="datetimes")[["k", "v", "w"]]
+    gb = df.groupby("k")
+
+    d_rows = df.index[df["k"] == "d"]
+
+    def doubled(g):
+        if isinstance(g, pd.DataFrame) and g.index.isin(d_rows).any():  # 'd', whole
+            raise ValueError("no d")
+        return g * 2
+
+    got = gb.parmap.transform(doubled, errors="collect", **GPAR)
+    assert_same(got, gb.transform(lambda g: g * (np.nan if g.index.isin(d_rows).any() else 2)))
+    assert [(f.item, type(f.exception)) for f in got.attrs["parmap_failures"]] == [
+        ("d", ValueError)
+    ]

@@ -71,8 +71,10 @@ class _Watch:
     call was given (groupby ops; None elsewhere: the kernel places a row by its call
     number)."""
 
-    def __init__(self, func: Any, collect: bool, groups: bool = False, locate: Any = None):
+    def __init__(self, func: Any, collect: bool, groups: bool = False, locate: Any = None,
+                 missing: Any = None):  # fmt: skip
         self.func = func
+        self.missing = missing  # value -> what a failed call leaves (None: NaN)
         self.groups = groups
         self.locate = locate
         self.collect = collect
@@ -89,11 +91,14 @@ class _Watch:
     def __call__(self, value: Any, *args: Any, **kwargs: Any) -> Any:
         call = self.calls
         self.calls = call + 1
+        probing = self.probe and getattr(value, "ndim", 1) == 2
+        if probing:
+            self.probe = False  # only the first whole group is the probe
         try:
             result = self.func(value, *args, **kwargs)
         except Exception as exc:
             label = self.locate(value) if self.locate is not None else None
-            if not self.collect or self._probing(value):
+            if not self.collect or probing:
                 exc._parmap_call = call  # where the kernel will look for the row
                 if self.locate is not None:
                     exc._parmap_label = label
@@ -102,7 +107,7 @@ class _Watch:
             if not any(f.label == label for f in self.failures) or self.locate is None:
                 self.failures.append(PieceFailure(call, _sendable(exc), tb, label))
             self.indexed_same = False
-            return MISSING
+            return MISSING if self.missing is None else self.missing(value)
         if self.groups and self.indexed_same:
             index = getattr(result, "index", None)
             same = getattr(index, "equals", None)
@@ -110,11 +115,15 @@ class _Watch:
                 self.indexed_same = False
         return result
 
-    def _probing(self, value: Any) -> bool:
-        if self.probe and getattr(value, "ndim", 1) == 2:
-            self.probe = False  # only the first whole group is the probe
-            return True
-        return False
+
+def _missing_like(value: Any) -> Any:
+    """A failed transform call's result: NaN in the shape of what it was given (pandas
+    cannot put a scalar in the place of a whole group's result)."""
+    if getattr(value, "ndim", 0) == 2:
+        return type(value)(MISSING, index=value.index, columns=value.columns)
+    if getattr(value, "ndim", 0) == 1:
+        return type(value)(MISSING, index=value.index, name=value.name)
+    return MISSING
 
 
 def _group_name(value: Any) -> Any:
@@ -208,7 +217,8 @@ def _run_groups(job: PieceJob, piece: Any) -> tuple:
         watch = _Watch(job.func, job.collect, groups=True, locate=_group_name)
         result = gb.apply(watch, *job.args, **job.kwargs)
         return result, watch.failures, watch.indexed_same
-    watch = _Watch(job.func, job.collect, locate=_group_finder(gb))
+    missing = _missing_like if op == "group_transform" else None
+    watch = _Watch(job.func, job.collect, locate=_group_finder(gb), missing=missing)
     if op == "group_transform":
         watch.probe = job.collect and getattr(piece.obj, "ndim", 1) == 2
         result = gb.transform(watch, *job.args, **job.kwargs)
