@@ -144,6 +144,25 @@ def parmap(
     return runner.results()
 
 
+def parmap_counted(func: Callable[..., Any], items: list, counts: list[int], unit: str,
+                   before: int = 0, **run_options: Any) -> Results:  # fmt: skip
+    """`parmap` whose progress counts ``counts[i]`` units (``unit``) for item ``i``, plus
+    ``before`` already done: the pandas accessors send pieces of a frame and count rows
+    (or groups). For the package's own callers; options as `parmap`'s."""
+    defaults = parmap.__kwdefaults__
+    unknown = set(run_options) - set(defaults)
+    if unknown:
+        raise TypeError(f"unexpected run options: {', '.join(sorted(unknown))}")
+    options = check_options(**_given(**{**defaults, **run_options}))
+    _check_call(func, items, options)
+    if os.environ.get(M.WORKER_ENV):
+        from ipyparmap.engine.serial import serial_results
+
+        return serial_results(func, items, options)
+    counting = (counts, unit, before)
+    return _runner(func, items, options, keep_details=True, counting=counting).results()
+
+
 @_option_defaults
 def imap(
     func: Callable[..., Any],
@@ -293,10 +312,13 @@ def cpu_count() -> int:
 
 
 # ---------------------------------------------------------------------------- helpers
-def _runner(func, iterable, options: Options, keep_details: bool, background: bool = False):
+def _runner(func, iterable, options: Options, keep_details: bool, background: bool = False,
+            counting: tuple | None = None):  # fmt: skip
     from ipyparmap.engine.run import function_name, map_run
 
     progress = _progress_model(options.progress)
+    if progress is not None and counting is not None:
+        progress.count_by(*counting)
     if background:
         if progress is None:  # a Run always has a live model, even with no view
             from ipyparmap.views.progress import ProgressModel

@@ -72,9 +72,11 @@ def worker_label(worker: Any) -> str:
 
 
 # ----------------------------------------------------------------------------- counts
-def count_part(done: int, total: int | None) -> str:
-    """``45/100 done``; ``45 done`` when the input's length is unknown."""
-    return f"{done}/{total} done" if total is not None else f"{done} done"
+def count_part(done: int, total: int | None, unit: str = "items") -> str:
+    """``45/100 done``; ``45 done`` when the input's length is unknown; ``45/100 rows
+    done`` for another ``unit`` than items."""
+    word = "done" if unit == "items" else f"{unit} done"
+    return f"{done}/{total} {word}" if total is not None else f"{done} {word}"
 
 
 def failure_parts(failures: Mapping[str, int]) -> list[str]:
@@ -134,6 +136,7 @@ def summary_parts(
     seconds: float,
     workers: int,
     busy: float | None = None,
+    unit: str = "items",
 ) -> list[str]:
     """The end of a run in pieces: ``80/100 done``, ``19 cancelled``, ``1 error``,
     ``3.2 s``, ``workers busy 1.93 of 2``.
@@ -144,7 +147,7 @@ def summary_parts(
     `BUSY_MIN_WALL`, and of runs with cancelled items (how long the workers spent on
     the items they were stopped in is unknown, so the figure could only be too low).
     """
-    parts = [count_part(done, total), *(failure_parts(failures) or ["0 failed"])]
+    parts = [count_part(done, total, unit), *(failure_parts(failures) or ["0 failed"])]
     parts.append(format_seconds(seconds))
     if busy and seconds >= BUSY_MIN_WALL and workers and not failures.get(CANCELLED):
         parts.append(busy_part(busy, workers))
@@ -165,11 +168,13 @@ def status_parts(
     rate: float,
     seconds: float,
     eta: float | None = None,
+    unit: str = "items",
 ) -> list[str]:
     """A running status in pieces: ``45/100 done``, ``2 failed``, ``12.3 items/s``,
     ``3.1 s`` and, when known, ``ETA 4.2 s``. ``done`` counts items that succeeded, as
-    in `summary_parts`, so the count does not step back when the run ends."""
-    parts = [count_part(done, total), f"{failed} failed", f"{rate:.1f} items/s"]
+    in `summary_parts`, so the count does not step back when the run ends. ``unit``:
+    what is counted (``rows`` for the pandas accessors)."""
+    parts = [count_part(done, total, unit), f"{failed} failed", f"{rate:.1f} {unit}/s"]
     parts.append(format_seconds(seconds))
     if eta is not None:
         parts.append(f"ETA {format_seconds(eta)}")

@@ -273,6 +273,120 @@ LARGE_ARRAYS = [
 ]
 
 
+PANDAS = [
+    (
+        "md",
+        "# pandas: change one word\n\nThe slow line of exploratory data work is usually a "
+        "pandas `apply` with a Python function. Add `.parmap` and the same frame comes back, "
+        "computed by every core.",
+    ),
+    (
+        "code",
+        "import os\nimport time\n\nimport numpy as np\nimport pandas as pd\n"
+        "import ipyparmap as pm\n\n"
+        "df = pd.DataFrame(\n"
+        "    {\n"
+        "        'user': [f'u{i % 7}' for i in range(300)],\n"
+        "        'amount': np.round(np.linspace(1, 90, 300), 2),\n"
+        "        'text': [f'Item {i} , bought' for i in range(300)],\n"
+        "    },\n"
+        "    index=pd.date_range('2024-01-01', periods=300, freq='h', name='when'),\n"
+        ")\ndf.head(3)",
+    ),
+    (
+        "md",
+        "## The slow serial line\n\nA row-wise function that takes a few milliseconds a row "
+        "(here it sleeps, to stand for real work):",
+    ),
+    (
+        "code",
+        "def score(row):\n    time.sleep(0.003)  # pretend to work\n"
+        "    return row['amount'] * len(row['text'].split())\n\n"
+        "serial = df.apply(score, axis=1)",
+    ),
+    (
+        "md",
+        "## Change one word\n\n`df.apply` becomes `df.parmap.apply`. One progress panel "
+        "counts the rows (a static summary once it is done).",
+    ),
+    ("code", "parallel = df.parmap.apply(score, axis=1)", IGNORE),
+    ("md", "The same values, dtype and index as pandas gives:"),
+    ("code", "pd.testing.assert_series_equal(parallel, serial)\nparallel.equals(serial), parallel.dtype"),
+    (
+        "md",
+        "## An error on one row\n\nThe first failing row stops the call. The error is the "
+        "function's own exception type, and names the row by its index label:",
+    ),
+    (
+        "code",
+        "PRICES = {f'u{i}': i + 1.0 for i in range(6)}  # no price for u6\n\n"
+        "def priced(row):\n    return row['amount'] * PRICES[row['user']]",
+    ),
+    ("code", "try:\n    df.parmap.apply(priced, axis=1, progress=False)\n"
+             "except KeyError as exc:\n    print(str(exc).splitlines()[0])"),
+    (
+        "md",
+        "Not caught, the cell shows the worker's traceback with the line that failed:",
+    ),
+    ("code", "df.parmap.apply(priced, axis=1, progress=False)", {"tags": ["raises-exception", "nbval-ignore-output"]}),
+    (
+        "md",
+        '## `errors="collect"`: every row, failures marked\n\nEach failing row is NaN; the '
+        "failures are listed in `attrs['parmap_failures']` (label, position, exception).",
+    ),
+    (
+        "code",
+        "prices = df.parmap.apply(priced, axis=1, errors='collect', progress=False)\n"
+        "failed = prices.attrs['parmap_failures']\n"
+        "len(failed), int(prices.isna().sum()), failed[0].item, type(failed[0].exception).__name__",
+    ),
+    ("code", "prices.dropna().equals(df[df['user'] != 'u6'].apply(priced, axis=1))"),
+    (
+        "md",
+        "## groupby\n\nWhole groups go to the workers; the result is pandas' own, keys and "
+        "all. `transform` and `agg` with a Python function work the same way.",
+    ),
+    (
+        "code",
+        "def features(rows):\n    time.sleep(0.02)\n"
+        "    return pd.Series({'n': len(rows), 'total': rows['amount'].sum()})\n\n"
+        "per_user = df.groupby('user').parmap.apply(features, progress=False)\n"
+        "per_user.equals(df.groupby('user').apply(features)), per_user.shape",
+    ),
+    (
+        "code",
+        "centred = df.groupby('user')['amount'].parmap.transform(lambda a: a - a.mean(), progress=False)\n"
+        "centred.equals(df.groupby('user')['amount'].transform(lambda a: a - a.mean()))",
+    ),
+    (
+        "md",
+        "## rolling\n\nEach piece carries the rows its windows reach, so every window sees "
+        "what it sees in a serial call (offset windows such as `'6h'` too).",
+    ),
+    (
+        "code",
+        "spread = lambda w: w.max() - w.min()\n"
+        "df['amount'].rolling('6h').parmap.apply(spread, progress=False).equals(\n"
+        "    df['amount'].rolling('6h').apply(spread))",
+    ),
+    (
+        "md",
+        "## Small inputs stay here\n\nA call first runs rows in the kernel for up to 10 ms: "
+        "a small or cheap input never leaves it, and is as fast as pandas.",
+    ),
+    ("code", "pids = df.head(20).parmap.apply(lambda row: os.getpid(), axis=1)\nset(pids) == {os.getpid()}"),
+    (
+        "md",
+        "## The cell magic over rows or groups\n\n`%%parmap` walks `df.iterrows()` or "
+        "`df.groupby(...)` with tuple targets, when the body is a few lines of notebook code "
+        "and a list of results is what you want.",
+    ),
+    ("code", "%load_ext ipyparmap"),
+    ("code", "%%parmap -o totals --no-progress user, rows in df.groupby('user')\nuser, float(round(rows['amount'].sum(), 2))"),
+    ("code", "totals[:3]"),
+]
+
+
 def build(name: str, cells: list) -> None:
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {
@@ -308,3 +422,4 @@ if __name__ == "__main__":
     build("error-handling", ERROR_HANDLING)
     build("from-multiprocessing", FROM_MULTIPROCESSING)
     build("large-arrays", LARGE_ARRAYS)
+    build("pandas", PANDAS)

@@ -59,6 +59,17 @@ def no_leaks():
 
 
 @pytest.fixture(scope="module")
+def no_leaks_after_module():
+    """`no_leaks` once after a module's tests (``pytestmark = usefixtures(...)``): its
+    tests share the warm pool."""
+    import ipyparmap as pm
+
+    yield
+    pm.shutdown()
+    wait_for(lambda: not children(), timeout=10, what=f"child processes to exit: {children()}")
+
+
+@pytest.fixture(scope="module")
 def cluster():
     """A Dask LocalCluster of 2 one-thread worker processes (skips without distributed);
     a task that kills 2 workers is given up (KilledWorker)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import operator
@@ -219,3 +220,20 @@ def test_tiny_items_are_batched_and_long_items_sent_alone():
     assert tiny.stats.chunks < 200  # not 20,000 messages
     slow = pm.parmap(helpers.sleepy, [(i, 0.03) for i in range(12)], workers=2)
     assert slow.stats.chunks == 12  # ~30 ms items go one per message, for balance
+
+
+def test_a_function_used_again_stays_loaded_past_the_cache_size():
+    """The parent mirrors each worker's LRU of loaded functions: a function used again
+    must be the most recent on both sides, or the worker evicts one the parent still
+    counts as loaded, and the next call using it fails ("could not be unpickled").
+    The pandas accessors meet this: each call sends a new function (its pieces' job)."""
+    from ipyparmap.wire import messages as M
+
+    funcs = [functools.partial(operator.add, n) for n in range(M.FUNCTION_CACHE + 2)]
+    first = funcs[0]
+    for func in funcs[: M.FUNCTION_CACHE]:
+        assert pm.parmap(func, [1], workers=1, progress=False) == [func(1)]
+    assert pm.parmap(first, [1], workers=1, progress=False) == [first(1)]  # used again
+    for func in funcs[M.FUNCTION_CACHE :]:  # two new ones: each side evicts its oldest
+        assert pm.parmap(func, [1], workers=1, progress=False) == [func(1)]
+    assert pm.parmap(first, [2], workers=1, progress=False) == [first(2)]

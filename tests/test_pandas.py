@@ -7,10 +7,13 @@ from __future__ import annotations
 import os
 
 import pytest
-from conftest import children, notebook_function, run_python, wait_for
+from conftest import notebook_function, run_python, start_python, wait_for
 
 pd = pytest.importorskip("pandas")
 np = pytest.importorskip("numpy")
+
+from frames_data import INDEXES, assert_same, grouped_frame  # noqa: E402
+from frames_data import make_index as _index  # noqa: E402
 
 import ipyparmap as pm  # noqa: E402  (after pandas: the accessors register at once)
 from ipyparmap.frames import accessors  # noqa: E402
@@ -22,29 +25,9 @@ assert_frame_equal = pd.testing.assert_frame_equal
 PAR = {"workers": 2, "chunksize": 7, "progress": False}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _pool_down_after():
-    yield
-    pm.shutdown()
-    wait_for(lambda: not children(), timeout=10, what="child processes to exit")
+pytestmark = pytest.mark.usefixtures("no_leaks_after_module")
 
 
-def _index(kind: str, n: int):
-    if kind == "range":
-        return pd.RangeIndex(n)
-    if kind == "strings":
-        return pd.Index([f"row{i}" for i in range(n)], name="key")
-    if kind == "datetimes":
-        return pd.date_range("2024-01-01", periods=n, freq="h", name="when")
-    if kind == "multi":
-        return pd.MultiIndex.from_arrays([[i // 5 for i in range(n)], [f"k{i}" for i in range(n)]],
-                                         names=["a", "b"])  # fmt: skip
-    if kind == "duplicates":
-        return pd.Index([i % 4 for i in range(n)])
-    raise ValueError(kind)
-
-
-INDEXES = ["range", "strings", "datetimes", "multi", "duplicates"]
 N = 30
 
 
@@ -405,18 +388,6 @@ def test_errors_where_the_rows_ran(fail_at):
 
 
 # -------------------------------------------------------------------------- groupby
-def _grouped_frame(n: int = 50):
-    return pd.DataFrame(
-        {
-            "k": list("bacabdeffg") * (n // 10),
-            "k2": np.arange(n) % 3,
-            "v": np.arange(n),
-            "w": np.arange(n) * 0.5,
-        },
-        index=_index("strings", n),
-    )
-
-
 GROUP_FUNCS = {
     "scalar": lambda g: g["v"].sum(),
     "series": lambda g: pd.Series({"a": g["v"].sum(), "b": g["w"].mean()}),
@@ -426,42 +397,35 @@ GROUP_FUNCS = {
 GPAR = {"workers": 2, "chunksize": 2, "progress": False}
 
 
-def _assert_same(got, expected):
-    if isinstance(expected, pd.DataFrame):
-        assert_frame_equal(got, expected)
-    else:
-        assert_series_equal(got, expected)
-
-
 @pytest.mark.parametrize("name", list(GROUP_FUNCS))
 @pytest.mark.parametrize("group_keys", [True, False])
 @pytest.mark.parametrize("by", ["k", ["k", "k2"]], ids=["one-key", "two-keys"])
 def test_groupby_apply_equals_pandas(by, group_keys, name):
-    gb = _grouped_frame().groupby(by, group_keys=group_keys)
+    gb = grouped_frame().groupby(by, group_keys=group_keys)
     func = GROUP_FUNCS[name]
-    _assert_same(gb.parmap.apply(func, **GPAR), gb.apply(func))
+    assert_same(gb.parmap.apply(func, **GPAR), gb.apply(func))
 
 
 @pytest.mark.parametrize("group_keys", [True, False])
 @pytest.mark.parametrize("name", ["sum", "cumsum", "describe"])
 def test_series_groupby_apply_equals_pandas(name, group_keys):
-    gb = _grouped_frame().groupby("k", group_keys=group_keys)["v"]
+    gb = grouped_frame().groupby("k", group_keys=group_keys)["v"]
     func = {
         "sum": lambda g: g.sum(),
         "cumsum": lambda g: g.cumsum(),
         "describe": lambda g: g.describe(),
     }[name]
-    _assert_same(gb.parmap.apply(func, **GPAR), gb.apply(func))
+    assert_same(gb.parmap.apply(func, **GPAR), gb.apply(func))
 
 
 def test_groupby_keys_that_are_not_columns_and_unsorted_groups():
-    df = _grouped_frame()
+    df = grouped_frame()
     func = GROUP_FUNCS["scalar"]
     for gb in (df.groupby(df["k"].str.upper()), df.groupby("k", sort=False),
                df.groupby(level=0), df.groupby(df["k"].astype("category"), observed=True)):  # fmt: skip
-        _assert_same(gb.parmap.apply(func, **GPAR), gb.apply(func))
+        assert_same(gb.parmap.apply(func, **GPAR), gb.apply(func))
     gb = df.groupby("k")
-    _assert_same(gb.parmap.apply(func, progress=False), gb.apply(func))  # kernel first
+    assert_same(gb.parmap.apply(func, progress=False), gb.apply(func))  # kernel first
 
 
 def test_groupby_errors_name_the_group():
@@ -470,7 +434,7 @@ def test_groupby_errors_name_the_group():
             raise ZeroDivisionError("no d")
         return g["v"].sum()
 
-    gb = _grouped_frame().groupby("k")
+    gb = grouped_frame().groupby("k")
     with pytest.raises(ZeroDivisionError, match=r"group 'd' raised ZeroDivisionError: no d"):
         gb.parmap.apply(func, **GPAR)
     got = gb.parmap.apply(func, errors="collect", **GPAR)
@@ -510,7 +474,7 @@ def test_edge_cases_equal_pandas(case):
         got, expected = obj.parmap.map(func, **PAR), obj.map(func)
     else:
         got, expected = obj.parmap.apply(func, axis=1, **PAR), obj.apply(func, axis=1)
-    _assert_same(got, expected)
+    assert_same(got, expected)
 
 
 @pytest.mark.parametrize("dropna", [True, False])
@@ -518,7 +482,7 @@ def test_groupby_with_missing_keys(dropna):
     df = pd.DataFrame({"k": [1, 1, np.nan, 2] * 8, "v": range(32)})
     for group_keys, func in ((True, GROUP_FUNCS["scalar"]), (False, lambda g: g * 2)):
         gb = df.groupby("k", dropna=dropna, group_keys=group_keys)
-        _assert_same(gb.parmap.apply(func, **GPAR), gb.apply(func))
+        assert_same(gb.parmap.apply(func, **GPAR), gb.apply(func))
 
 
 def test_errors_mode_from_config_parmap():
@@ -531,3 +495,48 @@ def test_errors_mode_from_config_parmap():
         api.configure_defaults({})
     assert np.isnan(got.iloc[3]) and got.iloc[4] == 8
     assert [f.index for f in got.attrs["parmap_failures"]] == [3]
+
+
+INTERRUPTED_FRAME = """
+import os, time
+import pandas as pd, ipyparmap as pm
+
+def work(row):
+    if row["i"] >= 10:  # the third and fourth pieces: busy until interrupted
+        open(os.path.join(TMP, f"busy-{row['i']}"), "w").close()
+        time.sleep(60)
+    return row["i"] * 2
+
+df = pd.DataFrame({"i": range(30)}, index=[f"r{i}" for i in range(30)])
+try:
+    df.parmap.apply(work, axis=1, workers=2, chunksize=5, progress=False)
+except pm.Interrupted as exc:
+    got = exc.results
+    print("TYPE", type(got).__name__, isinstance(exc, KeyboardInterrupt), flush=True)
+    print("DONE", got.iloc[:10].tolist(), int(got.isna().sum()), flush=True)
+    failures = got.attrs["parmap_failures"]
+    print("CANCELLED", len(failures), sorted({f.kind for f in failures}), failures[0].item, flush=True)
+    print("AGAIN", df.head(3).parmap.apply(lambda r: r["i"], axis=1, progress=False).tolist(), flush=True)
+"""
+
+
+def test_interrupt_keeps_the_finished_rows(tmp_path):
+    """Ctrl-C during a call: pm.Interrupted's ``.results`` is the frame so far, pandas'
+    values for the rows that finished, the others missing and listed as cancelled."""
+    import signal
+
+    from test_interrupt import _read_line_with
+
+    proc = start_python(INTERRUPTED_FRAME.replace("TMP", repr(str(tmp_path))))
+    try:
+        wait_for(lambda: {p.name for p in tmp_path.iterdir()} >= {"busy-10", "busy-15"},
+                 timeout=60, what="the two slow pieces to start")  # fmt: skip
+        os.kill(proc.pid, signal.SIGINT)
+        assert _read_line_with(proc, "TYPE", 30) == "TYPE Series True"
+        done = _read_line_with(proc, "DONE", 30)
+        assert done == f"DONE {[i * 2.0 for i in range(10)]} 20"  # NaN rows make floats
+        assert _read_line_with(proc, "CANCELLED", 30) == "CANCELLED 20 ['cancelled'] r10"
+        assert _read_line_with(proc, "AGAIN", 60) == "AGAIN [0, 1, 2]"
+    finally:
+        proc.kill()
+        proc.wait(30)

@@ -311,3 +311,36 @@ def test_failures_reach_the_model():
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "OK 5/6 done, 1 error" in out.stdout  # the final line comes from the run's stats
+
+
+# -- a model counting rows (the pandas accessors) -----------------------------------------
+def test_a_model_counting_by_weights_reads_in_its_unit(clock):
+    model = ProgressModel(clock=clock)
+    model.count_by([7, 7, 3], "rows", before=5)  # 5 rows ran before, in the kernel
+    model.set_items(3)
+    assert (model.total, model.done, model.ok) == (22, 5, 5)
+    clock.advance(1)
+    model.add(1, indices=[1])
+    model.add(1, 1, indices=(2,))  # a lost piece: its 3 rows failed
+    assert (model.done, model.failed, model.items_done) == (15, 3, 2)
+    # the rate counts only rows run since the start (7 in the first second), not `before`
+    assert model.status_parts()[:3] == ["12/22 rows done", "3 failed", "7.0 rows/s"]
+    model.finish()  # piece 0 never came back: its rows cancelled
+    assert model.summary_parts()[:3] == ["12/22 rows done", "7 cancelled", "3 failed"]
+    assert model.failure_parts() == ["3 failed"]
+
+
+def test_an_unweighted_model_reads_as_before(clock):
+    model = ProgressModel(clock=clock)
+    model.set_items(4)
+    model.add(2, indices=[0, 1])
+    assert (model.total, model.done) == (4, 2)
+    assert model.status_parts()[0] == "2/4 done" and "items/s" in model.status_parts()[2]
+
+
+def test_text_status_line_counts_the_models_unit(clock):
+    model = ProgressModel(clock=clock)
+    model.count_by([10, 10], "rows")
+    model.set_items(2)
+    model.add(1, indices=[0])
+    assert "10/20 rows done" in textui.status_line(model)

@@ -109,14 +109,14 @@ class OutcomeSink:
             if errors:
                 self._failed_in_batch(chunk, start, values, errors)
             else:
-                self._count_done(worker_id, len(values))
+                self._count_done(worker_id, indices)
                 self.succeeded(indices, values, worker_id)
         chunk.reported = start + count
 
-    def _count_done(self, worker_id: Any, count: int) -> None:
+    def _count_done(self, worker_id: Any, indices) -> None:
         if self.progress is not None:
-            self.progress.worker(worker_id).done += count
-            self.progress.add(count)
+            self.progress.worker(worker_id).done += len(indices)
+            self.progress.add(len(indices), indices=indices)
 
     def _failed_in_batch(self, chunk: Chunk, start: int, values: list, errors: dict) -> None:
         """A batch with failed items: hand out the successes, handle each failure."""
@@ -130,7 +130,7 @@ class OutcomeSink:
             else:
                 self.item_failed(chunk, position, "error", rebuild_exception(info), info[3])
         if ok_values:
-            self._count_done(chunk.worker_id, len(ok_values))
+            self._count_done(chunk.worker_id, ok_indices)
             self.succeeded(ok_indices, ok_values, chunk.worker_id)
 
     def item_failed(self, chunk: Chunk, position: int, kind: str, exc,
@@ -195,7 +195,7 @@ class ResultsSink(OutcomeSink):
             self.on_output.items_ended((index,))
         self.stats.failures[kind] = self.stats.failures.get(kind, 0) + 1
         if self.progress is not None:
-            self.progress.add(1, 1)
+            self.progress.add(1, 1, indices=(index,))
         if self.options.errors == "raise" and not self.state.stopping:
             self.state.stop()
             self.first_failure = failure

@@ -260,7 +260,7 @@ class Runner:
             if feed.packing is not AS_IS:
                 feed.payload = pickle_function(feed.func)
         if self.progress is not None:
-            self.progress.total = getattr(self.feed, "total", None)
+            self.progress.set_items(getattr(self.feed, "total", None))
             self.progress.cancel = self.cancel
         self.engine_started = True
         self.engine.start(self)
@@ -290,13 +290,13 @@ class Runner:
             # The views draw the final line from the stats, so they must hold what
             # ResultsSink.build will count: as many items as the Results has slots, and
             # the ones that never finished as "cancelled" (every finished item went
-            # through progress.add, so those are size - progress.done). Pinned by
+            # through progress.add, so those are size - progress.items_done). Pinned by
             # tests/test_widget.py::test_a_run_stopped_by_its_first_failure_reads_the_same_everywhere  # noqa: E501
             if isinstance(self.feed, ItemFeed):
                 size = self.feed.size()
                 self.stats.items = size
-                if size > self.progress.done:
-                    self.stats.failures["cancelled"] = size - self.progress.done
+                if size > self.progress.items_done:
+                    self.stats.failures["cancelled"] = size - self.progress.items_done
             self.progress.finish(self.stats)
 
     def _raise_first_failure(self) -> None:

@@ -4,8 +4,9 @@
 accessors are registered at once, else a finder on ``sys.meta_path`` waits for
 ``import pandas`` and registers them right after it (no pandas import of our own, so
 ``import ipyparmap`` stays light). `register_pandas` registers them explicitly and sets
-the defaults of their calls. The accessors themselves are in `accessors`, the part that
-runs in the workers in `pieces`.
+the defaults of their calls. The accessors themselves are in `accessors` (Series,
+DataFrame), `groupby` and `windows` (rolling, expanding); the part that runs in the
+workers in `pieces`.
 """
 
 from __future__ import annotations
@@ -50,11 +51,8 @@ def _register() -> None:
         return
     import pandas as pd
 
-    from ipyparmap.frames.accessors import (
-        DataFrameAccessor,
-        GroupByAccessorProperty,
-        SeriesAccessor,
-    )
+    from ipyparmap.frames.accessors import DataFrameAccessor, SeriesAccessor
+    from ipyparmap.frames.groupby import GroupByAccessorProperty
 
     pd.api.extensions.register_series_accessor("parmap")(SeriesAccessor)
     pd.api.extensions.register_dataframe_accessor("parmap")(DataFrameAccessor)
@@ -65,6 +63,11 @@ def _register() -> None:
     for cls in (DataFrameGroupBy, SeriesGroupBy):
         if "parmap" not in vars(cls):
             cls.parmap = GroupByAccessorProperty()
+    from ipyparmap.frames.windows import WindowAccessor, window_classes
+
+    for cls in window_classes():  # Rolling, Expanding and their groupby forms
+        if "parmap" not in vars(cls):
+            cls.parmap = GroupByAccessorProperty(WindowAccessor)
     _registered = True
 
 

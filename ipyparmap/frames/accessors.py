@@ -18,8 +18,8 @@ from typing import Any
 
 import pandas as pd
 
-from ipyparmap.errors import TaskError, task_error
-from ipyparmap.frames.pieces import GroupPiece, PieceFailure, PieceJob, run_piece
+from ipyparmap.errors import Interrupted, TaskError, task_error
+from ipyparmap.frames.pieces import PieceFailure, PieceJob, run_piece
 
 #: The run options every accessor call takes, passed on to `ipyparmap.parmap`.
 RUN_OPTIONS = ("workers", "chunksize", "progress", "errors", "timeout", "retries", "backend")
@@ -81,12 +81,19 @@ class _Split:
         self.failures: list[Any] = []
 
     @property
+    def unit(self) -> str:
+        return "columns" if self.by_columns else "rows"
+
+    def size(self, piece: Any) -> int:
+        """The rows (columns) of ``piece`` whose results it gives."""
+        return piece.shape[1] if self.by_columns else len(piece)
+
+    @property
     def done(self) -> int:
         """Rows (columns) cut into pieces so far."""
         if not self.pieces:
             return 0
-        last = self.pieces[-1]
-        return self.starts[-1] + (last.shape[1] if self.by_columns else len(last))
+        return self.starts[-1] + self.size(self.pieces[-1])
 
     def take(self, size: int) -> Any:
         start = self.done
@@ -103,6 +110,12 @@ class _Split:
             _failures(self.pieces[position], self.starts[position], self.job, self.by_columns,
                       failed)
         )  # fmt: skip
+
+    def lost(self, position: int, failure: Any) -> None:
+        """The piece never came back (a crash, a timeout): every row of it failed."""
+        self.results.append(None)
+        self.failures.extend(_piece_failed(self.pieces[position], self.starts[position],
+                                           self.by_columns, failure))  # fmt: skip
 
     def raised(self, position: int, exc: BaseException, call: int, tb: str) -> TaskError:
         return _row_error(self.pieces[position], self.starts[position], self.job,
@@ -125,21 +138,32 @@ def run(obj: Any, job: PieceJob, options: dict[str, Any], by_columns: bool = Fal
     if split.length == 0:  # pandas' own rules for empty input (it may call func once)
         return _mark(run_piece(job, obj)[0], [], job)
     # In the kernel first: slices of 1, 2, 4... rows until SERIAL_SECONDS have passed
-    # (about what a warm parallel call costs); a small or cheap input ends there. Not
-    # with what only workers enforce (timeout=, retries=), another backend, a chunksize=.
-    if (
+    # (about what a warm parallel call costs); a small or cheap input ends there.
+    if kernel_first(options, chunk):
+        _in_kernel(split)
+
+    def combine() -> Any:
+        if len(split.results) == 1 and split.results[0] is not None:
+            return split.results[0]  # pandas' own result, whole
+        return _combine(obj, split.pieces, split.results, job, by_columns)
+
+    if split.done < split.length:
+        try:
+            _in_workers(split, options, chunk)
+        except Interrupted as err:
+            raise interrupted(err, split, combine, job) from None
+    return _mark(combine(), split.failures, job)
+
+
+def kernel_first(options: dict[str, Any], chunk: int | None) -> bool:
+    """Whether a call runs its first rows (groups) in the kernel: not with what only
+    workers enforce (timeout=, retries=), another backend, or a chunksize= asked for."""
+    return (
         chunk is None
         and options.get("timeout") is None
         and not options.get("retries")
         and options.get("backend") in (None, "local")
-    ):
-        _in_kernel(split)
-    if split.done < split.length:
-        _in_workers(split, options, chunk)
-    if len(split.results) == 1 and split.results[0] is not None:
-        return _mark(split.results[0], split.failures, job)  # pandas' own result, whole
-    result = _combine(obj, split.pieces, split.results, job, by_columns)
-    return _mark(result, split.failures, job)
+    )
 
 
 def _in_kernel(split: _Split) -> None:
@@ -161,19 +185,21 @@ def _in_kernel(split: _Split) -> None:
 
 
 def _in_workers(split: _Split, options: dict[str, Any], chunk: int | None) -> None:
-    """The rows not run yet, in pieces of ``chunk`` rows, run by `parmap`."""
-    from ipyparmap.api import cpu_count, parmap
-    from ipyparmap.results import Failure
+    """The rows not run yet, in pieces of ``chunk`` rows, run by `parmap`; its progress
+    counts rows (columns), those run in the kernel already done."""
+    from ipyparmap.api import cpu_count, parmap_counted
 
     if chunk is None:
         workers = options.get("workers") or cpu_count()
         chunk = max(1, math.ceil((split.length - split.done) / (workers * PIECES_PER_WORKER)))
-    first = len(split.pieces)
+    first, before = len(split.pieces), split.done
     while split.done < split.length:
         split.take(chunk)
+    pieces = split.pieces[first:]
+    counts = [split.size(piece) for piece in pieces]
     try:
-        outcomes = parmap(functools.partial(run_piece, split.job), split.pieces[first:],
-                          chunksize=1, **options)  # fmt: skip
+        outcomes = parmap_counted(functools.partial(run_piece, split.job), pieces, counts,
+                                  split.unit, before, chunksize=1, **options)  # fmt: skip
     except TaskError as err:
         failure = err.failure
         index = getattr(failure, "index", None)
@@ -182,13 +208,33 @@ def _in_workers(split: _Split, options: dict[str, Any], chunk: int | None) -> No
         if index is None or call is None:
             raise  # the engine's own error: a crash, a timeout, what could not be pickled
         raise split.raised(first + index, exc, call, failure.traceback) from exc
+    except Interrupted as err:
+        record(split, err.results or (), first)  # the finished pieces, for the caller
+        raise
+    record(split, outcomes, first)
+
+
+def record(split: Any, outcomes: Any, first: int) -> None:
+    """What the workers gave for pieces ``first``..: results, or whole pieces lost (a
+    crash, a timeout, an interrupt's cancelled pieces)."""
+    from ipyparmap.results import Failure
+
     for position, outcome in enumerate(outcomes, first):
-        if isinstance(outcome, Failure):  # the whole piece: a crash, a timeout
-            split.results.append(None)
-            split.failures.extend(_piece_failed(split.pieces[position], split.starts[position],
-                                                split.by_columns, outcome))  # fmt: skip
+        if isinstance(outcome, Failure):
+            split.lost(position, outcome)
         else:
             split.gave(position, *outcome)
+
+
+def interrupted(err: Interrupted, split: Any, combine: Any, job: PieceJob) -> Interrupted:
+    """``err`` with ``.results`` the call's result so far, as pandas would give it for
+    the rows that finished (the others missing) and every row that did not finish
+    listed in ``attrs["parmap_failures"]`` ("cancelled")."""
+    if len(split.results) == len(split.pieces) and split.pieces:
+        partial = combine()
+        partial.attrs[FAILURES_ATTR] = list(split.failures)
+        err.results = partial
+    return err
 
 
 # ------------------------------------------------------------------- placing failures
@@ -407,214 +453,3 @@ class DataFrameAccessor(_Accessor):
         kwargs, options = _split_options(kwargs)
         job = PieceJob("frame_map", func, kwargs=kwargs, na_action=na_action)
         return run(self._obj, job, options)
-
-
-# -------------------------------------------------------------------------- groupby
-def _group_arguments(gb: Any) -> tuple[dict[str, Any], Any]:
-    """(the groupby's arguments, its keys as one Series or a list of Series aligned
-    with its object, or None where the keys are column labels or index levels the
-    pieces carry themselves)."""
-    group = {
-        "sort": gb.sort, "group_keys": gb.group_keys, "dropna": gb.dropna,
-        "observed": gb.observed,
-    }  # fmt: skip
-    obj = gb.obj
-    if isinstance(obj, pd.DataFrame):
-        group["as_index"] = gb.as_index
-    elif not gb.as_index:
-        raise NotImplementedError("groupby(as_index=False)[column].parmap: not supported yet")
-    keys, level = gb.keys, gb.level
-    if keys is None:
-        group["level"] = level
-        return group, None
-    labels = keys if isinstance(keys, list) else [keys]
-    if isinstance(obj, pd.DataFrame) and all(
-        _hashable(k) and (k in obj.columns or k in obj.index.names) for k in labels
-    ):
-        group["by"] = keys
-        return group, None
-    try:
-        groupings = gb._grouper.groupings  # pandas' own per-row keys, dtypes kept
-        series = [
-            pd.Series(g.grouping_vector, index=obj.index, name=g.name, copy=False)
-            for g in groupings
-        ]
-    except Exception as exc:
-        raise NotImplementedError(
-            f"groupby(...).parmap: these group keys are not supported yet ({exc})"
-        ) from None
-    return group, series[0] if len(series) == 1 and not isinstance(keys, list) else series
-
-
-def _hashable(value: Any) -> bool:
-    try:
-        hash(value)
-    except TypeError:
-        return False
-    return True
-
-
-class _Groups:
-    """A groupby's pieces: whole groups each, in the groups' order."""
-
-    def __init__(self, gb: Any, job: PieceJob, keys: Any):
-        import numpy as np
-
-        self.job = job
-        self.obj = gb.obj
-        self.keys = keys
-        codes = gb.ngroup().to_numpy()
-        if codes.dtype.kind == "f":  # rows whose key is NaN, dropped: NaN
-            codes = np.where(np.isnan(codes), -1, codes)
-        self.codes = codes.astype(np.int64)
-        self.ngroups = int(gb.ngroups)
-        self.pieces: list[GroupPiece] = []
-        self.positions: list[Any] = []  # each piece's row positions
-        self.results: list[Any] = []
-        self.same: list[bool] = []  # each piece: every group's result indexed like it
-        self.failures: list[Any] = []
-        self.done = 0  # groups cut into pieces so far
-
-    def take(self, size: int) -> GroupPiece:
-        import numpy as np
-
-        start, stop = self.done, min(self.ngroups, self.done + size)
-        positions = np.flatnonzero((self.codes >= start) & (self.codes < stop))
-        keys = self.keys
-        if isinstance(keys, list):
-            keys = [k.iloc[positions] for k in keys]
-        elif keys is not None:
-            keys = keys.iloc[positions]
-        piece = GroupPiece(self.obj.iloc[positions], keys)
-        self.pieces.append(piece)
-        self.positions.append(positions)
-        self.done = stop
-        return piece
-
-    def gave(self, value: Any, failed: list[PieceFailure], same: bool = False) -> None:
-        self.results.append(value)
-        self.same.append(same)
-        self.failures.extend(_make_failure(-1, f.label, f.exception, f.traceback) for f in failed)
-
-
-def _group_error(exc: BaseException, tb: str) -> TaskError:
-    label = getattr(exc, "_parmap_label", None)
-    text = str(exc)
-    message = f"group {label!r} raised {type(exc).__name__}" + (f": {text}" if text else "")
-    return task_error(message, _make_failure(-1, label, exc, tb), None, exc)
-
-
-def run_groups(gb: Any, job: PieceJob, options: dict[str, Any]) -> Any:
-    """``gb.apply(job.func, ...)`` with whole groups in each piece; pandas' result."""
-    if not callable(job.func):
-        raise TypeError(
-            f"groupby(...).parmap.apply needs a function, got {type(job.func).__name__}"
-        )
-    errors = _errors_mode(options)
-    chunk = options.pop("chunksize", None)
-    if chunk is not None and (not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1):
-        raise ValueError(f"chunksize must be a positive int (groups per piece), got {chunk!r}")
-    group, keys = _group_arguments(gb)
-    job = job._replace(collect=errors == "collect", group=group)
-    split = _Groups(gb, job, keys)
-    if split.ngroups == 0:
-        return gb.apply(job.func, *job.args, **job.kwargs)  # nothing to split: pandas'
-    if (
-        chunk is None
-        and options.get("timeout") is None
-        and not options.get("retries")
-        and options.get("backend") in (None, "local")
-    ):  # the first groups in the kernel, as `run` does with rows
-        began = time.perf_counter()
-        size = 1
-        while split.done < split.ngroups and time.perf_counter() - began < SERIAL_SECONDS:
-            piece = split.take(size)
-            size *= 2
-            try:
-                split.gave(*run_piece(job, piece))
-            except Exception as exc:
-                if getattr(exc, "_parmap_call", None) is None:
-                    raise  # pandas' own error, not the function's
-                import traceback
-
-                raise _group_error(exc, traceback.format_exc()) from exc
-    if split.done < split.ngroups:
-        from ipyparmap.api import cpu_count, parmap
-        from ipyparmap.results import Failure
-
-        if chunk is None:
-            workers = options.get("workers") or cpu_count()
-            left = split.ngroups - split.done
-            chunk = max(1, math.ceil(left / (workers * PIECES_PER_WORKER)))
-        first = len(split.pieces)
-        while split.done < split.ngroups:
-            split.take(chunk)
-        try:
-            outcomes = parmap(functools.partial(run_piece, job), split.pieces[first:],
-                              chunksize=1, **options)  # fmt: skip
-        except TaskError as err:
-            exc = getattr(err.failure, "exception", None)
-            if getattr(exc, "_parmap_call", None) is None:
-                raise  # the engine's own error: a crash, a timeout, what could not be pickled
-            raise _group_error(exc, err.failure.traceback) from exc
-        for outcome in outcomes:
-            if isinstance(outcome, Failure):  # whole groups lost: left out of the result
-                split.results.append(None)
-                split.same.append(True)
-                split.failures.append(outcome)
-            else:
-                split.gave(*outcome)
-    return _mark(_combine_groups(split), split.failures, job)
-
-
-def _combine_groups(split: _Groups) -> Any:
-    import numpy as np
-
-    every = zip(split.pieces, split.positions, split.results, split.same, strict=True)
-    kept = [(p, pos, r, same) for p, pos, r, same in every if r is not None]
-    if not kept:
-        return pd.Series(dtype=float)
-    if len(kept) == 1 and len(split.results) == 1:
-        return kept[0][2]  # one piece: pandas' own result, whole
-    # Every group's result indexed like the group (a transform-like function) and
-    # group_keys=False: pandas gives the rows in their own order. A piece whose groups
-    # happened to be all so, in a call where others are not, was put in row order by
-    # pandas in the worker: back to the groups' order.
-    reorder = not split.job.group.get("group_keys", True)
-    everywhere = reorder and all(same for *_, same in kept)
-    results = []
-    for _, positions, result, same in kept:
-        if reorder and same and not everywhere:
-            result = result.iloc[np.argsort(split.codes[positions], kind="stable")]
-        results.append(result)
-    combined = pd.concat(results)
-    if everywhere:
-        order = np.argsort(np.concatenate([pos for _, pos, *_ in kept]), kind="stable")
-        combined = combined.iloc[order]
-    frames = isinstance(combined, pd.DataFrame)
-    if frames and any(not isinstance(r, pd.DataFrame) for r in results):
-        return combined
-    return _infer_again(combined, results, split.job, frames, False)
-
-
-class GroupByAccessor:
-    """``df.groupby(key).parmap`` and ``df.groupby(key)[column].parmap``."""
-
-    def __init__(self, gb: Any):
-        self._gb = gb
-
-    def apply(self, func: Any, *args: Any, **kwargs: Any) -> Any:
-        """``GroupBy.apply(func, *args, **kwargs)`` with whole groups in each worker's
-        pieces; same result. Run options (``chunksize=``: groups per piece) are taken
-        out of ``kwargs``; the rest go to pandas' ``apply`` and ``func``."""
-        kwargs, options = _split_options(kwargs)
-        job = PieceJob("group_apply", func, args=args, kwargs=kwargs)
-        return run_groups(self._gb, job, options)
-
-
-class GroupByAccessorProperty:
-    """The ``parmap`` attribute of pandas' GroupBy classes (pandas registers no
-    accessors there)."""
-
-    def __get__(self, gb: Any, owner: Any = None) -> Any:
-        return GroupByAccessor if gb is None else GroupByAccessor(gb)

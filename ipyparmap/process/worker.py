@@ -244,6 +244,8 @@ class Worker:
         board = self.board
         board.begin_chunk(chunk_id)
         func = self.functions.get(message.key)
+        if func is not None:  # used: the most recent, as the parent's mirror has it
+            self.functions.move_to_end(message.key)
         if func is None or isinstance(func, _LoadFailure):  # failed to load, or evicted
             for fd in fds:
                 os.close(fd)

@@ -14,6 +14,12 @@ While running, the figures are the model's own counts. At the end the `Runner` h
 by kind including the cancelled ones, wall time, busy workers), so the panel, the text bar,
 ``Results.summary()`` and a failed run's exception read the same. Every line is worded
 by ``ipyparmap.figures``.
+
+A model may count something other than items: `count_by` gives each item a weight (the
+pandas accessors send pieces of a frame as items and count their rows, or groups), and
+units finished before the run began (rows the kernel ran itself). Then every figure,
+the final line included, is in those units; the model's ``items_done`` still counts
+items, for the run's own bookkeeping.
 """
 
 from __future__ import annotations
@@ -57,6 +63,10 @@ class ProgressModel:
     # The run's RunStats, given to finish(): the source of the final line. Typed Any
     # because ipyparmap.results is its sibling in the layers: this module must not import it.
     stats: Any = None
+    unit: str = "items"  # what done/total count (`count_by`)
+    weights: Any = None  # item index -> units it counts for; None: 1 each
+    before: int = 0  # units finished before the run's first item (counted in done)
+    items_done: int = 0  # finished items, whatever their weights
     _last_refresh: float = 0.0
     _last_done: int = 0
 
@@ -65,8 +75,26 @@ class ProgressModel:
         self._last_refresh = self.started
 
     # -- feeding ----------------------------------------------------------------------
-    def add(self, done: int = 0, failed: int = 0) -> None:
-        """``done`` items finished, ``failed`` of them failed."""
+    def count_by(self, weights: Any, unit: str, before: int = 0) -> None:
+        """Count ``weights[i]`` units for item ``i`` (and ``before`` units already
+        done) instead of one per item; call before the run starts."""
+        self.weights, self.unit, self.before = weights, unit, before
+        self.done = self._last_done = before
+
+    def set_items(self, items: int | None) -> None:
+        """The run's item count (None: unknown); in units where the model weighs items."""
+        if self.weights is not None and items is not None:
+            self.total = self.before + sum(self.weights[i] for i in range(items))
+        else:
+            self.total = items
+
+    def add(self, done: int = 0, failed: int = 0, indices: Any = None) -> None:
+        """``done`` items finished, ``failed`` of them failed (all or none of them);
+        ``indices`` says which, for a model that weighs its items."""
+        self.items_done += done
+        if self.weights is not None and indices is not None:
+            units = sum(self.weights[i] for i in indices)
+            done, failed = units, units if failed else 0
         self.done += done
         self.failed += failed
         self.maybe_refresh()
@@ -156,29 +184,33 @@ class ProgressModel:
 
     @property
     def average_rate(self) -> float:
-        """Items per second over the whole run so far."""
+        """Items (units) per second over the whole run so far."""
         elapsed = self.elapsed
-        return self.done / elapsed if elapsed > 0 else 0.0
+        return (self.done - self.before) / elapsed if elapsed > 0 else 0.0
 
     def status_parts(self) -> list[str]:
         """The running status in pieces: ``43/100 done``, ``2 failed``, ``12.3 items/s``,
         ``3.1 s`` and, while running with a known length, ``ETA 4.2 s``."""
         rate = self.average_rate if self.ended is not None else self.rate
         eta = self.eta if self.ended is None else None
-        return figures.status_parts(self.ok, self.total, self.failed, rate, self.elapsed, eta)
+        return figures.status_parts(
+            self.ok, self.total, self.failed, rate, self.elapsed, eta, unit=self.unit
+        )
 
     def summary_parts(self) -> list[str]:
         """The end of the run in pieces (see `summary`)."""
-        if self.stats is not None:
+        if self.stats is not None and self.weights is None:
             return self.stats.summary_parts()
-        # Driven by hand, without stats: the model's counts, worded the same way (items
-        # left when it ended are the cancelled ones).
+        # Driven by hand, without stats, or counting units the stats do not know (rows):
+        # the model's counts, worded the same way (units left when it ended are the
+        # cancelled ones).
         failures = {"failed": self.failed}
         if self.total is not None and self.ended is not None:
             failures[figures.CANCELLED] = max(0, self.total - self.done)
         return figures.summary_parts(
-            self.ok, self.total, failures, self.elapsed, self.size, self.busy_workers
-        )
+            self.ok, self.total, failures, self.elapsed, self.size, self.busy_workers,
+            unit=self.unit,
+        )  # fmt: skip
 
     def summary(self) -> str:
         """One line for the end of a run, as ``Results.summary()`` words it:
@@ -188,7 +220,7 @@ class ProgressModel:
     def failure_parts(self) -> list[str]:
         """The pieces of the current line that count failed items (views colour them):
         each failure kind but ``cancelled`` at the end, ``2 failed`` while running."""
-        if self.ended is not None and self.stats is not None:
+        if self.ended is not None and self.stats is not None and self.weights is None:
             return figures.failed_parts(self.stats.failures)
         return [f"{self.failed} failed"] if self.failed else []
 

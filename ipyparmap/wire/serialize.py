@@ -564,6 +564,13 @@ def _reachable(func: Any, depth: int = 0):
     inner = getattr(func, "__func__", None) or getattr(func, "func", None)
     if inner is not None and inner is not func:
         yield from _reachable(inner, depth + 1)
+    if isinstance(func, functools.partial):
+        # the functions a partial is given, also inside a tuple (the pandas accessors
+        # send partial(run_piece, PieceJob(func=the user's function, ...)))
+        for arg in (*func.args, *func.keywords.values()):
+            for ref in arg if isinstance(arg, tuple) else (arg,):
+                if isinstance(ref, (types.FunctionType, types.MethodType, functools.partial)):
+                    yield from _reachable(ref, depth + 1)
     code = getattr(func, "__code__", None)
     if code is None:
         return
