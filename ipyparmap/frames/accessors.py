@@ -20,6 +20,7 @@ import pandas as pd
 
 from ipyparmap.errors import TaskError, task_error
 from ipyparmap.frames.pieces import GroupPiece, PieceFailure, PieceJob, run_piece
+from ipyparmap.frames.transport import outgoing, run_sent_piece  # numeric data: shared memory
 
 #: The run options every accessor call takes, passed on to `ipyparmap.parmap`.
 RUN_OPTIONS = ("workers", "chunksize", "progress", "errors", "timeout", "retries", "backend")
@@ -172,8 +173,8 @@ def _in_workers(split: _Split, options: dict[str, Any], chunk: int | None) -> No
     while split.done < split.length:
         split.take(chunk)
     try:
-        outcomes = parmap(functools.partial(run_piece, split.job), split.pieces[first:],
-                          chunksize=1, **options)  # fmt: skip
+        outcomes = parmap(functools.partial(run_sent_piece, split.job),
+                          outgoing(split.pieces[first:]), chunksize=1, **options)  # fmt: skip
     except TaskError as err:
         failure = err.failure
         index = getattr(failure, "index", None)
@@ -550,8 +551,8 @@ def run_groups(gb: Any, job: PieceJob, options: dict[str, Any]) -> Any:
         while split.done < split.ngroups:
             split.take(chunk)
         try:
-            outcomes = parmap(functools.partial(run_piece, job), split.pieces[first:],
-                              chunksize=1, **options)  # fmt: skip
+            outcomes = parmap(functools.partial(run_sent_piece, job),
+                              outgoing(split.pieces[first:]), chunksize=1, **options)  # fmt: skip
         except TaskError as err:
             exc = getattr(err.failure, "exception", None)
             if getattr(exc, "_parmap_call", None) is None:
