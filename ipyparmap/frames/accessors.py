@@ -20,7 +20,7 @@ import pandas as pd
 
 from ipyparmap.errors import TaskError, task_error
 from ipyparmap.frames.pieces import GroupPiece, PieceFailure, PieceJob, run_piece
-from ipyparmap.frames.transport import outgoing, run_sent_piece  # numeric data: shared memory
+from ipyparmap.frames.transport import outgoing, piece_rows, run_sent_piece
 
 #: The run options every accessor call takes, passed on to `ipyparmap.parmap`.
 RUN_OPTIONS = ("workers", "chunksize", "progress", "errors", "timeout", "retries", "backend")
@@ -169,6 +169,7 @@ def _in_workers(split: _Split, options: dict[str, Any], chunk: int | None) -> No
     if chunk is None:
         workers = options.get("workers") or cpu_count()
         chunk = max(1, math.ceil((split.length - split.done) / (workers * PIECES_PER_WORKER)))
+        chunk = piece_rows(split.obj, chunk, split.by_columns)  # big frames: bounded pieces
     first = len(split.pieces)
     while split.done < split.length:
         split.take(chunk)
@@ -435,7 +436,8 @@ def _group_arguments(gb: Any) -> tuple[dict[str, Any], Any]:
         group["by"] = keys
         return group, None
     try:
-        groupings = gb._grouper.groupings  # pandas' own per-row keys, dtypes kept
+        grouper = getattr(gb, "_grouper", None) or gb.grouper  # (pandas 2.1: .grouper)
+        groupings = grouper.groupings  # pandas' own per-row keys, dtypes kept
         series = [
             pd.Series(g.grouping_vector, index=obj.index, name=g.name, copy=False)
             for g in groupings

@@ -23,13 +23,20 @@ from __future__ import annotations
 
 from typing import Any
 
-import pandas as pd
-
 from ipyparmap.frames.pieces import GroupPiece
+
+# pandas is imported where it is used: importing it here would, in a worker that loads
+# `run_sent_piece` first, run ipyparmap's pandas import hook (frames/__init__.py) while
+# this module is half made, and the accessors it imports need this module.
 
 #: Numeric data below this many bytes per piece is not worth taking apart: pandas'
 #: own pickle is as fast (buffers below serialize.SHARE_BYTES stay in the pickle anyway).
 SHARE_MIN_BYTES = 64 * 1024
+#: A piece holds at most about this many bytes of the frame (when ``chunksize=`` is not
+#: given): a worker holds a piece's copy and pandas' own working copy of it (``.values``
+#: for rows) at once, so big pieces of a big frame would make the workers hold a large
+#: share of it on top of the caller's frame (docs/benchmarks.md, "Memory of a large frame").
+PIECE_BYTES = 32 * 1024 * 1024
 #: NumPy kinds whose arrays carry no Python objects and no pandas dtype of their own.
 _NUMERIC_KINDS = frozenset("biufc")
 
@@ -39,7 +46,7 @@ class FramePiece:
 
     __slots__ = ("frame",)
 
-    def __init__(self, frame: pd.DataFrame):
+    def __init__(self, frame: Any):
         self.frame = frame
 
     def __reduce__(self) -> tuple:
@@ -49,7 +56,7 @@ class FramePiece:
         return _rebuild, (len(frame), frame.index, frame.columns, columns, frame.attrs, flags)
 
 
-def _column_arrays(frame: pd.DataFrame) -> list:
+def _column_arrays(frame: Any) -> list:
     iterate = getattr(frame, "_iter_column_arrays", None)  # pandas' own, no Series made
     if iterate is not None:
         return list(iterate())
@@ -69,6 +76,7 @@ def _sendable(array: Any) -> Any:
 def _rebuild(rows: int, index: Any, columns: Any, arrays: list, attrs: dict, flags: bool):
     """The piece, in the worker: each column as it arrived (no copy), under its labels."""
     import numpy as np
+    import pandas as pd
 
     data = {}
     positions = pd.RangeIndex(rows)
@@ -89,6 +97,8 @@ def _rebuild(rows: int, index: Any, columns: Any, arrays: list, attrs: dict, fla
 
 
 def _worth_it(frame: Any) -> bool:
+    import pandas as pd
+
     if type(frame) is not pd.DataFrame:  # subclasses may carry state of their own
         return False
     dtypes = frame.dtypes
@@ -100,6 +110,20 @@ def _worth_it(frame: Any) -> bool:
         )
     )  # fmt: skip
     return numeric >= SHARE_MIN_BYTES
+
+
+def piece_rows(obj: Any, rows: int, by_columns: bool = False) -> int:
+    """``rows`` per piece, fewer where such a piece of ``obj`` would hold more than
+    `PIECE_BYTES` (the frame's own bytes per row: object columns count their pointers)."""
+    length = obj.shape[1] if by_columns else len(obj)
+    if length == 0:
+        return rows
+    try:
+        nbytes = int(obj.memory_usage(index=False).sum()) if obj.ndim == 2 else obj.nbytes
+    except Exception:  # an extension array that cannot tell
+        return rows
+    per_row = max(1, nbytes // length)
+    return max(1, min(rows, PIECE_BYTES // per_row))
 
 
 def outgoing(pieces: list) -> list:
