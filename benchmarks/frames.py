@@ -103,6 +103,10 @@ class FrameContender:
     def groups(self, df, func):
         raise NotImplementedError
 
+    def warm(self, method: str, small, func) -> None:
+        """An untimed call on a small frame: workers up, with the function."""
+        getattr(self, method)(small, func)
+
 
 class SerialPandas(FrameContender):
     name = "serial pandas"
@@ -120,11 +124,18 @@ class IpyparmapFrames(FrameContender):
     start = "spawn"
     peer = False
 
-    def rows(self, df, func):
-        return df.parmap.apply(func, axis=1, workers=WORKERS, progress=False)
+    def rows(self, df, func, **options):
+        return df.parmap.apply(func, axis=1, workers=WORKERS, progress=False, **options)
 
-    def groups(self, df, func):
-        return df.groupby("key")[["x"]].parmap.apply(func, workers=WORKERS, progress=False)
+    def groups(self, df, func, **options):
+        gb = df.groupby("key")[["x"]]
+        return gb.parmap.apply(func, workers=WORKERS, progress=False, **options)
+
+    def warm(self, method, small, func):
+        # a small frame runs in the kernel: chunksize= sends it to the workers, which
+        # then have pandas imported, as the other contenders' workers do
+        size = small["key"].nunique() if method == "groups" else len(small)
+        getattr(self, method)(small, func, chunksize=max(1, size // 4))
 
     def open(self):
         import ipyparmap as pm
@@ -295,7 +306,7 @@ def run_workload(key: str, log, rounds: int, timeout: float, scale: float, alarm
             try:
                 with alarm(timeout):
                     contender.open()
-                    call(small, func)  # warm: the workers have the function
+                    contender.warm(method, small, func)
                     gc.collect()
                     sampler = PssSampler()
                     started = time.perf_counter()

@@ -255,3 +255,67 @@ def test_a_failed_write_closes_its_memfd_and_inlines_the_buffers(monkeypatch):
         os.fstat(opened[0])  # closed, not leaked
     [back] = loads_shared(packed.blob, [], None)
     assert np.array_equal(back, array) and back.flags.writeable
+
+
+def test_importing_the_transport_before_pandas_registers_the_accessors_quietly():
+    """A worker loads `run_sent_piece` (so this module) before anything imports pandas;
+    the pandas import hook must then not meet a half-made module."""
+    done = run_python(
+        """
+        import warnings
+        warnings.simplefilter("error")
+        import ipyparmap.frames.transport
+        import pandas as pd
+        assert hasattr(pd.DataFrame, "parmap")
+        print("OK")
+        """
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "OK"
+
+
+def test_a_large_frame_does_not_need_another_copy_of_itself():
+    """Peak memory (PSS of the caller and its workers) of ``df.parmap.apply(f,
+    axis=1)`` on a 160 MB frame stays within one more frame's size above what the
+    caller held before (measured ~0.5: the workers' pieces and pandas' working copies
+    of them; docs/benchmarks.md, "Memory of a large frame"). A caller copying the frame
+    (or every piece at once) would exceed it."""
+    done = run_python(
+        """
+        import threading, psutil, numpy as np, pandas as pd, ipyparmap as pm
+
+        me = psutil.Process()
+        def pss():
+            total = 0
+            for proc in [me, *me.children(recursive=True)]:
+                try:
+                    total += proc.memory_full_info().pss
+                except psutil.Error:
+                    pass
+            return total
+
+        columns = 20
+        rows = 160 * 10**6 // (8 * columns)
+        warm = pd.DataFrame(np.ones((64, columns)))
+        warm.parmap.apply(np.sum, axis=1, raw=True, workers=2, progress=False, chunksize=16)
+        df = pd.DataFrame({f"c{i}": np.full(rows, float(i)) for i in range(columns)})
+        frame = df.memory_usage().sum()
+        before = pss()
+        peak, done = [before], threading.Event()
+        def sample():
+            while not done.wait(0.01):
+                peak.append(pss())
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        got = df.parmap.apply(np.sum, axis=1, raw=True, workers=2, progress=False)
+        done.set()
+        sampler.join()
+        assert (got == sum(range(columns))).all()
+        pm.shutdown()
+        print("EXTRA", (max(peak) - before) / frame)
+        """,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    extra = float(done.stdout.split("EXTRA")[1])
+    assert extra < 1.0, f"peak {extra:.2f} frame sizes above the caller's memory before the call"
