@@ -319,3 +319,43 @@ def test_a_large_frame_does_not_need_another_copy_of_itself():
     assert done.returncode == 0, done.stderr[-3000:]
     extra = float(done.stdout.split("EXTRA")[1])
     assert extra < 1.0, f"peak {extra:.2f} frame sizes above the caller's memory before the call"
+
+
+def test_piece_sizes_follow_the_measured_time_and_the_frame_bytes():
+    # 10,000 rows of 1 ms on 2 workers: 10 s of work, ~0.25 s a piece, at most 32 pieces
+    assert transport.timed_rows(1250, 10_000, 2, 0.001) == 313
+    assert transport.timed_rows(1250, 10_000, 2, 0.00001) == 1250  # cheap: 8 pieces stay
+    assert transport.timed_rows(1250, 10_000, 2, None) == 1250  # nothing measured
+    wide = pd.DataFrame(np.zeros((1000, 1000)))  # 8 kB a row: 32 MB is 4,096 rows
+    assert transport.piece_rows(wide, 100_000) == transport.PIECE_BYTES // 8000
+    assert transport.piece_rows(wide, 10) == 10
+
+
+def test_slow_rows_and_groups_are_cut_into_more_pieces(monkeypatch):
+    """A slow function's rows (groups) go out in pieces of ~PIECE_SECONDS of work, by
+    the time the first rows took in the kernel: more pieces than the 4 per worker of a
+    cheap one, so a slowed-down worker holds up the end of the call by little."""
+    import time
+
+    from ipyparmap.frames import accessors
+
+    sent = []
+
+    def counting(pieces):
+        sent.append(len(pieces))
+        return transport.outgoing(pieces)
+
+    monkeypatch.setattr(accessors, "outgoing", counting)
+    monkeypatch.setattr(transport, "PIECE_SECONDS", 0.02)
+
+    def slow(value):
+        time.sleep(0.002)
+        return value
+
+    s = pd.Series(np.arange(400.0))
+    pd.testing.assert_series_equal(s.parmap.map(slow, workers=2, progress=False), s)
+    frame = pd.DataFrame({"k": np.arange(400) % 100, "x": np.arange(400.0)})
+    gb = frame.groupby("k")["x"]
+    pd.testing.assert_series_equal(gb.parmap.apply(lambda g: slow(g.sum()), workers=2,
+                                                   progress=False), gb.apply(lambda g: g.sum()))  # fmt: skip
+    assert len(sent) == 2 and all(n > 2 * accessors.PIECES_PER_WORKER for n in sent), sent

@@ -20,7 +20,7 @@ import pandas as pd
 
 from ipyparmap.errors import TaskError, task_error
 from ipyparmap.frames.pieces import GroupPiece, PieceFailure, PieceJob, run_piece
-from ipyparmap.frames.transport import outgoing, piece_rows, run_sent_piece
+from ipyparmap.frames.transport import outgoing, piece_rows, run_sent_piece, timed_rows
 
 #: The run options every accessor call takes, passed on to `ipyparmap.parmap`.
 RUN_OPTIONS = ("workers", "chunksize", "progress", "errors", "timeout", "retries", "backend")
@@ -80,6 +80,7 @@ class _Split:
         self.starts: list[int] = []
         self.results: list[Any] = []
         self.failures: list[Any] = []
+        self.kernel_seconds = 0.0  # spent on the first rows in the kernel (sizes pieces)
 
     @property
     def done(self) -> int:
@@ -159,6 +160,7 @@ def _in_kernel(split: _Split) -> None:
 
             raise split.raised(len(split.pieces) - 1, exc, call, traceback.format_exc()) from exc
         split.gave(len(split.pieces) - 1, value, failed)
+    split.kernel_seconds = time.perf_counter() - began
 
 
 def _in_workers(split: _Split, options: dict[str, Any], chunk: int | None) -> None:
@@ -168,7 +170,10 @@ def _in_workers(split: _Split, options: dict[str, Any], chunk: int | None) -> No
 
     if chunk is None:
         workers = options.get("workers") or cpu_count()
-        chunk = max(1, math.ceil((split.length - split.done) / (workers * PIECES_PER_WORKER)))
+        left = split.length - split.done
+        chunk = max(1, math.ceil(left / (workers * PIECES_PER_WORKER)))
+        per_row = split.kernel_seconds / split.done if split.done else None
+        chunk = timed_rows(chunk, left, workers, per_row)  # slow rows: smaller pieces
         chunk = piece_rows(split.obj, chunk, split.by_columns)  # big frames: bounded pieces
     first = len(split.pieces)
     while split.done < split.length:
@@ -477,6 +482,7 @@ class _Groups:
         self.same: list[bool] = []  # each piece: every group's result indexed like it
         self.failures: list[Any] = []
         self.done = 0  # groups cut into pieces so far
+        self.kernel_seconds = 0.0  # spent on the first groups in the kernel
 
     def take(self, size: int) -> GroupPiece:
         import numpy as np
@@ -541,6 +547,7 @@ def run_groups(gb: Any, job: PieceJob, options: dict[str, Any]) -> Any:
                 import traceback
 
                 raise _group_error(exc, traceback.format_exc()) from exc
+        split.kernel_seconds = time.perf_counter() - began
     if split.done < split.ngroups:
         from ipyparmap.api import cpu_count, parmap
         from ipyparmap.results import Failure
@@ -549,6 +556,8 @@ def run_groups(gb: Any, job: PieceJob, options: dict[str, Any]) -> Any:
             workers = options.get("workers") or cpu_count()
             left = split.ngroups - split.done
             chunk = max(1, math.ceil(left / (workers * PIECES_PER_WORKER)))
+            per_group = split.kernel_seconds / split.done if split.done else None
+            chunk = timed_rows(chunk, left, workers, per_group)  # slow groups: smaller pieces
         first = len(split.pieces)
         while split.done < split.ngroups:
             split.take(chunk)

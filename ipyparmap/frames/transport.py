@@ -21,6 +21,7 @@ is. Where nothing is pickled (``backend="threads"``), `arrived` unwraps the piec
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ipyparmap.frames.pieces import GroupPiece
@@ -110,6 +111,23 @@ def _worth_it(frame: Any) -> bool:
         )
     )  # fmt: skip
     return numeric >= SHARE_MIN_BYTES
+
+
+#: Pieces of about this much work, by the time the first rows (groups) took in the
+#: kernel: small enough that a worker slowed down (a busy machine, uneven rows) holds
+#: up the end of the call by little; ...
+PIECE_SECONDS = 0.25
+#: ... but no more pieces than this per worker (each costs pandas' own set-up of a call).
+MAX_PIECES_PER_WORKER = 16
+
+
+def timed_rows(rows: int, left: int, workers: int, seconds_per_row: float | None) -> int:
+    """``rows`` per piece, fewer where the ``left`` rows (or groups), at the measured
+    ``seconds_per_row``, would make pieces of more than `PIECE_SECONDS` of work."""
+    if not seconds_per_row or left <= 0:
+        return rows
+    pieces = min(workers * MAX_PIECES_PER_WORKER, math.ceil(left * seconds_per_row / PIECE_SECONDS))
+    return max(1, min(rows, math.ceil(left / max(1, pieces))))
 
 
 def piece_rows(obj: Any, rows: int, by_columns: bool = False) -> int:
