@@ -282,7 +282,9 @@ def _same(result, expected) -> bool:
         return False
 
 
-def run_workload(key: str, log, rounds: int, timeout: float, scale: float, alarm) -> dict:
+def run_workload(
+    key: str, log, rounds: int, timeout: float, scale: float, alarm, calm=None
+) -> dict:
     """Time one workload for every contender, interleaved; also its peak memory."""
     import gc
 
@@ -296,6 +298,8 @@ def run_workload(key: str, log, rounds: int, timeout: float, scale: float, alarm
     samples = {c.name: FrameSamples(c.name, c.start, c.peer) for c in pool}
     expected = None
     for round_ in range(rounds):
+        if calm is not None:
+            calm()  # a moment of idle CPUs first (bounded: run.Calm)
         log(f"  {key} round {round_ + 1}/{rounds}")
         shift = round_ % len(pool)
         for contender in pool[shift:] + pool[:shift]:
@@ -360,8 +364,11 @@ def markdown(results: dict, rounds: int, scale: float, machine: dict, seconds: f
         "(plus pandarallel's files in /dev/shm) sampled every 20 ms during the call, the "
         "benchmark process itself (Python, pandas, the frame) included.",
         "",
-        "| workload | contender | start | median s | min–max s | speedup over serial | "
-        "÷ best peer | peak MiB (parent + workers) | note |",
+        "- Speedup and ÷ best peer are given twice: from the medians over the rounds, and "
+        "from each contender's best round (under load, the least disturbed one).",
+        "",
+        "| workload | contender | start | median s | min–max s | speedup over serial "
+        "(median; best) | ÷ best peer (median; best) | peak MiB (parent + workers) | note |",
         "|---|---|---|---:|---|---:|---:|---:|---|",
     ]
     summary = []
@@ -370,40 +377,49 @@ def markdown(results: dict, rounds: int, scale: float, machine: dict, seconds: f
         title = TITLES[key].format(size=result["size"])
         serial = samples.get("serial pandas")
         serial_s = statistics.median(serial.seconds) if serial and serial.seconds else None
+        serial_min = min(serial.seconds) if serial and serial.seconds else None
         peers = [s for s in samples.values() if s.peer and s.seconds and not s.wrong]
         best = min(peers, key=lambda s: statistics.median(s.seconds), default=None)
         best_s = statistics.median(best.seconds) if best else None
+        best_min = min((min(s.seconds) for s in peers), default=None)
         for s in samples.values():
             if not s.seconds:
                 lines.append(f"| {title} | {s.name} | {s.start or '—'} | — | — | — | — | — | "
-                             f"{'; '.join(s.errors)} |")  # fmt: skip
+                             f"{'; '.join(dict.fromkeys(s.errors))} |")  # fmt: skip
                 continue
-            median = statistics.median(s.seconds)
-            speedup = serial_s / median if serial_s else None
-            ratio = median / best_s if best_s else None
+            median, fastest = statistics.median(s.seconds), min(s.seconds)
+            speedup = _pair(serial_s, median, serial_min, fastest)
+            ratio = _pair(median, best_s, fastest, best_min)
             peak = statistics.median(s.peaks) / MIB
-            note = "; ".join([*(["wrong result"] if s.wrong else []), *s.errors])
+            note = "; ".join([*(["wrong result"] if s.wrong else []), *dict.fromkeys(s.errors)])
             lines.append(
                 f"| {title} | {s.name} | {s.start or '—'} | {median:.2f} | "
-                f"{min(s.seconds):.2f}–{max(s.seconds):.2f} | "
-                f"{'—' if speedup is None else f'{speedup:.2f}'} | "
-                f"{'—' if ratio is None else f'{ratio:.2f}'} | {peak:,.0f} | {note} |"
+                f"{fastest:.2f}–{max(s.seconds):.2f} | {speedup} | {ratio} | {peak:,.0f} | "
+                f"{note} |"
             )
         ipy = samples.get("ipyparmap")
         if ipy and ipy.seconds and serial_s and best_s:
-            median = statistics.median(ipy.seconds)
+            median, fastest = statistics.median(ipy.seconds), min(ipy.seconds)
             peak = statistics.median(ipy.peaks)
             pandarallel = samples.get("pandarallel")
             pp = statistics.median(pandarallel.peaks) if pandarallel and pandarallel.peaks else None
             summary.append(
                 f"- **{key}** ({TARGETS[key]}; peak memory ≤ pandarallel's): speedup "
-                f"{serial_s / median:.2f}, {median / best_s:.2f}× the best peer "
-                f"({best.name}); peak {peak / MIB:,.0f} MiB"
+                f"{_pair(serial_s, median, serial_min, fastest)} (median; best), "
+                f"{_pair(median, best_s, fastest, best_min)}× the best peer (median; best); "
+                f"peak {peak / MIB:,.0f} MiB"
                 + ("" if pp is None else f" against pandarallel's {pp / MIB:,.0f} MiB")
                 + "."
             )
     lines += ["", *summary]
     return "\n".join(lines)
+
+
+def _pair(top, bottom, top_best, bottom_best) -> str:
+    """``top / bottom`` of the medians; of the best rounds."""
+    if not bottom or not bottom_best:
+        return "—"
+    return f"{top / bottom:.2f}; {top_best / bottom_best:.2f}"
 
 
 BEGIN = "<!-- BEGIN GENERATED FRAMES: `python -m benchmarks --only F` rewrites down to END -->"

@@ -502,7 +502,9 @@ def _frames(only, rounds: int, args, machine: dict, log) -> str:
         results = {}
         for key in ("F1", "F2"):
             log(f"{key}: DataFrame workload, scale {args.frame_scale:g}")
-            results[key] = F.run_workload(key, log, rounds, 600, args.frame_scale, alarm)
+            results[key] = F.run_workload(
+                key, log, rounds, 600, args.frame_scale, alarm, calm=CALM.wait
+            )
         seconds = time.perf_counter() - began
         parts.append(F.markdown(results, rounds, args.frame_scale, machine, seconds))
     if "FM" in only:
