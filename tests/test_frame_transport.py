@@ -282,17 +282,8 @@ def test_a_large_frame_does_not_need_another_copy_of_itself():
     (or every piece at once) would exceed it."""
     done = run_python(
         """
-        import threading, psutil, numpy as np, pandas as pd, ipyparmap as pm
-
-        me = psutil.Process()
-        def pss():
-            total = 0
-            for proc in [me, *me.children(recursive=True)]:
-                try:
-                    total += proc.memory_full_info().pss
-                except psutil.Error:
-                    pass
-            return total
+        import numpy as np, pandas as pd, ipyparmap as pm
+        from benchmarks.frames import PssSampler  # PSS of this process and its children
 
         columns = 20
         rows = 160 * 10**6 // (8 * columns)
@@ -300,19 +291,13 @@ def test_a_large_frame_does_not_need_another_copy_of_itself():
         warm.parmap.apply(np.sum, axis=1, raw=True, workers=2, progress=False, chunksize=16)
         df = pd.DataFrame({f"c{i}": np.full(rows, float(i)) for i in range(columns)})
         frame = df.memory_usage().sum()
-        before = pss()
-        peak, done = [before], threading.Event()
-        def sample():
-            while not done.wait(0.01):
-                peak.append(pss())
-        sampler = threading.Thread(target=sample)
-        sampler.start()
+        before = PssSampler().stop()
+        sampler = PssSampler(interval=0.01)
         got = df.parmap.apply(np.sum, axis=1, raw=True, workers=2, progress=False)
-        done.set()
-        sampler.join()
+        peak = sampler.stop()
         assert (got == sum(range(columns))).all()
         pm.shutdown()
-        print("EXTRA", (max(peak) - before) / frame)
+        print("EXTRA", (peak - before) / frame)
         """,
         timeout=240,
     )
