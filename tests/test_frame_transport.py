@@ -344,3 +344,13 @@ def test_slow_rows_and_groups_are_cut_into_more_pieces(monkeypatch):
     pd.testing.assert_series_equal(gb.parmap.apply(lambda g: slow(g.sum()), workers=2,
                                                    progress=False), gb.apply(lambda g: g.sum()))  # fmt: skip
     assert len(sent) == 2 and all(n > 2 * accessors.PIECES_PER_WORKER for n in sent), sent
+
+
+def test_a_frame_that_cannot_be_taken_apart_travels_whole(monkeypatch):
+    def broken(frame):
+        raise AttributeError("no such internals in this pandas")
+
+    monkeypatch.setattr(transport, "_column_arrays", broken)
+    frame = _mixed(rows=ROWS)
+    loaded, _, _ = _through_shared_memory(transport.FramePiece(frame))
+    assert_frame_equal(loaded, frame)

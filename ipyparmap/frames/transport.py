@@ -52,9 +52,16 @@ class FramePiece:
 
     def __reduce__(self) -> tuple:
         frame = self.frame
-        columns = [_sendable(array) for array in _column_arrays(frame)]
-        flags = frame.flags.allows_duplicate_labels
+        try:
+            columns = [_sendable(array) for array in _column_arrays(frame)]
+            flags = frame.flags.allows_duplicate_labels
+        except Exception:  # a pandas whose internals differ: the frame as pandas pickles it
+            return _same, (frame,)
         return _rebuild, (len(frame), frame.index, frame.columns, columns, frame.attrs, flags)
+
+
+def _same(frame: Any) -> Any:
+    return frame
 
 
 def _column_arrays(frame: Any) -> list:
