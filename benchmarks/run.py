@@ -29,7 +29,7 @@ from .report import Report, write_report
 
 ROOT = S.ROOT
 DOC = os.path.join(ROOT, "docs", "benchmarks.md")
-ALL = ("W1", "W2", "W3", "W4", "W5", "W6", "W6b", "W7", "P")
+ALL = ("W1", "W2", "W3", "W4", "W5", "W6", "W6b", "W7", "P", "F", "FM")
 
 
 class _Timeout(Exception):
@@ -346,6 +346,16 @@ def main(argv: list[str] | None = None) -> int:
         help="attempts per run when other processes took > 10%% of the CPUs (default 3, quick 1)",
     )
     parser.add_argument("--output", default=DOC, help="the markdown file to update")
+    parser.add_argument(
+        "--frame-scale",
+        type=float,
+        default=1.0,
+        help="F (DataFrames): scale the rows and groups (default 1: the issue's 1,000,000 "
+        "rows and 10,000 groups)",
+    )
+    parser.add_argument(
+        "--frame-mb", type=int, default=None, help="FM: the large frame's size in MB (512)"
+    )
     parser.add_argument("--json", metavar="PATH", help="also save every round's raw figures")
     args = parser.parse_args(argv)
 
@@ -441,6 +451,8 @@ def main(argv: list[str] | None = None) -> int:
             with contextlib.suppress(Exception):
                 contender.close()
 
+    frames_text = _frames(only, rounds, args, machine, log) if {"F", "FM"} & set(only) else ""
+
     if "W4" in only:
         log("W4: fresh interpreter, __main__ function, 2 spawned workers, exit")
         report.add("W4", run_scripts("W4", S.W4_PRELUDE, script_rounds, 60))
@@ -461,6 +473,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         report.save_json(args.json)
     print(text)
+    if frames_text:
+        print(frames_text)
+        if not args.no_write:
+            from .frames import write_section
+
+            write_section(args.output, frames_text)
+            log(f"wrote the DataFrame section of {args.output}")
     if args.no_write or args.only:
         log(f"{args.output} not rewritten (--no-write or --only)")
     else:
@@ -468,6 +487,31 @@ def main(argv: list[str] | None = None) -> int:
         log(f"wrote {args.output}")
     log(f"took {report.seconds:.0f} s")
     return 0
+
+
+def _frames(only, rounds: int, args, machine: dict, log) -> str:
+    """F (F1, F2) and FM, of benchmarks/frames.py: their own section of the doc."""
+    from . import frames as F
+
+    began = time.perf_counter()
+    parts = []
+    if "F" in only:
+        import pandas
+
+        machine = dict(machine, pandas=pandas.__version__)
+        results = {}
+        for key in ("F1", "F2"):
+            log(f"{key}: DataFrame workload, scale {args.frame_scale:g}")
+            results[key] = F.run_workload(
+                key, log, rounds, 600, args.frame_scale, alarm, calm=CALM.wait
+            )
+        seconds = time.perf_counter() - began
+        parts.append(F.markdown(results, rounds, args.frame_scale, machine, seconds))
+    if "FM" in only:
+        log("FM: peak memory of df.parmap.apply(f, axis=1) on a large frame")
+        found = F.memory_of_a_large_frame(args.frame_mb or F.FM_MEGABYTES, log)
+        parts.append(F.memory_markdown(found))
+    return F.section(parts)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import pandas as pd
 
 from ipyparmap.errors import Interrupted, TaskError, task_error
 from ipyparmap.frames.pieces import PieceFailure, PieceJob, run_piece
+from ipyparmap.frames.transport import outgoing, piece_rows, run_sent_piece, timed_rows
 
 #: The run options every accessor call takes, passed on to `ipyparmap.parmap`.
 RUN_OPTIONS = ("workers", "chunksize", "progress", "errors", "timeout", "retries", "backend")
@@ -79,6 +80,7 @@ class _Split:
         self.starts: list[int] = []
         self.results: list[Any] = []
         self.failures: list[Any] = []
+        self.kernel_seconds = 0.0  # spent on the first rows in the kernel (sizes pieces)
 
     @property
     def unit(self) -> str:
@@ -182,6 +184,7 @@ def _in_kernel(split: _Split) -> None:
 
             raise split.raised(len(split.pieces) - 1, exc, call, traceback.format_exc()) from exc
         split.gave(len(split.pieces) - 1, value, failed)
+    split.kernel_seconds = time.perf_counter() - began
 
 
 def _in_workers(split: _Split, options: dict[str, Any], chunk: int | None) -> None:
@@ -191,15 +194,20 @@ def _in_workers(split: _Split, options: dict[str, Any], chunk: int | None) -> No
 
     if chunk is None:
         workers = options.get("workers") or cpu_count()
-        chunk = max(1, math.ceil((split.length - split.done) / (workers * PIECES_PER_WORKER)))
+        left = split.length - split.done
+        chunk = max(1, math.ceil(left / (workers * PIECES_PER_WORKER)))
+        per_row = split.kernel_seconds / split.done if split.done else None
+        chunk = timed_rows(chunk, left, workers, per_row)  # slow rows: smaller pieces
+        chunk = piece_rows(split.obj, chunk, split.by_columns)  # big frames: bounded pieces
     first, before = len(split.pieces), split.done
     while split.done < split.length:
         split.take(chunk)
     pieces = split.pieces[first:]
     counts = [split.size(piece) for piece in pieces]
     try:
-        outcomes = parmap_counted(functools.partial(run_piece, split.job), pieces, counts,
-                                  split.unit, before, chunksize=1, **options)  # fmt: skip
+        outcomes = parmap_counted(functools.partial(run_sent_piece, split.job),
+                                  outgoing(pieces), counts, split.unit, before, chunksize=1,
+                                  **options)  # fmt: skip
     except TaskError as err:
         failure = err.failure
         index = getattr(failure, "index", None)

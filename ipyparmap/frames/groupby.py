@@ -22,6 +22,7 @@ from ipyparmap.errors import Interrupted, TaskError, task_error
 from ipyparmap.frames import accessors
 from ipyparmap.frames.accessors import _errors_mode, _infer_again, _make_failure, _mark
 from ipyparmap.frames.pieces import GroupPiece, PieceFailure, PieceJob, run_piece
+from ipyparmap.frames.transport import outgoing, run_sent_piece, timed_rows
 
 
 def _group_arguments(gb: Any) -> tuple[dict[str, Any], Any]:
@@ -108,6 +109,7 @@ class Groups:
         self.same: list[bool] = []  # each piece: every group's result indexed like it
         self.failures: list[Any] = []
         self.done = 0  # groups cut into pieces so far
+        self.kernel_seconds = 0.0  # spent on the first groups in the kernel (sizes pieces)
 
     def take(self, size: int) -> GroupPiece:
         import numpy as np
@@ -188,6 +190,7 @@ def split_in_pieces(split: Groups, options: dict[str, Any], chunk: int | None) -
                 import traceback
 
                 raise _group_error(exc, traceback.format_exc()) from exc
+        split.kernel_seconds = time.perf_counter() - began
     if split.done >= split.ngroups:
         return
     from ipyparmap.api import cpu_count, parmap_counted
@@ -196,11 +199,14 @@ def split_in_pieces(split: Groups, options: dict[str, Any], chunk: int | None) -
         workers = options.get("workers") or cpu_count()
         left = split.ngroups - split.done
         chunk = max(1, math.ceil(left / (workers * accessors.PIECES_PER_WORKER)))
+        per_group = split.kernel_seconds / split.done if split.done else None
+        chunk = timed_rows(chunk, left, workers, per_group)  # slow groups: smaller pieces
     first, before = len(split.pieces), split.done
     while split.done < split.ngroups:
         split.take(chunk)
     try:
-        outcomes = parmap_counted(functools.partial(run_piece, job), split.pieces[first:],
+        outcomes = parmap_counted(functools.partial(run_sent_piece, job),
+                                  outgoing(split.pieces[first:]),
                                   split.sizes[first:], split.unit, before, chunksize=1,
                                   **options)  # fmt: skip
     except TaskError as err:

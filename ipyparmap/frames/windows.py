@@ -67,6 +67,7 @@ class WindowSplit:
         self.results: list[Any] = []
         self.failures: list[Any] = []
         self.done = 0
+        self.kernel_seconds = 0.0  # spent on the first rows in the kernel (sizes pieces)
 
     def size(self, piece: WindowPiece) -> int:
         return piece.keep.stop - piece.keep.start

@@ -88,7 +88,11 @@ class Packed:
             fds: list[int] = []
             copied: list = []
             if copies:
-                self.fd, copied = write_buffers(copies)
+                try:
+                    self.fd, copied = write_buffers(copies)
+                except OSError:  # no room for shared memory (ENOSPC, ENOMEM, EFBIG...)
+                    self._inline()
+                    return (), None
                 fds.append(self.fd)
             table, next_copy = [], iter(copied)
             for buffer, place in zip(self.buffers, places, strict=True):
@@ -101,6 +105,16 @@ class Packed:
                     table.append((fds.index(fd), offset, buffer.nbytes))
             self.fds, self.table = tuple(fds), table
         return self.fds, self.table
+
+    def _inline(self) -> None:
+        """Put the large buffers back into the pickle itself: what travels when shared
+        memory cannot be had (a full tmpfs, a memory limit, a file size limit). Loading
+        the pickle over the buffers rebuilds the objects as views of them, without a
+        copy; pickling those again without a buffer callback writes the bytes in-band."""
+        import pickle
+
+        self.blob = _cp().dumps(pickle.loads(self.blob, buffers=self.buffers), protocol=PROTOCOL)
+        self.buffers = []
 
     def close(self) -> None:
         """Release our descriptor (receivers that mapped the memory keep theirs)."""
