@@ -40,6 +40,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ipyparmap import system
+from ipyparmap.process.template import ForkedProcess, Launcher
 from ipyparmap.wire import board as B
 from ipyparmap.wire import messages as M
 from ipyparmap.wire.channel import Channel
@@ -116,7 +117,7 @@ def caller_world() -> CallerWorld:
 class WorkerHandle:
     """The parent's side of one worker process."""
 
-    def __init__(self, proc: subprocess.Popen, conn: Channel, lifeline: socket.socket,
+    def __init__(self, proc: subprocess.Popen | ForkedProcess, conn: Channel, lifeline: socket.socket,
                  board: B.Board, sentinel: int, owns_sentinel: bool):  # fmt: skip
         self.proc = proc
         self.pid = proc.pid
@@ -194,11 +195,15 @@ class WorkerHandle:
             self.functions.popitem(last=False)
 
     def alive(self) -> bool:
-        return not self.closed and self.proc.poll() is None
+        return not self.closed and self.proc.poll() is None and not self._lost()
+
+    def _lost(self) -> bool:
+        """Forked by a template that died before telling how the worker ended."""
+        return getattr(self.proc, "lost", False)
 
     def kill(self) -> None:
         """SIGKILL the worker and anything it started."""
-        if self.proc.returncode is None:
+        if self.proc.poll() is None and not self._lost():
             from ipyparmap.process.resources import kill_group
 
             kill_group(self.pid)
@@ -225,6 +230,8 @@ class WorkerHandle:
             except OSError:
                 pass
         if self._owns_sentinel:
+            if isinstance(self.proc, ForkedProcess):
+                self.proc.release()  # its pidfd is the sentinel
             try:
                 os.close(self.sentinel)
             except OSError:
@@ -238,25 +245,37 @@ SELECTOR_CACHE = 4
 SEND_BUFFER_BYTES = 1024 * 1024
 
 
-def spawn_worker(env: dict[str, str]) -> WorkerHandle:
-    """Start one worker process; returns at once (the worker boots in the background)."""
+def spawn_worker(env: dict[str, str], launcher: Launcher | None = None,
+                 start_template: bool = False) -> WorkerHandle:  # fmt: skip
+    """Start one worker process; returns at once (the worker boots in the background).
+
+    With a ``launcher``, the worker is forked from its template process when one is up
+    for ``env`` (process/template.py: milliseconds, not an interpreter start), and
+    ``start_template`` starts one in the background for the next workers if there is
+    none; otherwise, and where the template cannot be used, it is a new interpreter.
+    """
     world = CallerWorld(os.getcwd(), dict(_environ()), list(sys.path), EMPTY_MODULES)
     parent_sock, child_sock = socket.socketpair()
     parent_life, child_life = socket.socketpair()
     board_fd = anonymous_file("ipyparmap-board", B.BOARD_SIZE)
     child_fds = (child_sock.fileno(), child_life.fileno(), board_fd)
     try:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", _WORKER_CODE, *map(str, child_fds)],
-            pass_fds=child_fds,
-            start_new_session=True,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            cwd=world.cwd,
-        )
+        forked = launcher.fork(env, world.cwd, child_fds, start_template) if launcher else None
+        if forked is not None:
+            proc: Any = forked
+        else:
+            proc = subprocess.Popen(
+                [sys.executable, "-c", _WORKER_CODE, *map(str, child_fds)],
+                pass_fds=child_fds,
+                start_new_session=True,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=world.cwd,
+            )
     except BaseException:
         for closer in (parent_sock.close, parent_life.close):
             closer()
+        os.close(board_fd)
         raise
     finally:
         child_sock.close()
@@ -267,9 +286,12 @@ def spawn_worker(env: dict[str, str]) -> WorkerHandle:
     conn = Channel(parent_sock)
     fits = conn.grow_send_buffer(SEND_BUFFER_BYTES)
     try:
-        if not system.has_pidfd():
+        if forked is not None:  # the template sent one, opened before it could reap it
+            sentinel, owns = forked.pidfd, True
+        elif not system.has_pidfd():
             raise OSError("no pidfd")
-        sentinel, owns = os.pidfd_open(proc.pid), True
+        else:
+            sentinel, owns = os.pidfd_open(proc.pid), True
     except (AttributeError, OSError):  # no pidfd: the lifeline reads EOF when it dies
         sentinel, owns = parent_life.fileno(), False
     worker = WorkerHandle(proc, conn, parent_life, board, sentinel, owns)
@@ -340,6 +362,8 @@ class Pool:
         # a warm call on the same workers skips creating and filling an epoll set
         # (five system calls, ~18 us of a ~250 us small call).
         self._selectors: dict[frozenset, Any] = {}
+        # Forks replacement workers from a template process (process/template.py).
+        self.launcher = Launcher()
 
     def acquire(self, count: int, env_extra: EnvExtra = None) -> list[WorkerHandle]:
         """Lease ``count`` workers: warm idle ones first, newly spawned for the rest."""
@@ -357,8 +381,8 @@ class Pool:
             return taken
         env = worker_env(env_extra)
         try:
-            while len(taken) < count:
-                worker = spawn_worker(env)
+            while len(taken) < count:  # forked if a template is up (see spawn)
+                worker = spawn_worker(env, self.launcher)
                 taken.append(worker)
                 with self._lock:
                     self._leased.add(worker)
@@ -368,8 +392,9 @@ class Pool:
         return taken
 
     def spawn(self, env_extra: EnvExtra = None) -> WorkerHandle:
-        """A new leased worker (a replacement after a crash or a timeout)."""
-        worker = spawn_worker(worker_env(env_extra))
+        """A new leased worker (a replacement after a crash, a timeout, a recycle):
+        forked from the template process, which the first replacement starts."""
+        worker = spawn_worker(worker_env(env_extra), self.launcher, start_template=True)
         with self._lock:
             self._leased.add(worker)
         return worker
@@ -494,6 +519,7 @@ class Pool:
         for worker in busy:
             worker.kill()
         _stop_all(idle + busy, wait)
+        self.launcher.close(wait)
 
 
 def _stop_all(workers: list[WorkerHandle], wait: bool = True) -> None:

@@ -1,0 +1,443 @@
+"""The template process: a clean interpreter that forks new workers in milliseconds (layer: process).
+
+Starting a worker is starting an interpreter: 60-150 ms of imports before it can run
+anything. A pool pays that once per worker at its start, which is fine, but also for
+every *replacement* worker: after a crash, a timeout, ``max_memory``, and for each task
+of the drop-in ``Pool(maxtasksperchild=1)``. Forking the kernel instead would be fast
+and unsafe (a big, multi-threaded process; see docs/how-it-works.md). The template is
+the middle way: a worker-like interpreter, started the usual way, that imports what a
+worker needs and then only ever forks. A fork of it is a worker that has already
+booted: no interpreter start, no imports, and its pages are shared with the template
+until written (lower PSS per worker).
+
+What makes forking it safe, and what the tests hold it to
+(tests/faults/test_template.py):
+
+- it never runs user code: it unpickles nothing (its requests are plain bytes), and
+  imports only the worker module and its imports (the worker import rule of
+  tests/test_architecture.py covers this module);
+- it runs no thread (forking a threaded process copies locks held by threads that do
+  not exist in the child): it waits in ``poll()`` in its only thread;
+- it hears only from its parent: its requests come over one end of a socketpair that
+  only the parent holds (no path in any file system, unreachable by other users);
+- it dies with its parent (a lifeline socket, as workers have) and when its pool
+  closes its end of the socketpair; each worker it forks gets its own lifeline to the
+  parent, so the template's death never takes a worker with it.
+
+Data flow (one fork; ``X`` is sent whenever a forked worker exits)::
+
+    parent (Launcher / Template)             template process            forked worker
+    ───────────────────────────              ────────────────            ─────────────
+    socketpair, lifeline, board memfd
+    "F" + cwd, with 3 fds (SCM_RIGHTS) ──>   fork() ───────────────────> setsid(), chdir(cwd)
+                                             waits for the child's       "go" on a pipe
+                                             "go" (its own session now)  closes the template's fds
+    <── "F" + pid, with a pidfd of it ──     pidfd_open(child)           returns from `serve`
+    WorkerHandle(ForkedProcess, pidfd)                                   -> worker.main(fds)
+    <── "X" + pid + exit status ────────     the child's pidfd readable:
+    ForkedProcess.returncode                 waitpid() (it is its parent)
+
+The parent gets a worker's death sentinel (a pidfd) from the template, opened right
+after the fork, before the template could reap the child and its pid be reused. The
+exit status can only come from the template (only a parent can wait for a process);
+if the template is gone by then, the status is unknown (`ForkedProcess.lost`).
+
+Environment: a fork inherits the template's environment, which is the one its
+first worker would have had (`worker_env`); the launcher keeps a template per
+environment and starts another when the environment of new workers changes (the
+caller changed ``os.environ``, or a call asked for other thread limits), so a forked
+worker's environment is exactly a spawned one's. The working directory comes with
+each request; ``sys.path`` and the rest of the caller's world come in the worker's
+``Init`` and ``World`` messages, as for a spawned worker.
+
+Where it is used: for replacement workers (`Pool.spawn`), and for the first workers of
+a pool once a template is up. It needs pidfds (a death sentinel for a process that is
+not our child) and fork, so on macOS, Windows and under ``IPYPARMAP_MASK=pidfd`` the
+launcher starts every worker as an interpreter, as before. A template that fails (it
+was killed, a fork failed, it is slow to answer) is dropped and workers are started as
+interpreters again; a pool starts at most `MAX_TEMPLATES` templates in its life.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+
+from ipyparmap import system
+from ipyparmap.wire.channel import Channel
+
+_PID = struct.Struct("!q")
+_EXIT = struct.Struct("!qq")
+#: Messages, parent -> template: fork a worker (payload: its working directory).
+FORK = b"F"
+#: Template -> parent: booted (READY), forked (FORK + pid, with a pidfd), a fork
+#: failed (FAILED + why), a worker exited (EXITED + pid + exit status).
+READY, FAILED, EXITED = b"R", b"E", b"X"
+#: Seconds the parent waits for a fork's answer before it gives up on the template.
+FORK_TIMEOUT = 2.0
+#: Templates a pool starts at most in its life (a template that keeps dying is not
+#: worth another interpreter start each time).
+MAX_TEMPLATES = 4
+
+_TEMPLATE_CODE = """\
+import sys
+from ipyparmap.process.template import serve
+fds = serve(int(sys.argv[1]), int(sys.argv[2]))
+if fds is not None:  # a forked child: be a worker (the template's loop is left behind)
+    from ipyparmap.process.worker import main
+    main(fds, forked=True)
+"""
+
+
+def available() -> bool:
+    """Whether workers can be forked from a template here (fork and pidfds)."""
+    return hasattr(os, "fork") and system.has_pidfd()
+
+
+# -- the template side (runs in the template process) ---------------------------------------
+def serve(control_fd: int, lifeline_fd: int) -> list[str] | None:
+    """The template's main loop. Returns None in the template when it is time to exit
+    (its parent or its pool is gone), and the worker's arguments (descriptors of its
+    channel, lifeline and board) in each forked child, which then runs the worker."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as workers: the parent decides
+    from ipyparmap.process import worker  # noqa: F401  # what every worker needs, once
+
+    import cloudpickle  # noqa: F401
+
+    channel = Channel.from_fd(control_fd)
+    children: dict[int, int] = {}  # pidfd -> pid of each live forked worker
+    poller = select.poll()
+    poller.register(control_fd, select.POLLIN)
+    poller.register(lifeline_fd, select.POLLIN)
+    try:
+        channel.send(READY)
+    except OSError:
+        return None
+    while True:
+        for fd, _events in poller.poll():
+            if fd == lifeline_fd:
+                return None  # the parent is gone
+            if fd == control_fd:
+                try:
+                    payload, fds = channel.recv()
+                except (EOFError, OSError):
+                    return None  # the pool closed its end
+                if payload[:1] != FORK or len(fds) != 3:
+                    for each in fds:
+                        os.close(each)
+                    continue
+                child = _fork(channel, lifeline_fd, children, poller, bytes(payload[1:]), fds)
+                if child is not None:
+                    return child  # in the child: go and be a worker
+                continue
+            pid = children.pop(fd, None)  # a worker's pidfd: it exited
+            poller.unregister(fd)
+            os.close(fd)
+            if pid is not None:
+                _, status = os.waitpid(pid, 0)
+                try:
+                    channel.send(EXITED + _EXIT.pack(pid, os.waitstatus_to_exitcode(status)))
+                except OSError:
+                    return None
+
+
+def _fork(channel: Channel, lifeline_fd: int, children: dict, poller, cwd: bytes,
+          fds: list[int]):  # fmt: skip
+    """Fork one worker. In the child, return its arguments; in the template, answer
+    the parent and return None."""
+    ready_r, ready_w = os.pipe()
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        for fd in (*fds, ready_r, ready_w):
+            os.close(fd)
+        channel.send(FAILED + str(exc).encode(errors="replace"))
+        return None
+    if pid == 0:  # the new worker
+        try:
+            os.setsid()  # its own session and process group, as a spawned worker's
+            os.close(ready_r)
+            os.write(ready_w, b"g")  # now the parent can kill its group
+            os.close(ready_w)
+            channel.close()
+            os.close(lifeline_fd)
+            for pidfd in children:
+                os.close(pidfd)
+            children.clear()
+            try:
+                os.chdir(os.fsdecode(cwd))
+            except OSError:  # gone meanwhile: as a spawned worker, it stays where it is
+                pass
+            sys.argv[1:] = [str(fd) for fd in fds]
+        except BaseException:
+            os._exit(70)  # never back into the template's loop
+        return [str(fd) for fd in fds]
+    for fd in (*fds, ready_w):
+        os.close(fd)
+    try:
+        os.read(ready_r, 1)  # "" if it died first: its pidfd says so at once
+    finally:
+        os.close(ready_r)
+    pidfd = os.pidfd_open(pid)  # before any waitpid: the pid cannot be reused yet
+    children[pidfd] = pid
+    poller.register(pidfd, select.POLLIN)
+    channel.send(FORK + _PID.pack(pid), (pidfd,))
+    return None
+
+
+# -- the parent side ------------------------------------------------------------------------
+class ForkedProcess:
+    """What ``subprocess.Popen`` offers for a worker forked by a template: ``pid``,
+    ``returncode``, `poll` and `wait` (the exit status comes from the template)."""
+
+    def __init__(self, template: Template, pid: int, pidfd: int):
+        self.template = template
+        self.pid = pid
+        self.pidfd = pidfd  # the worker's death sentinel (its WorkerHandle closes it)
+        self.returncode: int | None = None
+        self.lost = False  # it exited, but its template died before saying how
+
+    def poll(self) -> int | None:
+        if self.returncode is None and not self.lost:
+            self.template.collect()
+            self._settle()
+        return self.returncode
+
+    def _settle(self) -> None:
+        code = self.template.exits.pop(self.pid, None)
+        if code is not None:
+            self.returncode = code
+        elif self.template.dead and _readable(self.pidfd, 0.0):
+            self.lost = True
+
+    def done(self) -> bool:
+        return self.poll() is not None or self.lost
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """The exit status (None: lost with its template); TimeoutExpired as Popen."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.done():
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise subprocess.TimeoutExpired(f"worker {self.pid}", timeout)
+            step = 0.1 if left is None else min(left, 0.1)
+            if self.template.dead:
+                _readable(self.pidfd, step)  # it can only be lost now: wait for its end
+            else:
+                self.template.collect(wait=step)
+        return self.returncode
+
+    def release(self) -> None:
+        """Its handle closed the pidfd: never look at that descriptor number again."""
+        self.pidfd = -1
+
+
+class Template:
+    """The parent's side of one template process (for workers with environment ``env``)."""
+
+    def __init__(self, env: dict[str, str]):
+        self.env = env
+        self.exits: dict[int, int] = {}  # pid -> exit status, reported, not collected yet
+        self.ready = False
+        self.dead = False
+        self._lock = threading.Lock()  # one reader of the channel at a time
+        self._fork_lock = threading.Lock()  # one fork at a time
+        self._answers: list[tuple[bytes, list[int]]] = []
+        parent_sock, child_sock = socket.socketpair()
+        parent_life, child_life = socket.socketpair()
+        child_fds = (child_sock.fileno(), child_life.fileno())
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", _TEMPLATE_CODE, *map(str, child_fds)],
+                pass_fds=child_fds,
+                start_new_session=True,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd="/",  # never import from the caller's folder: no user code
+            )
+        except BaseException:
+            parent_sock.close()
+            parent_life.close()
+            raise
+        finally:
+            child_sock.close()
+            child_life.close()
+        self.pid = self.proc.pid
+        self.channel = Channel(parent_sock)
+        self.lifeline = parent_life
+
+    def __repr__(self) -> str:
+        state = "dead" if self.dead else "ready" if self.ready else "booting"
+        return f"<Template pid={self.pid} {state}>"
+
+    # -- reading what the template says ---------------------------------------------------
+    def collect(self, wait: float = 0.0) -> None:
+        """Read what the template has said (waiting up to ``wait`` seconds for a word)."""
+        with self._lock:
+            if self.dead:
+                return
+            try:
+                if not self.channel.poll(wait):
+                    return
+                while True:
+                    payload, fds = self.channel.recv()
+                    self._file(bytes(payload), fds)
+                    if not self.channel.poll(0.0):
+                        return
+            except (EOFError, OSError):
+                self._died()
+
+    def _file(self, payload: bytes, fds: list[int]) -> None:
+        kind = payload[:1]
+        if kind == EXITED:
+            pid, code = _EXIT.unpack(payload[1:])
+            self.exits[pid] = code
+        elif kind == READY:
+            self.ready = True
+        else:  # FORK or FAILED: the answer to the request being made
+            self._answers.append((payload, fds))
+
+    def _died(self) -> None:
+        """(Lock held.) The template is gone or broken: no more forks from it."""
+        if self.dead:
+            return
+        self.dead = True
+        self.ready = False
+        for payload, fds in self._answers:
+            for fd in fds:
+                os.close(fd)
+        self._answers.clear()
+        self.channel.close()
+        self.lifeline.close()
+        try:
+            os.killpg(self.pid, signal.SIGKILL)  # it may be stuck rather than dead
+        except OSError:
+            pass
+
+    def usable(self) -> bool:
+        if not self.ready and not self.dead:
+            self.collect()
+        return self.ready and not self.dead
+
+    # -- forking ---------------------------------------------------------------------------
+    def fork(self, cwd: str | None, fds: tuple[int, int, int]) -> ForkedProcess | None:
+        """A new worker forked with ``fds`` (channel, lifeline, board; the caller keeps
+        and closes its own copies), or None if the template could not make one."""
+        where = os.fsencode(cwd if cwd is not None else "/")
+        with self._fork_lock:
+            if not self.usable():
+                return None
+            try:
+                self.channel.send(FORK + where, fds)
+            except OSError:
+                with self._lock:
+                    self._died()
+                return None
+            deadline = time.monotonic() + FORK_TIMEOUT
+            while True:
+                with self._lock:
+                    if self._answers:
+                        payload, got = self._answers.pop(0)
+                        break
+                left = deadline - time.monotonic()
+                if left <= 0 or self.dead:
+                    with self._lock:
+                        self._died()
+                    return None
+                self.collect(wait=left)
+        if payload[:1] != FORK or len(got) != 1:
+            for fd in got:
+                os.close(fd)
+            return None  # FAILED: fork() itself failed (no memory, too many processes)
+        (pid,) = _PID.unpack(payload[1:])
+        return ForkedProcess(self, pid, got[0])
+
+    def close(self, wait: float = 1.0) -> None:
+        """Stop the template (its workers live on); wait up to ``wait`` seconds."""
+        with self._lock:
+            if not self.dead:
+                self.dead = True
+                self.ready = False
+                self.channel.close()
+                self.lifeline.close()
+        if wait <= 0:
+            return
+        try:
+            self.proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except OSError:
+                pass
+            self.proc.wait()
+
+
+def _readable(fd: int, timeout: float) -> bool:
+    if fd < 0:
+        return True  # released by its handle, which closes it only once the worker is gone
+    try:
+        readable, _, _ = select.select([fd], [], [], timeout)
+    except (OSError, ValueError):
+        return True  # closed: its handle is done with it
+    return bool(readable)
+
+
+class Launcher:
+    """Starts worker processes for a pool: forked from a template when one is up for
+    their environment, else as new interpreters (and then a template is started in the
+    background for the next ones, when ``want_template``)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.template: Template | None = None
+        self.started = 0  # templates started so far
+        self.enabled = available()
+
+    def fork(self, env: dict[str, str], cwd: str | None, fds, want_template: bool):
+        """A `ForkedProcess` for a worker with environment ``env``, or None (then the
+        caller starts an interpreter)."""
+        if not self.enabled:
+            return None
+        template = self._template_for(env, want_template)
+        if template is None:
+            return None
+        return template.fork(cwd, fds)
+
+    def _template_for(self, env: dict[str, str], start: bool) -> Template | None:
+        old = None
+        with self._lock:
+            template = self.template
+            if template is not None and (template.dead or template.env != env):
+                old, template = template, None  # gone, or made for other workers
+                self.template = None
+            if template is None and start and self.started < MAX_TEMPLATES:
+                try:
+                    template = self.template = Template(env)
+                    self.started += 1
+                except OSError:
+                    template = None
+        if old is not None:
+            old.close(wait=0)
+            _reap_later(old)
+        return template if template is not None and template.usable() else None
+
+    def close(self, wait: bool = True) -> None:
+        with self._lock:
+            template, self.template = self.template, None
+        if template is not None:
+            template.close(wait=1.0 if wait else 0)
+            if not wait:
+                _reap_later(template)
+
+
+def _reap_later(template: Template) -> None:
+    """Wait for a stopped template in the background (it exits within moments), so it
+    does not stay a zombie."""
+    threading.Thread(target=template.close, name="ipyparmap-template-reaper", daemon=True).start()
