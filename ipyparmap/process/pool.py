@@ -117,8 +117,9 @@ def caller_world() -> CallerWorld:
 class WorkerHandle:
     """The parent's side of one worker process."""
 
-    def __init__(self, proc: subprocess.Popen | ForkedProcess, conn: Channel, lifeline: socket.socket,
-                 board: B.Board, sentinel: int, owns_sentinel: bool):  # fmt: skip
+    def __init__(self, proc: subprocess.Popen | ForkedProcess, conn: Channel,
+                 lifeline: socket.socket, board: B.Board, sentinel: int,
+                 owns_sentinel: bool):  # fmt: skip
         self.proc = proc
         self.pid = proc.pid
         self.conn = conn

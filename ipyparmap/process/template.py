@@ -1,4 +1,4 @@
-"""The template process: a clean interpreter that forks new workers in milliseconds (layer: process).
+"""The template process: a clean interpreter that forks workers in milliseconds (layer: process).
 
 Starting a worker is starting an interpreter: 60-150 ms of imports before it can run
 anything. A pool pays that once per worker at its start, which is fine, but also for
@@ -107,9 +107,9 @@ def serve(control_fd: int, lifeline_fd: int) -> list[str] | None:
     (its parent or its pool is gone), and the worker's arguments (descriptors of its
     channel, lifeline and board) in each forked child, which then runs the worker."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # as workers: the parent decides
-    from ipyparmap.process import worker  # noqa: F401  # what every worker needs, once
+    import cloudpickle  # noqa: F401  # what every worker needs, imported once
 
-    import cloudpickle  # noqa: F401
+    from ipyparmap.process import worker  # noqa: F401
 
     channel = Channel.from_fd(control_fd)
     children: dict[int, int] = {}  # pidfd -> pid of each live forked worker
@@ -310,7 +310,7 @@ class Template:
             return
         self.dead = True
         self.ready = False
-        for payload, fds in self._answers:
+        for _payload, fds in self._answers:
             for fd in fds:
                 os.close(fd)
         self._answers.clear()
