@@ -377,7 +377,7 @@ class LocalEngine:
         self.workers.remove(worker)
         self._unwatch(worker)
         self.items_run.pop(worker, None)
-        self.pool.release([worker], keep=0)  # stops it
+        self.pool.release([worker], keep=0, wait=False)  # stops it, in the background
         if not self.run.state.stopping and self.run.feed.more_work():
             self._replace_worker(planned=True)
 

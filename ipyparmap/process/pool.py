@@ -365,6 +365,7 @@ class Pool:
         self._selectors: dict[frozenset, Any] = {}
         # Forks replacement workers from a template process (process/template.py).
         self.launcher = Launcher()
+        self._stoppers: set[threading.Thread] = set()  # release(wait=False)
 
     def acquire(self, count: int, env_extra: EnvExtra = None) -> list[WorkerHandle]:
         """Lease ``count`` workers: warm idle ones first, newly spawned for the rest."""
@@ -400,10 +401,13 @@ class Pool:
             self._leased.add(worker)
         return worker
 
-    def release(self, workers, keep: int | None = None) -> None:
+    def release(self, workers, keep: int | None = None, wait: bool = True) -> None:
         """Give leased workers back. Dead ones are reaped; idle ones stay warm.
 
         ``keep`` caps how many idle workers the pool keeps (the rest are stopped).
+        ``wait=False``: the stopped ones are waited for in the background (a worker
+        retired in a run: its replacement, forked in milliseconds, need not wait for
+        its interpreter to finish exiting); `shutdown` waits for them.
         """
         surplus = []
         with self._lock:
@@ -419,7 +423,23 @@ class Pool:
                 surplus += self._idle[keep:]
                 self._idle = self._idle[:keep]
             self._start_reaper()
-        _stop_all(surplus)
+        if wait or not surplus:
+            _stop_all(surplus)
+            return
+        self._drop_selectors_of(surplus)
+        stopper = threading.Thread(
+            target=self._stop_in_background, args=(surplus,), name="ipyparmap-stop", daemon=True
+        )
+        with self._lock:
+            self._stoppers.add(stopper)
+        stopper.start()
+
+    def _stop_in_background(self, workers: list[WorkerHandle]) -> None:
+        try:
+            _stop_all(workers)
+        finally:
+            with self._lock:
+                self._stoppers.discard(threading.current_thread())
 
     # -- idle workers beyond the warm count stop after a while --------------------------------
     def _warm_count(self) -> int:
@@ -520,6 +540,11 @@ class Pool:
         for worker in busy:
             worker.kill()
         _stop_all(idle + busy, wait)
+        if wait:
+            with self._lock:
+                stoppers = list(self._stoppers)
+            for stopper in stoppers:
+                stopper.join(STOP_GRACE + 1.0)
         self.launcher.close(wait)
 
 

@@ -29,9 +29,8 @@ Data flow (one fork; ``X`` is sent whenever a forked worker exits)::
     parent (Launcher / Template)             template process            forked worker
     ───────────────────────────              ────────────────            ─────────────
     socketpair, lifeline, board memfd
-    "F" + cwd, with 3 fds (SCM_RIGHTS) ──>   fork() ───────────────────> setsid(), chdir(cwd)
-                                             waits for the child's       "go" on a pipe
-                                             "go" (its own session now)  closes the template's fds
+    "F" + cwd, with 3 fds (SCM_RIGHTS) ──>   fork() ───────────────────> setpgid(0, 0), chdir(cwd)
+                                             setpgid(child) (both do it) closes the template's fds
     <── "F" + pid, with a pidfd of it ──     pidfd_open(child)           returns from `serve`
     WorkerHandle(ForkedProcess, pidfd)                                   -> worker.main(fds)
     <── "X" + pid + exit status ────────     the child's pidfd readable:
@@ -152,20 +151,19 @@ def _fork(channel: Channel, lifeline_fd: int, children: dict, poller, cwd: bytes
           fds: list[int]):  # fmt: skip
     """Fork one worker. In the child, return its arguments; in the template, answer
     the parent and return None."""
-    ready_r, ready_w = os.pipe()
     try:
         pid = os.fork()
     except OSError as exc:
-        for fd in (*fds, ready_r, ready_w):
+        for fd in fds:
             os.close(fd)
         channel.send(FAILED + str(exc).encode(errors="replace"))
         return None
     if pid == 0:  # the new worker
         try:
-            os.setsid()  # its own session and process group, as a spawned worker's
-            os.close(ready_r)
-            os.write(ready_w, b"g")  # now the parent can kill its group
-            os.close(ready_w)
+            # Its own process group (killed as one, with what it starts), in the
+            # template's session, which has no terminal: no terminal signal reaches it.
+            # Both sides set it, so it holds whichever runs first.
+            os.setpgid(0, 0)
             channel.close()
             os.close(lifeline_fd)
             for pidfd in children:
@@ -179,12 +177,12 @@ def _fork(channel: Channel, lifeline_fd: int, children: dict, poller, cwd: bytes
         except BaseException:
             os._exit(70)  # never back into the template's loop
         return [str(fd) for fd in fds]
-    for fd in (*fds, ready_w):
+    for fd in fds:
         os.close(fd)
     try:
-        os.read(ready_r, 1)  # "" if it died first: its pidfd says so at once
-    finally:
-        os.close(ready_r)
+        os.setpgid(pid, pid)  # before the parent hears of it: it can kill the group at once
+    except OSError:  # it already did it itself (or died: its pidfd says so at once)
+        pass
     pidfd = os.pidfd_open(pid)  # before any waitpid: the pid cannot be reused yet
     children[pidfd] = pid
     poller.register(pidfd, select.POLLIN)
@@ -247,7 +245,9 @@ class Template:
         self.exits: dict[int, int] = {}  # pid -> exit status, reported, not collected yet
         self.ready = False
         self.dead = False
-        self._lock = threading.Lock()  # one reader of the channel at a time
+        self._lock = threading.Lock()  # guards the state below and reading the channel
+        self._news = threading.Condition(self._lock)  # something was read
+        self._reading = False  # a thread waits on the channel (see collect)
         self._fork_lock = threading.Lock()  # one fork at a time
         self._answers: list[tuple[bytes, list[int]]] = []
         parent_sock, child_sock = socket.socketpair()
@@ -279,20 +279,33 @@ class Template:
 
     # -- reading what the template says ---------------------------------------------------
     def collect(self, wait: float = 0.0) -> None:
-        """Read what the template has said (waiting up to ``wait`` seconds for a word)."""
-        with self._lock:
+        """Read what the template has said (waiting up to ``wait`` seconds for a word).
+
+        One thread at a time waits on the channel, without the lock (a fork must not
+        wait behind a thread waiting for some worker's exit); the others wait for its
+        news on the condition."""
+        with self._news:
             if self.dead:
                 return
+            if self._reading:
+                if wait > 0:
+                    self._news.wait(wait)
+                return
+            self._reading = True
+        try:
+            ready = self.channel.poll(wait)
+        except (OSError, ValueError):  # closed meanwhile
+            ready = False
+        with self._news:
+            self._reading = False
             try:
-                if not self.channel.poll(wait):
-                    return
-                while True:
+                while ready and not self.dead:
                     payload, fds = self.channel.recv()
                     self._file(bytes(payload), fds)
-                    if not self.channel.poll(0.0):
-                        return
-            except (EOFError, OSError):
+                    ready = self.channel.poll(0.0)
+            except (EOFError, OSError, ValueError):
                 self._died()
+            self._news.notify_all()
 
     def _file(self, payload: bytes, fds: list[int]) -> None:
         kind = payload[:1]

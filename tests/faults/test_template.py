@@ -64,8 +64,9 @@ def test_a_replacement_worker_is_forked_from_a_thread_free_template():
         assert forked.recv()[0] == pm_ready(forked.pid)
         me = psutil.Process(forked.pid)
         assert me.ppid() == template.pid
-        assert os.getsid(forked.pid) == forked.pid  # its own session, as a spawned worker
+        # its own process group, in the template's session (not ours: no terminal signal)
         assert os.getpgid(forked.pid) == forked.pid
+        assert os.getsid(forked.pid) == template.pid != os.getsid(0)
         assert _threads(template.pid) == 1  # no thread, before and after forking
         # a replacement of the pool's first workers is forked too once the template is up
         later = pool.acquire(1)
