@@ -136,6 +136,7 @@ class WorkerHandle:
         self.world: CallerWorld | None = None  # the caller's world it has (see sync_world)
         self.own_env: frozenset = frozenset()  # variables the pool set for it (encoded)
         self.modules: dict = {}  # local module name -> the version number it was told
+        self.launcher: Launcher | None = None  # of its pool, if it has one
 
     def sync_world(self, world: CallerWorld) -> None:
         """Bring the worker to ``world`` before its next chunk: one `messages.World` with
@@ -194,6 +195,8 @@ class WorkerHandle:
         self.functions[key] = True
         while len(self.functions) > M.FUNCTION_CACHE:
             self.functions.popitem(last=False)
+        if self.launcher is not None:  # its template preloads what the function uses
+            self.launcher.note_function(key, payload.blob)
 
     def alive(self) -> bool:
         return not self.closed and self.proc.poll() is None and not self._lost()
@@ -296,6 +299,7 @@ def spawn_worker(env: dict[str, str], launcher: Launcher | None = None,
     except (AttributeError, OSError):  # no pidfd: the lifeline reads EOF when it dies
         sentinel, owns = parent_life.fileno(), False
     worker = WorkerHandle(proc, conn, parent_life, board, sentinel, owns)
+    worker.launcher = launcher
     worker.fits = fits
     worker.world = world
     encode = getattr(os.environ, "encodekey", lambda name: name)

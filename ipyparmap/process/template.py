@@ -74,11 +74,14 @@ from ipyparmap.wire.channel import Channel
 
 _PID = struct.Struct("!q")
 _EXIT = struct.Struct("!qq")
-#: Messages, parent -> template: fork a worker (payload: its working directory).
-FORK = b"F"
+#: Messages, parent -> template: fork a worker (payload: its working directory);
+#: import modules (IMPORT + names, one a line).
+FORK, IMPORT = b"F", b"I"
 #: Template -> parent: booted (READY), forked (FORK + pid, with a pidfd), a fork
-#: failed (FAILED + why), a worker exited (EXITED + pid + exit status).
-READY, FAILED, EXITED = b"R", b"E", b"X"
+#: failed (FAILED + why), a worker exited (EXITED + pid + exit status), modules
+#: imported (IMPORT + names), or refused: importing them started a thread, so the
+#: template exits rather than ever fork again (THREADS + names).
+READY, FAILED, EXITED, THREADS = b"R", b"E", b"X", b"T"
 #: Seconds the parent waits for a fork's answer before it gives up on the template.
 FORK_TIMEOUT = 2.0
 #: Templates a pool starts at most in its life (a template that keeps dying is not
@@ -88,7 +91,7 @@ MAX_TEMPLATES = 4
 _TEMPLATE_CODE = """\
 import sys
 from ipyparmap.process.template import serve
-fds = serve(int(sys.argv[1]), int(sys.argv[2]))
+fds = serve(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:])
 if fds is not None:  # a forked child: be a worker (the template's loop is left behind)
     from ipyparmap.process.worker import main
     main(fds, forked=True)
@@ -101,16 +104,22 @@ def available() -> bool:
 
 
 # -- the template side (runs in the template process) ---------------------------------------
-def serve(control_fd: int, lifeline_fd: int) -> list[str] | None:
+def serve(control_fd: int, lifeline_fd: int, preload: list[str] = ()) -> list[str] | None:
     """The template's main loop. Returns None in the template when it is time to exit
     (its parent or its pool is gone), and the worker's arguments (descriptors of its
-    channel, lifeline and board) in each forked child, which then runs the worker."""
+    channel, lifeline and board) in each forked child, which then runs the worker.
+    ``preload``: installed modules the workers' functions used, to import first."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # as workers: the parent decides
+    import multiprocessing.process  # noqa: F401  # every worker's Init imports it
+
     import cloudpickle  # noqa: F401  # what every worker needs, imported once
 
     from ipyparmap.process import worker  # noqa: F401
 
     channel = Channel.from_fd(control_fd)
+    if _import(preload) is None:
+        channel.send(THREADS + "\n".join(preload).encode())
+        return None
     children: dict[int, int] = {}  # pidfd -> pid of each live forked worker
     poller = select.poll()
     poller.register(control_fd, select.POLLIN)
@@ -128,6 +137,14 @@ def serve(control_fd: int, lifeline_fd: int) -> list[str] | None:
                     payload, fds = channel.recv()
                 except (EOFError, OSError):
                     return None  # the pool closed its end
+                if payload[:1] == IMPORT and not fds:
+                    names = bytes(payload[1:]).decode("ascii", "replace").split("\n")
+                    done = _import(names)
+                    if done is None:  # a thread runs now: never fork again
+                        channel.send(THREADS + "\n".join(names).encode())
+                        return None
+                    channel.send(IMPORT + "\n".join(done).encode())
+                    continue
                 if payload[:1] != FORK or len(fds) != 3:
                     for each in fds:
                         os.close(each)
@@ -145,6 +162,32 @@ def serve(control_fd: int, lifeline_fd: int) -> list[str] | None:
                     channel.send(EXITED + _EXIT.pack(pid, os.waitstatus_to_exitcode(status)))
                 except OSError:
                     return None
+
+
+def _import(names) -> list[str] | None:
+    """Import ``names`` (modules that fail to import are skipped); None if that left a
+    thread running (OpenBLAS starts its threads at import, unless told to use one)."""
+    import importlib
+
+    done = []
+    for name in names:
+        if not all(part.isidentifier() for part in name.split(".")):
+            continue
+        try:
+            importlib.import_module(name)
+        except Exception:  # not there, or broken: the workers import it themselves
+            continue
+        done.append(name)
+    return done if _threads() == 1 else None
+
+
+def _threads() -> int:
+    """Threads of this process, the C libraries' included (``threading`` sees only
+    Python's)."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return threading.active_count()
 
 
 def _fork(channel: Channel, lifeline_fd: int, children: dict, poller, cwd: bytes,
@@ -240,8 +283,10 @@ class ForkedProcess:
 class Template:
     """The parent's side of one template process (for workers with environment ``env``)."""
 
-    def __init__(self, env: dict[str, str]):
+    def __init__(self, env: dict[str, str], preload: tuple[str, ...] = ()):
         self.env = env
+        self.preloaded = set(preload)  # modules it imports (or imported) for the workers
+        self.refused: set[str] = set()  # modules whose import started a thread in it
         self.exits: dict[int, int] = {}  # pid -> exit status, reported, not collected yet
         self.ready = False
         self.dead = False
@@ -255,7 +300,7 @@ class Template:
         child_fds = (child_sock.fileno(), child_life.fileno())
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-c", _TEMPLATE_CODE, *map(str, child_fds)],
+                [sys.executable, "-c", _TEMPLATE_CODE, *map(str, child_fds), *preload],
                 pass_fds=child_fds,
                 start_new_session=True,
                 stdin=subprocess.DEVNULL,
@@ -312,8 +357,11 @@ class Template:
         if kind == EXITED:
             pid, code = _EXIT.unpack(payload[1:])
             self.exits[pid] = code
-        elif kind == READY:
+        elif kind in (READY, IMPORT):  # booted, or done importing: it forks again
             self.ready = True
+        elif kind == THREADS:  # it exits now; the launcher remembers these modules
+            self.refused.update(bytes(payload[1:]).decode("ascii", "replace").split("\n"))
+            self.ready = False
         else:  # FORK or FAILED: the answer to the request being made
             self._answers.append((payload, fds))
 
@@ -338,6 +386,23 @@ class Template:
         if not self.ready and not self.dead:
             self.collect()
         return self.ready and not self.dead
+
+    def preload(self, names: set[str]) -> None:
+        """Have the template import ``names`` (installed modules the workers' functions
+        use); it forks nothing meanwhile (workers are interpreters until it is done)."""
+        names = set(names) - self.preloaded
+        if not names or self.dead:
+            return
+        with self._fork_lock, self._lock:
+            if self.dead:
+                return
+            self.preloaded |= names
+            try:
+                self.channel.send(IMPORT + "\n".join(sorted(names)).encode())
+            except OSError:
+                self._died()
+                return
+            self.ready = False  # until it says it is done
 
     # -- forking ---------------------------------------------------------------------------
     def fork(self, cwd: str | None, fds: tuple[int, int, int]) -> ForkedProcess | None:
@@ -412,6 +477,27 @@ class Launcher:
         self.template: Template | None = None
         self.started = 0  # templates started so far
         self.enabled = available()
+        self.preload: set[str] = set()  # installed modules the workers' functions use
+        self.unsafe: set[str] = set()  # ...whose import starts a thread: never preloaded
+        self._seen: dict[bytes, None] = {}  # keys of the functions looked at (bounded)
+
+    def note_function(self, key: bytes, blob) -> None:
+        """A worker was sent this function: preload the installed modules it uses
+        (``import numpy as np`` in a notebook: cloudpickle names ``numpy``) in the
+        template, so that workers forked later have them already."""
+        if not self.enabled or key in self._seen:
+            return
+        self._seen[key] = None
+        if len(self._seen) > SEEN_FUNCTIONS:
+            del self._seen[next(iter(self._seen))]
+        names = installed_modules(blob) - self.preload - self.unsafe
+        if not names:
+            return
+        with self._lock:
+            self.preload |= names
+            template = self.template
+        if template is not None:
+            template.preload(names)
 
     def fork(self, env: dict[str, str], cwd: str | None, fds, want_template: bool):
         """A `ForkedProcess` for a worker with environment ``env``, or None (then the
@@ -430,9 +516,11 @@ class Launcher:
             if template is not None and (template.dead or template.env != env):
                 old, template = template, None  # gone, or made for other workers
                 self.template = None
+                self.unsafe |= old.refused
+                self.preload -= old.refused
             if template is None and start and self.started < MAX_TEMPLATES:
                 try:
-                    template = self.template = Template(env)
+                    template = self.template = Template(env, tuple(sorted(self.preload)))
                     self.started += 1
                 except OSError:
                     template = None
@@ -448,6 +536,56 @@ class Launcher:
             template.close(wait=1.0 if wait else 0)
             if not wait:
                 _reap_later(template)
+
+
+#: Functions whose modules `Launcher.note_function` remembers having looked at.
+SEEN_FUNCTIONS = 64
+#: Pickled functions larger than this are not searched for modules (time).
+SCAN_BYTES = 1 << 20
+
+
+def installed_modules(blob) -> set[str]:
+    """Top-level names of the installed third-party modules a pickled function
+    refers to, among those loaded here: never the standard library (the template may
+    import those anyway), ``__main__`` or the caller's own modules (files next to the
+    notebook, editable installs: they are user code, outside site-packages)."""
+    if len(blob) > SCAN_BYTES:
+        return set()
+    import pickletools
+
+    names = set()
+    try:
+        for _opcode, arg, _ in pickletools.genops(bytes(blob)):
+            if isinstance(arg, str):  # a GLOBAL's is "module name"
+                names.add(arg.split(" ", 1)[0].split(".", 1)[0])
+    except Exception:  # not a plain pickle stream: nothing to learn from it
+        return set()
+    return {name for name in names if _installed(name)}
+
+
+def _installed(name: str) -> bool:
+    if not name.isidentifier() or name in sys.stdlib_module_names:
+        return False
+    if name in ("__main__", "ipyparmap", "cloudpickle"):
+        return False
+    module = sys.modules.get(name)
+    where = getattr(module, "__file__", None) if module is not None else None
+    if not where:
+        return False
+    return any(os.path.abspath(where).startswith(root + os.sep) for root in _site_roots())
+
+
+def _site_roots() -> list[str]:
+    import site
+    import sysconfig
+
+    roots = {sysconfig.get_paths().get(key) for key in ("purelib", "platlib")}
+    try:
+        roots.update(site.getsitepackages())
+    except AttributeError:  # an old virtualenv's site module
+        pass
+    roots.add(site.getusersitepackages())
+    return [os.path.abspath(root) for root in roots if root]
 
 
 def _reap_later(template: Template) -> None:

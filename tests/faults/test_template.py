@@ -362,3 +362,129 @@ def test_templates_are_found_by_the_leak_checks():
         assert template.pid not in {p.pid for p in workers()}
     finally:
         pool.shutdown()
+
+
+# -- modules preloaded in the template --------------------------------------------------
+def _booted(template: T.Template) -> T.Template:
+    wait_for(lambda: template.usable() or template.dead, timeout=60, what="the template")
+    return template
+
+
+def _fork_one(template: T.Template, cwd: str):
+    """Fork a bare worker; return (process, our channel end, our lifeline end)."""
+    import socket
+
+    board = os.memfd_create("test-board")
+    os.ftruncate(board, 64 * 1024)
+    ours, theirs = socket.socketpair()
+    life_ours, life_theirs = socket.socketpair()
+    try:
+        child = template.fork(cwd, (theirs.fileno(), life_theirs.fileno(), board))
+    finally:
+        theirs.close()
+        life_theirs.close()
+        os.close(board)
+    return child, ours, life_ours
+
+
+def _end(child, *sockets) -> None:
+    for sock in sockets:
+        sock.close()  # its lifeline and channel: it exits
+    child.wait(10)
+    os.close(child.pidfd)
+
+
+def test_numpy_is_preloaded_when_openblas_is_told_to_use_one_thread(tmp_path):
+    pytest.importorskip("numpy")
+    env = {**P.worker_env(), "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    template = _booted(T.Template(env, ("numpy",)))
+    try:
+        assert template.usable()
+        assert _threads(template.pid) == 1
+        with open(f"/proc/{template.pid}/maps") as maps:
+            assert "numpy" in maps.read()
+        child, *ends = _fork_one(template, str(tmp_path))
+        assert child is not None
+        _end(child, *ends)
+    finally:
+        template.close()
+
+
+@pytest.mark.parametrize("what", ["openblas", "python"])
+def test_a_module_that_starts_a_thread_at_import_is_refused(tmp_path, what):
+    """Importing it left a thread running: the template says which and exits rather
+    than ever fork again; the launcher never asks for it again."""
+    env = P.worker_env()
+    if what == "openblas":
+        pytest.importorskip("numpy")
+        env.update(OPENBLAS_NUM_THREADS="2", OMP_NUM_THREADS="2")
+        name = "numpy"
+    else:
+        (tmp_path / "spawns_a_thread.py").write_text(
+            "import threading, time\n"
+            "threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"
+        )
+        env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env["PYTHONPATH"]])
+        name = "spawns_a_thread"
+    template = _booted(T.Template(env))
+    try:
+        assert template.usable()
+        template.preload({name})
+        wait_for(lambda: template.collect(0.05) or template.dead, timeout=60, what="refusal")
+        assert template.refused == {name}
+        template.proc.wait(10)  # it ended (exited, or killed once its channel closed)
+        child, *ends = _fork_one(template, str(tmp_path))
+        assert child is None  # and forks nothing
+        for sock in ends:
+            sock.close()
+    finally:
+        template.close()
+    launcher = T.Launcher()
+    launcher.template = template
+    launcher.preload = {name}
+    assert launcher.fork(env, str(tmp_path), (0, 1, 2), want_template=False) is None
+    assert launcher.unsafe == {name} and not launcher.preload
+
+
+def _draw_or_die(x):
+    import numpy
+
+    if x % 3 == 2:
+        os._exit(1)
+    return os.getpid(), os.getppid(), float(numpy.random.random())
+
+
+def test_forked_workers_get_their_own_numpy_random_state():
+    """Forks of a template that has ``numpy.random`` loaded would all draw the same
+    numbers (the template's state); each gets fresh entropy, as a spawned worker has."""
+    pytest.importorskip("numpy")
+    launcher = P.default_pool().launcher
+    launcher.preload.add("numpy.random")  # as if a function had used it
+    pm.parmap(helpers.act, _crashing_items(6, every=3), workers=2, errors="collect")
+    template = _template_of(P.default_pool())
+    assert "numpy.random" in template.preloaded
+    res = pm.parmap(_draw_or_die, range(30), workers=2, chunksize=1, errors="collect")
+    first: dict = {}
+    for value in res:
+        if not isinstance(value, pm.Failure):
+            pid, ppid, draw = value
+            if ppid == template.pid:
+                first.setdefault(pid, draw)
+    assert len(first) >= 2, "fewer than 2 forked workers drew"
+    assert len(set(first.values())) == len(first)
+
+
+def test_only_installed_third_party_modules_are_preloaded(tmp_path, monkeypatch):
+    import cloudpickle
+
+    numpy = pytest.importorskip("numpy")
+    (tmp_path / "mylocal.py").write_text("def double(x):\n    return 2 * x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import mylocal
+
+    def uses_all(x):
+        return numpy.sqrt(mylocal.double(x)) + len(os.sep) + len(sys.argv)
+
+    found = T.installed_modules(cloudpickle.dumps(uses_all))
+    assert "numpy" in found
+    assert not {"mylocal", "os", "sys", "__main__", "ipyparmap", "cloudpickle"} & found
