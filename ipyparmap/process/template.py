@@ -532,10 +532,8 @@ class Launcher:
     def close(self, wait: bool = True) -> None:
         with self._lock:
             template, self.template = self.template, None
-        if template is not None:
+        if template is not None:  # (not waited for at exit: it ends with us anyway)
             template.close(wait=1.0 if wait else 0)
-            if not wait:
-                _reap_later(template)
 
 
 #: Functions whose modules `Launcher.note_function` remembers having looked at.
@@ -591,4 +589,8 @@ def _site_roots() -> list[str]:
 def _reap_later(template: Template) -> None:
     """Wait for a stopped template in the background (it exits within moments), so it
     does not stay a zombie."""
-    threading.Thread(target=template.close, name="ipyparmap-template-reaper", daemon=True).start()
+    reaper = threading.Thread(target=template.close, name="ipyparmap-template-reaper", daemon=True)
+    try:
+        reaper.start()
+    except RuntimeError:  # the interpreter is shutting down: it ends with us anyway
+        pass
