@@ -194,6 +194,11 @@ def _fork(channel: Channel, lifeline_fd: int, children: dict, poller, cwd: bytes
           fds: list[int]):  # fmt: skip
     """Fork one worker. In the child, return its arguments; in the template, answer
     the parent and return None."""
+    for stream in (sys.stdout, sys.stderr):  # what a preloaded module printed: once
+        try:
+            stream.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
     try:
         pid = os.fork()
     except OSError as exc:
