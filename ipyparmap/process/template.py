@@ -54,7 +54,7 @@ a pool once a template is up. It needs pidfds (a death sentinel for a process th
 not our child) and fork, so on macOS, Windows and under ``IPYPARMAP_MASK=pidfd`` the
 launcher starts every worker as an interpreter, as before. A template that fails (it
 was killed, a fork failed, it is slow to answer) is dropped and workers are started as
-interpreters again; a pool starts at most `MAX_TEMPLATES` templates in its life.
+interpreters again; after `MAX_FAILURES` failed templates a pool starts no more.
 """
 
 from __future__ import annotations
@@ -84,9 +84,9 @@ FORK, IMPORT = b"F", b"I"
 READY, FAILED, EXITED, THREADS = b"R", b"E", b"X", b"T"
 #: Seconds the parent waits for a fork's answer before it gives up on the template.
 FORK_TIMEOUT = 2.0
-#: Templates a pool starts at most in its life (a template that keeps dying is not
-#: worth another interpreter start each time).
-MAX_TEMPLATES = 4
+#: Templates of a pool that may fail (die, be killed, refuse a module) before it
+#: starts no more: one that keeps dying is not worth an interpreter start each time.
+MAX_FAILURES = 4
 
 _TEMPLATE_CODE = """\
 import sys
@@ -480,7 +480,7 @@ class Launcher:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.template: Template | None = None
-        self.started = 0  # templates started so far
+        self.failed = 0  # templates that died, were killed or refused a module
         self.enabled = available()
         self.preload: set[str] = set()  # installed modules the workers' functions use
         self.unsafe: set[str] = set()  # ...whose import starts a thread: never preloaded
@@ -518,15 +518,17 @@ class Launcher:
         old = None
         with self._lock:
             template = self.template
+            if not start and template is not None and template.env != env and not template.dead:
+                return None  # kept for the workers it was made for
             if template is not None and (template.dead or template.env != env):
                 old, template = template, None  # gone, or made for other workers
                 self.template = None
+                self.failed += old.dead
                 self.unsafe |= old.refused
                 self.preload -= old.refused
-            if template is None and start and self.started < MAX_TEMPLATES:
+            if template is None and start and self.failed < MAX_FAILURES:
                 try:
                     template = self.template = Template(env, tuple(sorted(self.preload)))
-                    self.started += 1
                 except OSError:
                     template = None
         if old is not None:
