@@ -488,3 +488,27 @@ def test_only_installed_third_party_modules_are_preloaded(tmp_path, monkeypatch)
     found = T.installed_modules(cloudpickle.dumps(uses_all))
     assert "numpy" in found
     assert not {"mylocal", "os", "sys", "__main__", "ipyparmap", "cloudpickle"} & found
+
+
+def test_a_template_serves_one_environment(tmp_path):
+    """Workers with another environment (the caller changed os.environ, or a call asked
+    for other thread limits) are not forked from a template made for others: the next
+    replacement starts a template for theirs; a first worker keeps the old one."""
+    launcher = T.Launcher()
+    env_a = P.worker_env({"IPYPARMAP_TEST_ENV": "a"})
+    env_b = P.worker_env({"IPYPARMAP_TEST_ENV": "b"})
+    try:
+        assert launcher.fork(env_a, str(tmp_path), (0, 1, 2), want_template=True) is None
+        first = launcher.template
+        wait_for(first.usable, timeout=30, what="the template to boot")
+        # a first worker with another environment: an interpreter; the template stays
+        assert launcher.fork(env_b, str(tmp_path), (0, 1, 2), want_template=False) is None
+        assert launcher.template is first and not first.dead
+        # a replacement with it: a template of its own
+        launcher.fork(env_b, str(tmp_path), (0, 1, 2), want_template=True)
+        second = launcher.template
+        assert second is not first and second.env == env_b
+        wait_for(lambda: first.proc.poll() is not None, timeout=10, what="the old template")
+        assert launcher.failed == 0
+    finally:
+        launcher.close()
