@@ -146,8 +146,15 @@ def test_the_template_never_runs_user_code(tmp_path, monkeypatch):
     assert [r.kind for r in res.failures] == ["crashed"] * 8
     pool = P.default_pool()
     template = _template_of(pool)
+
+    def own_fds() -> int:  # besides one pidfd per live forked worker
+        alive = [p for p in psutil.Process(template.pid).children() if p.status() != "zombie"]
+        return len(os.listdir(f"/proc/{template.pid}/fd")) - len(alive)
+
+    fds_before = own_fds()
     res = pm.parmap(usermod.work, range(40), workers=2, chunksize=1, errors="collect")
     assert len(res.failures) == 8
+    wait_for(lambda: own_fds() == fds_before, timeout=10, what="the template's fds to settle")
     ran = {int(line) for line in log.read_text().split()}
     forked = {p.pid for p in psutil.Process(template.pid).children()}
     assert template.pid not in ran
