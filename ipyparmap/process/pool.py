@@ -2,8 +2,8 @@
 
 A worker is a fresh interpreter started with ``subprocess`` (never a fork of the
 kernel; a replacement is a fork of the pool's template process, process/template.py,
-which is such an interpreter too) in its own session, so a terminal Ctrl-C or a Jupyter interrupt aimed at the
-kernel's process group never reaches it. Each worker has:
+which is such an interpreter too) in its own session, so a terminal Ctrl-C or a
+Jupyter interrupt aimed at the kernel's process group never reaches it. Each worker has:
 
 - a duplex pipe (a socketpair framed by ``wire.channel.Channel``, which passes
   descriptors),

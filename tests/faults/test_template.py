@@ -519,3 +519,35 @@ def test_a_template_serves_one_environment(tmp_path):
         assert launcher.failed == 0
     finally:
         launcher.close()
+
+
+def _register_exit_note(folder):
+    import atexit
+    import threading
+
+    pid = os.getpid()
+
+    def late():  # a non-daemon thread the exit waits for, as at any interpreter exit
+        time.sleep(0.05)
+        with open(os.path.join(folder, f"thread-{pid}"), "w"):
+            pass
+
+    threading.Thread(target=late).start()
+    atexit.register(lambda: open(os.path.join(folder, f"atexit-{pid}"), "w").close())
+    return pid, os.getppid()
+
+
+def test_a_forked_worker_exits_like_an_interpreter(tmp_path):
+    """It skips tearing the interpreter down, not what an exit does for the program:
+    its threads are waited for and its atexit functions run."""
+    with pm.Pool(2, maxtasksperchild=1) as pool:
+        seen = []
+        deadline = time.monotonic() + 60
+        while not any(ppid != os.getpid() for _, ppid in seen):
+            seen += pool.map(_register_exit_note, [str(tmp_path)] * 4, chunksize=1)
+            assert time.monotonic() < deadline, "no worker was forked"
+    forked = [pid for pid, ppid in seen if ppid != os.getpid()]
+    wait_for(lambda: _gone(forked), timeout=10, what="the forked workers to exit")
+    for pid in forked:
+        assert (tmp_path / f"atexit-{pid}").exists()
+        assert (tmp_path / f"thread-{pid}").exists()
