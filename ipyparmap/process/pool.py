@@ -372,8 +372,11 @@ class Pool:
         self.launcher = Launcher()
         self._stoppers: set[threading.Thread] = set()  # release(wait=False)
 
-    def acquire(self, count: int, env_extra: EnvExtra = None) -> list[WorkerHandle]:
-        """Lease ``count`` workers: warm idle ones first, newly spawned for the rest."""
+    def acquire(self, count: int, env_extra: EnvExtra = None,
+                start_template: bool = False) -> list[WorkerHandle]:  # fmt: skip
+        """Lease ``count`` workers: warm idle ones first, newly spawned for the rest
+        (forked if the template is up; ``start_template``: start it now, if new workers
+        are needed, when the caller knows replacements will follow)."""
         with self._lock:
             warm = []
             for worker in self._idle:
@@ -389,7 +392,7 @@ class Pool:
         env = worker_env(env_extra)
         try:
             while len(taken) < count:  # forked if a template is up (see spawn)
-                worker = spawn_worker(env, self.launcher)
+                worker = spawn_worker(env, self.launcher, start_template)
                 taken.append(worker)
                 with self._lock:
                     self._leased.add(worker)
