@@ -15,9 +15,13 @@ What makes forking it safe, and what the tests hold it to
 
 - it never runs user code: it unpickles nothing (its requests are plain bytes), and
   imports only the worker module and its imports (the worker import rule of
-  tests/test_architecture.py covers this module);
+  tests/test_architecture.py covers this module), plus the installed third-party
+  modules the workers' functions use (`installed_modules`: never ``__main__``, never
+  the caller's own files), so that later forks have them loaded;
 - it runs no thread (forking a threaded process copies locks held by threads that do
-  not exist in the child): it waits in ``poll()`` in its only thread;
+  not exist in the child): it waits in ``poll()`` in its only thread, and counts its
+  threads after each import (OpenBLAS starts its own at import unless told to use
+  one): if there is more than one, it says which modules and exits instead of forking;
 - it hears only from its parent: its requests come over one end of a socketpair that
   only the parent holds (no path in any file system, unreachable by other users);
 - it dies with its parent (a lifeline socket, as workers have) and when its pool
@@ -33,8 +37,10 @@ Data flow (one fork; ``X`` is sent whenever a forked worker exits)::
                                              setpgid(child) (both do it) closes the template's fds
     <── "F" + pid, with a pidfd of it ──     pidfd_open(child)           returns from `serve`
     WorkerHandle(ForkedProcess, pidfd)                                   -> worker.main(fds)
-    <── "X" + pid + exit status ────────     the child's pidfd readable:
+    <── "X" + pid + exit status ────────     the child's pidfd readable:  -> exit_quickly()
     ForkedProcess.returncode                 waitpid() (it is its parent)
+    "I" + module names ─────────────────>    import, gc.freeze(); "I" back
+    (no fork meanwhile)               <──    or "T": a thread started: exit
 
 The parent gets a worker's death sentinel (a pidfd) from the template, opened right
 after the fork, before the template could reap the child and its pid be reused. The
