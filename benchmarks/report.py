@@ -59,6 +59,14 @@ SPECS = {
         "peak RSS of parent + workers during W2 (fresh process)", "MiB", "s whole process",
         "lower", "≤ 66 MiB",
     ),
+    "W8": Spec(
+        "a fresh pool of 2 recycling its workers after every task, 200 trivial tasks",
+        "wall s", "s", "lower", "≤ 3 × Pool(fork) and ≤ 0.2 × Pool(spawn)",
+    ),
+    "W9": Spec(
+        "100 items of 10 ms, every 10th crashes its worker, errors='collect'",
+        "extra ms per crash", "s", "lower", "≤ 10 ms",
+    ),
     "P": Spec(
         "ipyparmap on W1, progress on vs off", "wall / wall with progress off", "ms", "lower",
         "≤ 1.05",
@@ -193,9 +201,18 @@ class Report:
             "W6": lambda: value >= 3000,
             "W6b": lambda: value <= 0.5,
             "W7": lambda: value <= 66,
+            "W8": lambda: self._w8_met(value),
+            "W9": lambda: value <= 10,
             "P": lambda: value <= 1.05,
         }
         return ratio_text, ("met" if checks[key]() else "missed")
+
+    def _w8_met(self, value: float) -> bool:
+        """W8's target: at most 3 x Pool(fork)'s wall and 0.2 x Pool(spawn)'s."""
+        walls = {row.name: row.figure for row in self.rows.get("W8", [])}
+        fork = walls.get("Pool(fork, maxtasksperchild=1).map")
+        spawn = walls.get("Pool(spawn, maxtasksperchild=1).map")
+        return bool(fork and spawn and value <= 3 * fork and value <= 0.2 * spawn)
 
     # -------------------------------------------------------------- markdown
     def markdown(self) -> str:
@@ -346,6 +363,17 @@ def _w7(samples):
     return _rows(samples, 1, lambda med, s: med / MIB, use_walls=True)
 
 
+def _w8(samples):
+    return _rows(samples, 1, lambda med, s: med)
+
+
+def _w9(samples):
+    from .recycle import NO_CRASH, W9_EVERY, W9_ITEMS
+
+    crashes = W9_ITEMS // W9_EVERY
+    return _rows(samples, 1, _paired(samples, lambda v, ok: (v - ok) / crashes * 1e3, NO_CRASH))
+
+
 def _progress(samples):
     return _rows(samples, 1e3, _paired(samples, lambda v, off: v / off, "progress=False"))
 
@@ -359,6 +387,8 @@ _FIGURES = {
     "W6": _w6,
     "W6b": _w6b,
     "W7": _w7,
+    "W8": _w8,
+    "W9": _w9,
     "P": _progress,
 }
 
@@ -391,6 +421,17 @@ _FOOTNOTES = {
     "samples the summed RSS of the script and all its descendant processes every 5 ms. "
     "RSS counts pages shared after a fork once per process, which inflates fork-based "
     "rows a little.",
+    "W8": "Each call starts a pool of 2 workers with `maxtasksperchild=1` (the drop-in "
+    "`ipyparmap.Pool`; `ProcessPoolExecutor` with `max_tasks_per_child=1`), maps "
+    "a function returning its argument over 200 tasks with `chunksize=1` (so a new "
+    "worker per task) and shuts the pool down; all of it is timed. The serial row maps "
+    "in the benchmark process. "
+    "loky 3.x has no per-worker task limit, so `ProcessPoolExecutor` stands in for it.",
+    "W9": "`parmap` on the warm default pool over 100 items that sleep 10 ms, every 10th "
+    "then calling `os._exit(1)` (`errors='collect'`), against the same run with no crash "
+    "in the same round; figure = (wall with crashes - wall without) / 10 crashes, median "
+    "over rounds. Only ipyparmap runs it: the other pools lose the whole map (`Pool`) or "
+    "break (`ProcessPoolExecutor`) when a worker dies.",
     "P": "`progress='text'` with stderr made to look like a terminal (output discarded), "
     "against `progress=False`, interleaved, in 4 times as many rounds as the other "
     "workloads; the figure is the median over rounds of the ratio within a round.",

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import contenders as C
+from . import recycle as R
 from . import scripts as S
 from . import workloads as W
 from .machine import describe
@@ -29,7 +30,7 @@ from .report import Report, write_report
 
 ROOT = S.ROOT
 DOC = os.path.join(ROOT, "docs", "benchmarks.md")
-ALL = ("W1", "W2", "W3", "W4", "W5", "W6", "W6b", "W7", "P", "F", "FM")
+ALL = ("W1", "W2", "W3", "W4", "W5", "W6", "W6b", "W7", "W8", "W9", "P", "F", "FM")
 
 
 class _Timeout(Exception):
@@ -450,6 +451,22 @@ def main(argv: list[str] | None = None) -> int:
         for contender in pool:
             with contextlib.suppress(Exception):
                 contender.close()
+
+    if "W8" in only:
+        log("W8: a fresh pool recycling its 2 workers after every task, 200 tasks")
+        tasks = list(range(R.W8_TASKS))
+        samples = run_in_process("W8", R.w8_contenders(), R.trivial, tasks, [1], rounds, 300)
+        report.add("W8", samples)
+    if "W9" in only:
+        log("W9: 100 items of 10 ms, every 10th crashes its worker, against no crash")
+        w9 = R.w9_contenders()
+        items = R.w9_items(crash=False)  # each contender picks its own items
+        try:
+            report.add(
+                "W9", run_in_process("W9", w9, R.sleep_or_die, items, [(1, False)], rounds, 120)
+            )
+        finally:
+            w9[-1].close()
 
     frames_text = _frames(only, rounds, args, machine, log) if {"F", "FM"} & set(only) else ""
 

@@ -48,6 +48,22 @@ def children() -> list[psutil.Process]:
     return found
 
 
+def is_template(proc: psutil.Process) -> bool:
+    """The template process (process/template.py): our child, running its main loop.
+    (The workers it forks share its command line, but are its children, not ours.)"""
+    try:
+        return proc.ppid() == os.getpid() and any(
+            "ipyparmap.process.template" in part for part in proc.cmdline()
+        )
+    except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+        return False
+
+
+def workers() -> list[psutil.Process]:
+    """Our worker processes: `children` but the template process."""
+    return [proc for proc in children() if not is_template(proc)]
+
+
 @pytest.fixture
 def no_leaks():
     """After the test, shut the pool down and require that no child process is left."""

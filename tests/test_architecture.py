@@ -50,17 +50,19 @@ def _graph():
     return grimp.build_graph("ipyparmap", include_external_packages=True)
 
 
-def test_worker_imports_only_what_the_positive_rule_allows():
+@pytest.mark.parametrize("module", ["ipyparmap.process.worker", "ipyparmap.process.template"])
+def test_worker_imports_only_what_the_positive_rule_allows(module):
+    """The worker, and the template process that forks workers (it imports what they
+    need, and nothing of the parent's side: no engine, no IPython, no third party)."""
     graph = _graph()
-    upstream = graph.find_upstream_modules("ipyparmap.process.worker")
+    upstream = graph.find_upstream_modules(module)
+    allowed = (*WORKER_MAY_IMPORT, "ipyparmap.process.worker")
     ours = {m for m in upstream if m.split(".")[0] == "ipyparmap"}
-    outside = {
-        m for m in ours if not any(m == a or m.startswith(a + ".") for a in WORKER_MAY_IMPORT)
-    }
-    assert not outside, f"the worker process imports {sorted(outside)}"
+    outside = {m for m in ours if not any(m == a or m.startswith(a + ".") for a in allowed)}
+    assert not outside, f"{module} imports {sorted(outside)}"
     external = {m.split(".")[0] for m in upstream} - {"ipyparmap"}
     extra = {m for m in external if m not in sys.stdlib_module_names} - WORKER_EXTERNAL
-    assert not extra, f"the worker process imports third-party {sorted(extra)}"
+    assert not extra, f"{module} imports third-party {sorted(extra)}"
 
 
 def test_every_module_is_in_the_layers_contract():

@@ -98,7 +98,8 @@ class LocalEngine:
     def start(self, run: Runner) -> None:
         self.run = run
         self.options = run.options
-        self.workers = self.pool.acquire(run.n_workers, self.env)
+        # recycling workers: replacements are certain, so their template starts now
+        self.workers = self.pool.acquire(run.n_workers, self.env, self.max_items is not None)
         self.selector = self.pool.take_selector(self.workers)
         if self.selector is None:
             self.selector = selectors.DefaultSelector()
@@ -377,7 +378,7 @@ class LocalEngine:
         self.workers.remove(worker)
         self._unwatch(worker)
         self.items_run.pop(worker, None)
-        self.pool.release([worker], keep=0)  # stops it
+        self.pool.release([worker], keep=0, wait=False)  # stops it, in the background
         if not self.run.state.stopping and self.run.feed.more_work():
             self._replace_worker(planned=True)
 

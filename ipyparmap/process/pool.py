@@ -1,8 +1,9 @@
 """The local worker pool: spawned processes, each with its own pipe (layer: process).
 
 A worker is a fresh interpreter started with ``subprocess`` (never a fork of the
-kernel) in its own session, so a terminal Ctrl-C or a Jupyter interrupt aimed at the
-kernel's process group never reaches it. Each worker has:
+kernel; a replacement is a fork of the pool's template process, process/template.py,
+which is such an interpreter too) in its own session, so a terminal Ctrl-C or a
+Jupyter interrupt aimed at the kernel's process group never reaches it. Each worker has:
 
 - a duplex pipe (a socketpair framed by ``wire.channel.Channel``, which passes
   descriptors),
@@ -40,6 +41,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ipyparmap import system
+from ipyparmap.process.template import ForkedProcess, Launcher
 from ipyparmap.wire import board as B
 from ipyparmap.wire import messages as M
 from ipyparmap.wire.channel import Channel
@@ -116,8 +118,9 @@ def caller_world() -> CallerWorld:
 class WorkerHandle:
     """The parent's side of one worker process."""
 
-    def __init__(self, proc: subprocess.Popen, conn: Channel, lifeline: socket.socket,
-                 board: B.Board, sentinel: int, owns_sentinel: bool):  # fmt: skip
+    def __init__(self, proc: subprocess.Popen | ForkedProcess, conn: Channel,
+                 lifeline: socket.socket, board: B.Board, sentinel: int,
+                 owns_sentinel: bool):  # fmt: skip
         self.proc = proc
         self.pid = proc.pid
         self.conn = conn
@@ -134,6 +137,7 @@ class WorkerHandle:
         self.world: CallerWorld | None = None  # the caller's world it has (see sync_world)
         self.own_env: frozenset = frozenset()  # variables the pool set for it (encoded)
         self.modules: dict = {}  # local module name -> the version number it was told
+        self.launcher: Launcher | None = None  # of its pool, if it has one
 
     def sync_world(self, world: CallerWorld) -> None:
         """Bring the worker to ``world`` before its next chunk: one `messages.World` with
@@ -192,13 +196,19 @@ class WorkerHandle:
         self.functions[key] = True
         while len(self.functions) > M.FUNCTION_CACHE:
             self.functions.popitem(last=False)
+        if self.launcher is not None:  # its template preloads what the function uses
+            self.launcher.note_function(key, payload.blob)
 
     def alive(self) -> bool:
-        return not self.closed and self.proc.poll() is None
+        return not self.closed and self.proc.poll() is None and not self._lost()
+
+    def _lost(self) -> bool:
+        """Forked by a template that died before telling how the worker ended."""
+        return getattr(self.proc, "lost", False)
 
     def kill(self) -> None:
         """SIGKILL the worker and anything it started."""
-        if self.proc.returncode is None:
+        if self.proc.poll() is None and not self._lost():
             from ipyparmap.process.resources import kill_group
 
             kill_group(self.pid)
@@ -225,6 +235,8 @@ class WorkerHandle:
             except OSError:
                 pass
         if self._owns_sentinel:
+            if isinstance(self.proc, ForkedProcess):
+                self.proc.release()  # its pidfd is the sentinel
             try:
                 os.close(self.sentinel)
             except OSError:
@@ -238,25 +250,37 @@ SELECTOR_CACHE = 4
 SEND_BUFFER_BYTES = 1024 * 1024
 
 
-def spawn_worker(env: dict[str, str]) -> WorkerHandle:
-    """Start one worker process; returns at once (the worker boots in the background)."""
+def spawn_worker(env: dict[str, str], launcher: Launcher | None = None,
+                 start_template: bool = False) -> WorkerHandle:  # fmt: skip
+    """Start one worker process; returns at once (the worker boots in the background).
+
+    With a ``launcher``, the worker is forked from its template process when one is up
+    for ``env`` (process/template.py: milliseconds, not an interpreter start), and
+    ``start_template`` starts one in the background for the next workers if there is
+    none; otherwise, and where the template cannot be used, it is a new interpreter.
+    """
     world = CallerWorld(os.getcwd(), dict(_environ()), list(sys.path), EMPTY_MODULES)
     parent_sock, child_sock = socket.socketpair()
     parent_life, child_life = socket.socketpair()
     board_fd = anonymous_file("ipyparmap-board", B.BOARD_SIZE)
     child_fds = (child_sock.fileno(), child_life.fileno(), board_fd)
     try:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", _WORKER_CODE, *map(str, child_fds)],
-            pass_fds=child_fds,
-            start_new_session=True,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            cwd=world.cwd,
-        )
+        forked = launcher.fork(env, world.cwd, child_fds, start_template) if launcher else None
+        if forked is not None:
+            proc: Any = forked
+        else:
+            proc = subprocess.Popen(
+                [sys.executable, "-c", _WORKER_CODE, *map(str, child_fds)],
+                pass_fds=child_fds,
+                start_new_session=True,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=world.cwd,
+            )
     except BaseException:
         for closer in (parent_sock.close, parent_life.close):
             closer()
+        os.close(board_fd)
         raise
     finally:
         child_sock.close()
@@ -267,12 +291,16 @@ def spawn_worker(env: dict[str, str]) -> WorkerHandle:
     conn = Channel(parent_sock)
     fits = conn.grow_send_buffer(SEND_BUFFER_BYTES)
     try:
-        if not system.has_pidfd():
+        if forked is not None:  # the template sent one, opened before it could reap it
+            sentinel, owns = forked.pidfd, True
+        elif not system.has_pidfd():
             raise OSError("no pidfd")
-        sentinel, owns = os.pidfd_open(proc.pid), True
+        else:
+            sentinel, owns = os.pidfd_open(proc.pid), True
     except (AttributeError, OSError):  # no pidfd: the lifeline reads EOF when it dies
         sentinel, owns = parent_life.fileno(), False
     worker = WorkerHandle(proc, conn, parent_life, board, sentinel, owns)
+    worker.launcher = launcher
     worker.fits = fits
     worker.world = world
     encode = getattr(os.environ, "encodekey", lambda name: name)
@@ -353,9 +381,15 @@ class Pool:
         # a warm call on the same workers skips creating and filling an epoll set
         # (five system calls, ~18 us of a ~250 us small call).
         self._selectors: dict[frozenset, Any] = {}
+        # Forks replacement workers from a template process (process/template.py).
+        self.launcher = Launcher()
+        self._stoppers: set[threading.Thread] = set()  # release(wait=False)
 
-    def acquire(self, count: int, env_extra: EnvExtra = None) -> list[WorkerHandle]:
-        """Lease ``count`` workers: warm idle ones first, newly spawned for the rest."""
+    def acquire(self, count: int, env_extra: EnvExtra = None,
+                start_template: bool = False) -> list[WorkerHandle]:  # fmt: skip
+        """Lease ``count`` workers: warm idle ones first, newly spawned for the rest
+        (forked if the template is up; ``start_template``: start it now, if new workers
+        are needed, when the caller knows replacements will follow)."""
         with self._lock:
             warm = []
             for worker in self._idle:
@@ -370,8 +404,8 @@ class Pool:
             return taken
         env = worker_env(env_extra)
         try:
-            while len(taken) < count:
-                worker = spawn_worker(env)
+            while len(taken) < count:  # forked if a template is up (see spawn)
+                worker = spawn_worker(env, self.launcher, start_template)
                 taken.append(worker)
                 with self._lock:
                     self._leased.add(worker)
@@ -381,16 +415,20 @@ class Pool:
         return taken
 
     def spawn(self, env_extra: EnvExtra = None) -> WorkerHandle:
-        """A new leased worker (a replacement after a crash or a timeout)."""
-        worker = spawn_worker(worker_env(env_extra))
+        """A new leased worker (a replacement after a crash, a timeout, a recycle):
+        forked from the template process, which the first replacement starts."""
+        worker = spawn_worker(worker_env(env_extra), self.launcher, start_template=True)
         with self._lock:
             self._leased.add(worker)
         return worker
 
-    def release(self, workers, keep: int | None = None) -> None:
+    def release(self, workers, keep: int | None = None, wait: bool = True) -> None:
         """Give leased workers back. Dead ones are reaped; idle ones stay warm.
 
         ``keep`` caps how many idle workers the pool keeps (the rest are stopped).
+        ``wait=False``: the stopped ones are waited for in the background (a worker
+        retired in a run: its replacement, forked in milliseconds, need not wait for
+        its interpreter to finish exiting); `shutdown` waits for them.
         """
         surplus = []
         with self._lock:
@@ -406,7 +444,23 @@ class Pool:
                 surplus += self._idle[keep:]
                 self._idle = self._idle[:keep]
             self._start_reaper()
-        _stop_all(surplus)
+        if wait or not surplus:
+            _stop_all(surplus)
+            return
+        self._drop_selectors_of(surplus)
+        stopper = threading.Thread(
+            target=self._stop_in_background, args=(surplus,), name="ipyparmap-stop", daemon=True
+        )
+        with self._lock:
+            self._stoppers.add(stopper)
+        stopper.start()
+
+    def _stop_in_background(self, workers: list[WorkerHandle]) -> None:
+        try:
+            _stop_all(workers)
+        finally:
+            with self._lock:
+                self._stoppers.discard(threading.current_thread())
 
     # -- idle workers beyond the warm count stop after a while --------------------------------
     def _warm_count(self) -> int:
@@ -509,8 +563,14 @@ class Pool:
         for worker in busy:
             worker.kill()
         _stop_all(idle + busy, wait)
-        if wait and reaper is not None and reaper is not threading.current_thread():
-            reaper.join(STOP_GRACE)  # a pool shut down leaves no thread behind
+        if wait:
+            with self._lock:
+                stoppers = list(self._stoppers)
+            for stopper in stoppers:
+                stopper.join(STOP_GRACE + 1.0)
+            if reaper is not None and reaper is not threading.current_thread():
+                reaper.join(STOP_GRACE)  # a pool shut down leaves no thread behind
+        self.launcher.close(wait)
 
 
 def _stop_all(workers: list[WorkerHandle], wait: bool = True) -> None:

@@ -103,10 +103,13 @@ class _LoadFailure:
 
 
 class Worker:
-    def __init__(self, conn: Channel, lifeline: int, board: B.Board):
+    def __init__(self, conn: Channel, lifeline: int, board: B.Board, watch_ppid: bool = True):
         self.conn = conn
         self.board = board
-        self.parent_pid = os.getppid()
+        # A second sign of the parent's death besides the lifeline: we were reparented.
+        # Not for a worker forked by the template (process/template.py): its parent is
+        # the template, whose death must not take the worker with it.
+        self.parent_pid = os.getppid() if watch_ppid else None
         self.functions: OrderedDict = OrderedDict()
         self.modules: dict = {}  # the caller's local module versions held (apply_world)
         # what items write: pending for the next message, and in the board's output log
@@ -128,7 +131,7 @@ class Worker:
         """Exit when the parent dies; stream captured output while items run."""
         while True:
             readable, _, _ = select.select([lifeline], [], [], OUTPUT_SECONDS)
-            if readable or os.getppid() != self.parent_pid:
+            if readable or (self.parent_pid is not None and os.getppid() != self.parent_pid):
                 os._exit(0)  # the parent is gone: nobody wants our results
             if self.sink.pending:
                 with self.sink.lock:
@@ -494,6 +497,18 @@ def _isolate_unpicklable(values: list, errors: dict) -> tuple[list, dict]:
     return values, errors
 
 
+def _reseed_forked() -> None:
+    """A forked worker starts with its template's random state: give NumPy's global
+    generator fresh entropy, as each spawned worker has (``random`` reseeds itself at
+    fork). Only if the template had NumPy loaded: a worker never imports it for this."""
+    numpy_random = sys.modules.get("numpy.random")
+    if numpy_random is not None:
+        try:
+            numpy_random.seed()
+        except Exception:  # an odd NumPy: its state stays the template's
+            pass
+
+
 def _close_quietly(fd: int) -> None:
     try:
         os.close(fd)
@@ -501,7 +516,9 @@ def _close_quietly(fd: int) -> None:
         pass
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str], forked: bool = False) -> None:
+    """Run a worker on the descriptors of ``argv`` (channel, lifeline, board): started
+    as a new interpreter by process/pool.py, or ``forked`` by process/template.py."""
     # A Jupyter interrupt signals the kernel's whole process group; the parent decides
     # what to stop, so workers ignore SIGINT (they also run in their own session;
     # tests/test_interrupt.py::test_workers_ignore_sigint_sent_to_them).
@@ -515,9 +532,12 @@ def main(argv: list[str]) -> None:
     os.register_at_fork(after_in_child=lambda: _close_quietly(lifeline_fd))
     board = B.Board.from_fd(board_fd)
     os.close(board_fd)
-    worker = Worker(Channel.from_fd(conn_fd), lifeline_fd, board)
+    worker = Worker(Channel.from_fd(conn_fd), lifeline_fd, board, watch_ppid=not forked)
     capture.install(worker.sink)  # display(), IPython's and pyplot's, for user code
     import cloudpickle  # noqa: F401  # load it now, while the parent prepares the run
+
+    if forked:
+        _reseed_forked()
 
     try:
         worker.serve()

@@ -8,7 +8,7 @@ from pathlib import Path
 import helpers
 import psutil
 import pytest
-from conftest import children, run_python, wait_for
+from conftest import children, run_python, wait_for, workers
 
 import ipyparmap as pm
 
@@ -85,7 +85,7 @@ def test_no_shared_memory_segment_is_ever_named():
     items[7] = ("run", "segfault")
     res = pm.parmap(helpers.act, items, workers=2, errors="collect")
     assert res[7].kind == "crashed"
-    worker = children()[0]
+    worker = workers()[0]
     fds = [fd for fd in os.listdir(f"/proc/{worker.pid}/fd") if int(fd) > 2]  # not stdio
     links = [os.readlink(f"/proc/{worker.pid}/fd/{fd}") for fd in fds]
     assert any(link.startswith("/memfd:ipyparmap-board") for link in links)  # anonymous
