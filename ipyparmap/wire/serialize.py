@@ -267,16 +267,58 @@ class FunctionPayload:
 
     Large buffers among its globals (a big array the function uses) are in ``packed``,
     shared with every worker through one memfd instead of copied through each pipe.
+    ``code_key`` is the hash of the pickle alone; ``key`` also covers those buffers'
+    data, hashed on first use: a run asks for it only once its workers are starting,
+    so they boot while a big global is hashed and copied.
     """
 
-    __slots__ = ("blob", "key", "packed", "sources")
+    __slots__ = ("_key", "blob", "code_key", "packed", "sources")
 
     def __init__(self, key: bytes, blob: bytes, sources: dict, packed: Packed | None = None):
-        self.key, self.blob, self.sources, self.packed = key, blob, sources, packed
+        self.code_key, self.blob, self.sources, self.packed = key, blob, sources, packed
+        self._key: bytes | None = key if packed is None else None
+
+    @property
+    def key(self) -> bytes:
+        """What a worker caches the function under: a changed global array is resent."""
+        if self._key is None:
+            self._key = _buffers_key(self.code_key, self.packed.buffers)  # type: ignore[union-attr]
+        return self._key
 
     def close(self) -> None:
         if self.packed is not None:
             self.packed.close()
+
+
+def _buffers_key(code_key: bytes, buffers: list) -> bytes:
+    """``code_key`` extended by the data of a function's large global buffers.
+
+    CRC-32 (zlib's: ~7 GB/s here, against ~2 GB/s for SHA-1, the fastest cryptographic
+    hash at hand) of each buffer not in shared memory, with its length: the key only
+    tells a warm worker whether the array it holds is still the caller's, and a changed
+    array goes unnoticed with odds of 2**-32 per change. A ``pm.shared_array`` is seen
+    live by the workers, so where it lives is enough.
+    """
+    import zlib
+
+    from ipyparmap.wire.sharedmem import find_segment
+
+    parts = [code_key]
+    for buffer in buffers:
+        place = find_segment(buffer)
+        if place is None:
+            parts.append(repr(("crc32", zlib.crc32(buffer), buffer.nbytes)).encode())
+        else:
+            parts.append(repr((place[1:], buffer.nbytes)).encode())
+    return _blake2b(b"".join(parts)).digest()
+
+
+def _blake2b(data: bytes):
+    try:  # hashlib's own blake2b, without hashlib loading OpenSSL (3-7 ms on a cold start)
+        from _blake2 import blake2b
+    except ImportError:
+        from hashlib import blake2b
+    return blake2b(data, digest_size=16)
 
 
 #: Payloads of recently pickled functions that have a fingerprint (see wire/fingerprint.py):
@@ -355,24 +397,8 @@ def _pickle_function(func: Any) -> FunctionPayload:
         raise SerializationError(
             f"cannot pickle the function {name}:{where} {_reason(error)}"
         ) from error
-    try:  # hashlib's own blake2b, without hashlib loading OpenSSL (3-7 ms on a cold start)
-        from _blake2 import blake2b
-    except ImportError:
-        from hashlib import blake2b
-    digest = blake2b(blob, digest_size=16)
-    if buffers:  # OpenSSL's SHA-1 is the fastest hash at hand for hundreds of MB
-        import hashlib
-
-        from ipyparmap.wire.sharedmem import find_segment
-
-        for buffer in buffers:  # the key covers the globals' data: a changed array is resent
-            place = find_segment(buffer)
-            if place is None:
-                digest.update(hashlib.sha1(buffer).digest())
-            else:  # a pm.shared_array: workers see it live, so where it is is enough
-                digest.update(repr((place[1:], buffer.nbytes)).encode())
     packed = Packed(blob, buffers) if buffers else None
-    return FunctionPayload(digest.digest(), blob, cell_sources(func), packed)
+    return FunctionPayload(_blake2b(blob).digest(), blob, cell_sources(func), packed)
 
 
 class ItemPicklingError(Exception):
