@@ -56,6 +56,11 @@ class Parmap(Magics):
     locals().update(flags.config_traits())
     _check_config = flags.config_validator()
     last_results = None  # the Results of the last run, for %parmap_report
+    prewarm = traitlets.Bool(
+        True,
+        help="Start the worker pool when the extension loads (after the cell that loads "
+        "it), so the first run finds its workers booted.",
+    ).tag(config=True)
 
     def __init__(self, shell=None, **kwargs):
         super().__init__(shell=shell, **kwargs)
@@ -516,6 +521,30 @@ def load_ipython_extension(ip) -> None:
     ip.register_magics(Parmap)
     ip.events.register("post_run_cell", _note_modules)
     _note_modules()
+    _prewarm_after_cell(ip)
+
+
+def _prewarm_after_cell(ip) -> None:
+    """Start the pool once the cell that loads the extension ends (its workers then
+    boot while the user writes the next cell), unless ``Parmap.prewarm`` is False by
+    then (``%config`` in that very cell counts) or ``pm.shutdown()`` came first."""
+    since = api.shutdowns()
+
+    def prewarm(*_) -> None:
+        try:
+            ip.events.unregister("post_run_cell", prewarm)
+        except ValueError:  # unloaded meanwhile
+            return
+        magics = ip.magics_manager.registry.get("Parmap")
+        if magics is None or not magics.prewarm:
+            return
+        try:
+            api.prewarm(since)
+        except Exception as exc:  # never break the user's cell for this; the first run
+            # starts its workers itself and reports what goes wrong then
+            print(f"ipyparmap: could not start the worker pool: {exc}", file=sys.stderr)
+
+    ip.events.register("post_run_cell", prewarm)
 
 
 def unload_ipython_extension(ip) -> None:

@@ -340,6 +340,29 @@ class Pool:
         # a warm call on the same workers skips creating and filling an epoll set
         # (five system calls, ~18 us of a ~250 us small call).
         self._selectors: dict[frozenset, Any] = {}
+        self.closed = False  # shut down: a prewarm that ends after it stops its workers
+
+    def prewarm(self, count: int, env_extra: EnvExtra = None) -> int:
+        """Start workers until ``count`` are up, idle, for the next call; return how
+        many were started. They boot in the background: this returns in milliseconds
+        (one process start each), and a call meanwhile leases them like any warm worker.
+        """
+        with self._lock:
+            missing = count - len(self._idle) - len(self._leased)
+        if missing <= 0 or self.closed:
+            return 0
+        env = worker_env(env_extra)
+        started = [spawn_worker(env) for _ in range(missing)]
+        with self._lock:
+            if not self.closed:  # (shut down from another thread meanwhile: stop them)
+                now = time.monotonic()
+                for worker in started:
+                    worker.idle_since = now
+                self._idle.extend(started)
+                self._start_reaper()
+                return len(started)
+        _stop_all(started)
+        return 0
 
     def acquire(self, count: int, env_extra: EnvExtra = None) -> list[WorkerHandle]:
         """Lease ``count`` workers: warm idle ones first, newly spawned for the rest."""
@@ -489,6 +512,7 @@ class Pool:
         """
         self._drop_selectors()
         with self._lock:
+            self.closed = True
             idle, self._idle = self._idle, []
             busy = list(self._leased) if kill_busy else []
         for worker in busy:
