@@ -221,3 +221,83 @@ def test_an_import_since_the_last_call_repickles():
         assert serialize.pickle_function(ns["f"]) is not first
     finally:
         del sys.modules["ipyparmap_test_fake_module"]
+
+
+# -- a range input travels as range slices ------------------------------------------------
+@pytest.mark.parametrize(
+    "items", [range(0), range(5), range(3, 1000, 7), range(50, -50, -3)], ids=repr
+)
+def test_a_range_input_gives_what_its_list_gives(items):
+    res = pm.parmap(helpers.square, items, workers=2, progress=False)
+    assert res == [x * x for x in items]
+    assert res.stats.items == len(items)
+    assert list(pm.imap(helpers.square, items, workers=2, progress=False)) == list(res)
+
+
+def test_a_range_input_is_chunked_as_ranges():
+    from ipyparmap.engine.feed import ItemFeed
+    from ipyparmap.engine.plan import ChunkPlanner
+
+    feed = ItemFeed(helpers.square, range(10, 50, 2), ChunkPlanner(2, chunksize=8))
+    chunk = feed.next_chunk(owner=None)
+    assert chunk.items == range(10, 26, 2) and chunk.indices == range(0, 8)
+    assert len(chunk.blob) < 100  # a range, not eight pickled ints
+
+
+def test_a_range_input_still_names_failed_and_crashed_items():
+    res = pm.parmap(helpers.fail_on, range(1, 40, 2), errors="collect", progress=False)
+    failure = res[1]  # input item 3
+    assert isinstance(failure, pm.Failure) and failure.kind == "error"
+    assert failure.item == 3 and "bad item 3" in str(failure.exception)
+    res = pm.parmap(helpers.fail_on, range(10), errors="collect", progress=False)
+    assert res[3].kind == "error" and res[3].item == 3
+    crashed = pm.parmap(helpers.exit_on, range(20), workers=2, errors="collect", progress=False)
+    assert crashed[7].kind == "crashed" and crashed[7].item == 7
+    assert [crashed[i] for i in range(20) if i != 7] == [i for i in range(20) if i != 7]
+
+
+def test_big_globals_are_hashed_only_when_a_worker_needs_the_key(monkeypatch):
+    np = pytest.importorskip("numpy")
+    import zlib
+
+    ns = _namespace("def f(i):\n    return float(BIG[i])\n")
+    ns["BIG"] = np.arange(100_000, dtype=np.float64)  # 800 KB: a buffer apart
+    hashed = []
+    real_crc32 = zlib.crc32
+    monkeypatch.setattr(zlib, "crc32", lambda data, *a: hashed.append(1) or real_crc32(data, *a))
+    payload = serialize.pickle_function(ns["f"])
+    assert payload.packed is not None and not hashed  # pickled, not hashed yet
+    key = payload.key
+    assert hashed and payload.key == key and payload.key != payload.code_key
+    payload.close()
+    ns["BIG"][5] = -1.0  # changed in place: a new key, so warm workers get the new data
+    changed = serialize.pickle_function(ns["f"])
+    assert changed.code_key == payload.code_key and changed.key != key
+    changed.close()
+    assert pm.parmap(ns["f"], [5, 6], workers=2, progress=False) == [-1.0, 6.0]
+
+
+def test_the_engine_polls_only_for_results_due_soon_with_a_cpu_to_spare():
+    from types import SimpleNamespace
+
+    from ipyparmap.engine import local
+    from ipyparmap.engine.plan import ChunkPlanner
+
+    tiny, slow = ChunkPlanner(2), ChunkPlanner(2)
+    tiny.record(2, 2e-6)
+    slow.record(1, 0.05)
+    engine = local.LocalEngine.__new__(local.LocalEngine)
+    engine.cpus = 2
+    engine.in_flight = {}
+    assert not engine._due_soon()  # nothing in flight: sleep
+    engine.in_flight = {"w1": SimpleNamespace(planner=tiny, items=[1, 2])}
+    assert engine._due_soon()
+    engine.in_flight["w2"] = SimpleNamespace(planner=tiny, items=[3])
+    assert not engine._due_soon()  # every CPU has a worker: polling would slow one
+    engine.in_flight = {"w1": SimpleNamespace(planner=slow, items=[1])}
+    assert not engine._due_soon()  # a 50 ms item: sleep until it ends
+    engine.in_flight = {"w1": SimpleNamespace(planner=ChunkPlanner(2), items=[1])}
+    assert not engine._due_soon()  # not measured yet
+    engine.cpus = 1
+    engine.in_flight = {"w1": SimpleNamespace(planner=tiny, items=[1])}
+    assert not engine._due_soon()  # one CPU: the worker needs it
