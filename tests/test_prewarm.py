@@ -29,9 +29,7 @@ def _workers_of(pid: int) -> list[int]:
 
 def test_import_ipyparmap_starts_no_process():
     code = (
-        "import ipyparmap, psutil\n"
-        "import ipyparmap.api\n"
-        "print(len(psutil.Process().children()))\n"
+        "import ipyparmap, psutil\nimport ipyparmap.api\nprint(len(psutil.Process().children()))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
