@@ -301,3 +301,32 @@ def test_the_engine_polls_only_for_results_due_soon_with_a_cpu_to_spare():
     engine.cpus = 1
     engine.in_flight = {"w1": SimpleNamespace(planner=tiny, items=[1])}
     assert not engine._due_soon()  # one CPU: the worker needs it
+
+
+def test_the_modules_a_big_global_needs_are_imported_ahead():
+    np = pytest.importorskip("numpy")
+    ns = _namespace("def f(i):\n    return float(BIG[i]) + len('json')\n")
+    ns["BIG"] = np.arange(100_000, dtype=np.float64)
+    payload = serialize.pickle_function(ns["f"])
+    modules = payload.preload()
+    assert "numpy" in modules
+    assert "json" not in modules and "__main__" not in modules  # a string is no import
+    payload.close()
+    from ipyparmap.process.pool import default_pool
+
+    assert pm.parmap(ns["f"], [3, 4], workers=2, progress=False) == [7.0, 8.0]
+    workers = [w for w, _ in default_pool().workers()]
+    assert workers and all("numpy" in w.preloaded for w in workers)
+
+
+def test_a_module_that_fails_to_preload_does_not_hurt_the_worker():
+    from ipyparmap.process.pool import default_pool
+    from ipyparmap.wire import messages as M
+
+    assert pm.parmap(helpers.square, [1, 2], workers=2, progress=False) == [1, 4]
+    before = {w.pid for w, _ in default_pool().workers()}
+    for worker, _ in default_pool().workers():
+        worker.send(M.pack(M.Preload(("no_such_module_anywhere", "json"))))
+    res = pm.parmap(helpers.square, range(6), workers=2, chunksize=1, progress=False)
+    assert res == [x * x for x in range(6)]
+    assert res.stats.restarts == 0 and set(res.worker_of) <= before  # nobody died

@@ -119,6 +119,24 @@ class LocalEngine:
             run.worker_state(worker.pid, IDLE)
         if self.wake is not None:
             self.selector.register(self.wake, selectors.EVENT_READ, (None, "wake"))
+        self._preload(getattr(run.feed, "payload", None))
+
+    def _preload(self, payload) -> None:
+        """A function with big globals: before they are hashed and copied for the first
+        chunk (~0.1 s for 200 MB), have the workers import the modules it needs (NumPy:
+        ~50 ms), so both happen at once."""
+        if payload is None or payload.packed is None:
+            return
+        modules = payload.preload()
+        for worker in self.workers:
+            new = tuple(name for name in modules if name not in worker.preloaded)
+            if not new:
+                continue
+            try:
+                worker.send(M.pack(M.Preload(new)))
+            except OSError:
+                continue  # it died: its sentinel says so
+            worker.preloaded.update(new)
 
     def busy(self) -> bool:
         return bool(self.in_flight)

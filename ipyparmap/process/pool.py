@@ -134,6 +134,7 @@ class WorkerHandle:
         self.world: CallerWorld | None = None  # the caller's world it has (see sync_world)
         self.own_env: frozenset = frozenset()  # variables the pool set for it (encoded)
         self.modules: dict = {}  # local module name -> the version number it was told
+        self.preloaded: set[str] = set()  # modules it was told to import (messages.Preload)
 
     def sync_world(self, world: CallerWorld) -> None:
         """Bring the worker to ``world`` before its next chunk: one `messages.World` with

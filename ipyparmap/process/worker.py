@@ -155,6 +155,8 @@ class Worker:
                 self.apply_world(message)
             elif type(message) is M.LoadFunction:
                 self.load_function(fds, message)
+            elif type(message) is M.Preload:
+                preload(message.modules)
             elif type(message) is M.Init:
                 self.init(message.settings)
             elif type(message) is M.Stop:
@@ -482,6 +484,19 @@ def _isolate_unpicklable(values: list, errors: dict) -> tuple[list, dict]:
             )
             errors[offset] = exception_info(error, skip_frames=0)
     return values, errors
+
+
+def preload(modules: tuple) -> None:
+    """Import installed modules a function about to come needs (`messages.Preload`):
+    what unpickling it would do first, done while the parent still copies its big
+    globals. A module that fails to import is left for the unpickling to report."""
+    import importlib
+
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except BaseException:  # (SystemExit too) the function's loading says what is wrong
+            pass
 
 
 def _close_quietly(fd: int) -> None:

@@ -285,9 +285,56 @@ class FunctionPayload:
             self._key = _buffers_key(self.code_key, self.packed.buffers)  # type: ignore[union-attr]
         return self._key
 
+    def preload(self) -> tuple[str, ...]:
+        """Installed modules the pickle refers to (`preload_modules`)."""
+        return preload_modules(self.blob)
+
     def close(self) -> None:
         if self.packed is not None:
             self.packed.close()
+
+
+_STRING_OPS = frozenset({"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"})
+_MEMO_GETS = frozenset({"GET", "BINGET", "LONG_BINGET"})
+
+
+def preload_modules(blob: bytes) -> tuple[str, ...]:
+    """The installed modules (not the user's own, not ``__main__``) whose names the
+    pickle's GLOBAL and STACK_GLOBAL opcodes import, top-level names, in order: a
+    worker may import them ahead of the function (their import is what unpickling it
+    would start with). Only modules this process has imported count."""
+    import pickletools
+
+    found: dict[str, None] = {}
+    memo: list = []
+    recent: list = [None, None]  # the last two strings pushed (STACK_GLOBAL's arguments)
+    try:
+        for op, arg, _ in pickletools.genops(blob):
+            name = op.name
+            if name in _STRING_OPS:
+                recent = [recent[1], arg]
+            elif name in _MEMO_GETS:
+                recent = [recent[1], memo[arg] if arg < len(memo) else None]
+            elif name == "MEMOIZE":
+                memo.append(recent[1])
+            elif name == "STACK_GLOBAL":
+                module = recent[0]
+                if isinstance(module, str):
+                    found[module.partition(".")[0]] = None
+            elif name == "GLOBAL":
+                found[str(arg).partition(" ")[0].partition(".")[0]] = None
+            elif name not in ("FRAME", "PROTO"):
+                recent = [recent[1], None]  # something else is on top now
+    except Exception:  # never fail a run over a hint
+        return ()
+    modules = []
+    for top in found:
+        module = sys.modules.get(top)
+        if module is None or top in ("__main__", "builtins") or top in sys.builtin_module_names:
+            continue
+        if isinstance(module, types.ModuleType) and not is_local_module(module):
+            modules.append(top)
+    return tuple(modules)
 
 
 def _buffers_key(code_key: bytes, buffers: list) -> bytes:
