@@ -272,6 +272,21 @@ OPTIONS: tuple[Option, ...] = (
 
 BY_NAME = {option.name: option for option in OPTIONS}
 
+#: Settings of the magics that are not run options (no API function takes them): only
+#: ``%config Parmap.<name>`` traits, declared here beside the run options they sit with.
+SETTINGS: tuple[Option, ...] = (
+    Option(
+        name="prewarm",
+        default=True,
+        check=_bool,
+        accepts="a bool",
+        help="Start the worker pool when the extension loads (when its cell ends), so the "
+        "first run finds its workers booted.",
+        trait="Bool",
+        apis=(),
+    ),
+)
+
 
 def options_record(table: tuple[Option, ...] = OPTIONS) -> type:
     """A record type with one field per option (a namedtuple: workers import it, and a

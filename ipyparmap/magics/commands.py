@@ -44,7 +44,7 @@ from ipyparmap.magics.cellcode import (
     split_func_expr,
     split_line,
 )
-from ipyparmap.options import describe
+from ipyparmap.options import OPTIONS, SETTINGS, describe
 
 
 @magics_class
@@ -53,14 +53,11 @@ class Parmap(Magics):
 
     # The %config traits (workers, errors, timeout...): the class body's namespace is a
     # plain dict, and traitlets' metaclass sees what is put in it like written-out traits.
-    locals().update(flags.config_traits())
-    _check_config = flags.config_validator()
+    # Parmap.prewarm and the other settings (options.SETTINGS) are traits too, but only
+    # of the magics: they are not published as run defaults.
+    locals().update(flags.config_traits(OPTIONS + SETTINGS))
+    _check_config = flags.config_validator(OPTIONS + SETTINGS)
     last_results = None  # the Results of the last run, for %parmap_report
-    prewarm = traitlets.Bool(
-        True,
-        help="Start the worker pool when the extension loads (after the cell that loads "
-        "it), so the first run finds its workers booted.",
-    ).tag(config=True)
 
     def __init__(self, shell=None, **kwargs):
         super().__init__(shell=shell, **kwargs)
