@@ -285,6 +285,11 @@ class FunctionPayload:
             self._key = _buffers_key(self.code_key, self.packed.buffers)  # type: ignore[union-attr]
         return self._key
 
+    def in_band(self, func: Any) -> bytes:
+        """The pickle of ``func`` with its large buffers inside, for workers that get no
+        shared memory (another executor's); ``blob`` itself when it has none."""
+        return self.blob if self.packed is None else dumps_function(func)
+
     def preload(self) -> tuple[str, ...]:
         """Installed modules the pickle refers to (`preload_modules`)."""
         return preload_modules(self.blob)
