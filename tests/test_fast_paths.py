@@ -256,25 +256,37 @@ def test_a_range_input_still_names_failed_and_crashed_items():
     assert [crashed[i] for i in range(20) if i != 7] == [i for i in range(20) if i != 7]
 
 
-def test_big_globals_are_hashed_only_when_a_worker_needs_the_key(monkeypatch):
+def test_a_big_global_is_hashed_from_its_copy_the_first_time_and_live_after(monkeypatch):
     np = pytest.importorskip("numpy")
     import zlib
 
+    from ipyparmap.process.pool import default_pool
+
     ns = _namespace("def f(i):\n    return float(BIG[i])\n")
     ns["BIG"] = np.arange(100_000, dtype=np.float64)  # 800 KB: a buffer apart
-    hashed = []
+    live = []
     real_crc32 = zlib.crc32
-    monkeypatch.setattr(zlib, "crc32", lambda data, *a: hashed.append(1) or real_crc32(data, *a))
-    payload = serialize.pickle_function(ns["f"])
-    assert payload.packed is not None and not hashed  # pickled, not hashed yet
-    key = payload.key
-    assert hashed and payload.key == key and payload.key != payload.code_key
-    payload.close()
+
+    def counting_crc32(data, *args):
+        if isinstance(data, memoryview) and data.obj is ns["BIG"]:
+            live.append(1)  # the live array, not the copy the workers map
+        return real_crc32(data, *args)
+
+    monkeypatch.setattr(zlib, "crc32", counting_crc32)
+    assert pm.parmap(ns["f"], [5, 6], workers=2, progress=False) == [5.0, 6.0]
+    assert not live  # the first call hashed nothing on its way (the copy, meanwhile)
+    first = serialize.pickle_function(ns["f"])
+    key = first.key  # the same data: the key the workers have
+    assert live and key in default_pool().workers()[0][0].functions
+    first.close()
+    assert pm.parmap(ns["f"], [5, 6], workers=2, progress=False) == [5.0, 6.0]
     ns["BIG"][5] = -1.0  # changed in place: a new key, so warm workers get the new data
     changed = serialize.pickle_function(ns["f"])
-    assert changed.code_key == payload.code_key and changed.key != key
+    assert changed.code_key == first.code_key and changed.key != key
     changed.close()
     assert pm.parmap(ns["f"], [5, 6], workers=2, progress=False) == [-1.0, 6.0]
+    ns["BIG"][6] = -2.0
+    assert pm.parmap(ns["f"], [5, 6], workers=2, progress=False) == [-1.0, -2.0]
 
 
 def test_the_engine_polls_only_for_results_due_soon_with_a_cpu_to_spare():

@@ -188,7 +188,7 @@ class WorkerHandle:
         if key in self.functions:
             self.functions.move_to_end(key)
             return
-        fds, table = payload.packed.share() if payload.packed is not None else ((), None)
+        fds, table = payload.share()
         self.send(M.pack(M.LoadFunction(key, payload.blob, payload.sources, table)), fds)
         self.functions[key] = True
         while len(self.functions) > M.FUNCTION_CACHE:
