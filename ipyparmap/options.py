@@ -315,7 +315,7 @@ def validated(table: tuple[Option, ...], record: type, values: dict[str, Any]) -
 
 #: Types whose values can be remembered as checked: immutable, compared by value.
 _PLAIN = frozenset({int, float, str, bool, type(None)})
-_last_checked: tuple = ((), None)  # (the values of the last call, their record)
+_last_checked: tuple = (None, None)  # (the values of the last call, their record)
 
 
 def check_options(**values: Any) -> Options:
@@ -327,7 +327,7 @@ def check_options(**values: Any) -> Options:
     """
     global _last_checked
     plain = all(type(value) in _PLAIN for value in values.values())
-    key = tuple((name, type(value), value) for name, value in values.items()) if plain else ()
+    key = tuple((name, type(value), value) for name, value in values.items()) if plain else None
     if plain and _last_checked[0] == key:
         return _last_checked[1]
     record = validated(OPTIONS, Options, values)

@@ -155,3 +155,13 @@ def test_repeated_options_are_checked_by_type_and_value_not_only_by_equality():
         O.check_options(workers=1, timeout=float("nan"))
     with pytest.raises(ValueError, match="timeout"):
         O.check_options(workers=1, timeout=float("nan"))  # nan != nan: checked every time
+
+
+def test_the_first_check_in_a_process_is_a_real_one():
+    import subprocess
+    import sys
+
+    code = "from ipyparmap.options import check_options as c; print(c() is not None, c())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("True Options(workers=None")
