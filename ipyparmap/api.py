@@ -241,9 +241,41 @@ def parmap_async(
 
 def shutdown() -> None:
     """Stop the warm worker pool. The next call starts a fresh one."""
+    global _shutdowns
     from ipyparmap.process.pool import shutdown_default_pool
 
+    _shutdowns += 1
     shutdown_default_pool()
+
+
+#: How many times `shutdown` was called: a prewarm asked for before one is void.
+_shutdowns = 0
+
+
+def shutdowns() -> int:
+    """How many times `shutdown` was called in this process (see `prewarm`)."""
+    return _shutdowns
+
+
+def prewarm(since: int | None = None) -> int:
+    """Start the warm pool's workers now, for the next call (``%load_ext ipyparmap``
+    does, unless ``Parmap.prewarm`` is False); return how many were started.
+
+    As many as a call with the default ``workers`` would use (``%config
+    Parmap.workers``, else every usable CPU), started at once and booting in the
+    background. Nothing when the pool is up already, inside a worker, or when
+    `shutdown` was called after ``since`` (a `shutdowns` count): a shutdown always wins.
+    """
+    if os.environ.get(M.WORKER_ENV) or (since is not None and since != _shutdowns):
+        return 0
+    from ipyparmap.process.pool import default_pool
+    from ipyparmap.process.resources import cpu_count as _cpu_count
+    from ipyparmap.process.resources import resolve_workers, thread_limits
+
+    cpus = _cpu_count()
+    workers = resolve_workers(_configured.get("workers"), cpus)
+    env = functools.partial(thread_limits, workers, cpus)  # as a call's workers get it
+    return default_pool().prewarm(workers, env)
 
 
 def set_idle_timeout(seconds: float | None) -> None:

@@ -272,6 +272,21 @@ OPTIONS: tuple[Option, ...] = (
 
 BY_NAME = {option.name: option for option in OPTIONS}
 
+#: Settings of the magics that are not run options (no API function takes them): only
+#: ``%config Parmap.<name>`` traits, declared here beside the run options they sit with.
+SETTINGS: tuple[Option, ...] = (
+    Option(
+        name="prewarm",
+        default=True,
+        check=_bool,
+        accepts="a bool",
+        help="Start the worker pool when the extension loads (when its cell ends), so the "
+        "first run finds its workers booted.",
+        trait="Bool",
+        apis=(),
+    ),
+)
+
 
 def options_record(table: tuple[Option, ...] = OPTIONS) -> type:
     """A record type with one field per option (a namedtuple: workers import it, and a
@@ -298,9 +313,27 @@ def validated(table: tuple[Option, ...], record: type, values: dict[str, Any]) -
     return record(*(option.validate(values.get(option.name, option.default)) for option in table))
 
 
+#: Types whose values can be remembered as checked: immutable, compared by value.
+_PLAIN = frozenset({int, float, str, bool, type(None)})
+_last_checked: tuple = (None, None)  # (the values of the last call, their record)
+
+
 def check_options(**values: Any) -> Options:
-    """Validate run options; raise ``TypeError``/``ValueError`` naming the culprit."""
-    return validated(OPTIONS, Options, values)
+    """Validate run options; raise ``TypeError``/``ValueError`` naming the culprit.
+
+    The same plain values as the last call give the same record without checking them
+    again (~10 us of a warm small call); types are part of the comparison (``1`` is a
+    worker count, ``True`` is refused).
+    """
+    global _last_checked
+    plain = all(type(value) in _PLAIN for value in values.values())
+    key = tuple((name, type(value), value) for name, value in values.items()) if plain else None
+    if plain and _last_checked[0] == key:
+        return _last_checked[1]
+    record = validated(OPTIONS, Options, values)
+    if plain:
+        _last_checked = (key, record)
+    return record
 
 
 def markdown_table(table: tuple[Option, ...] = OPTIONS) -> str:

@@ -31,6 +31,16 @@ def test_executor_runs_notebook_functions_and_collects_failures(executor):
     assert list(pm.imap(helpers.square, range(5), backend=executor)) == [0, 1, 4, 9, 16]
 
 
+def test_a_big_global_reaches_an_executors_workers(executor):
+    # 800 KB: the local pool shares it through memory; executors' workers get it inside
+    # the pickle (they failed with "out-of-band data but no buffers argument")
+    np = pytest.importorskip("numpy")
+    big = np.zeros(100_000, dtype=np.int64)
+    big[5] = 21
+    func = notebook_function("def f(i):\n    return int(BIG[i]) * 2\n", "f", BIG=big)
+    assert pm.parmap(func, [4, 5], backend=executor) == [0, 42]
+
+
 @pytest.mark.usefixtures("no_leaks")
 def test_process_executor_captures_worker_output(capfd):
     with ProcessPoolExecutor(2) as ex:

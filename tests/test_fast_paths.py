@@ -221,3 +221,124 @@ def test_an_import_since_the_last_call_repickles():
         assert serialize.pickle_function(ns["f"]) is not first
     finally:
         del sys.modules["ipyparmap_test_fake_module"]
+
+
+# -- a range input travels as range slices ------------------------------------------------
+@pytest.mark.parametrize(
+    "items", [range(0), range(5), range(3, 1000, 7), range(50, -50, -3)], ids=repr
+)
+def test_a_range_input_gives_what_its_list_gives(items):
+    res = pm.parmap(helpers.square, items, workers=2, progress=False)
+    assert res == [x * x for x in items]
+    assert res.stats.items == len(items)
+    assert list(pm.imap(helpers.square, items, workers=2, progress=False)) == list(res)
+
+
+def test_a_range_input_is_chunked_as_ranges():
+    from ipyparmap.engine.feed import ItemFeed
+    from ipyparmap.engine.plan import ChunkPlanner
+
+    feed = ItemFeed(helpers.square, range(10, 50, 2), ChunkPlanner(2, chunksize=8))
+    chunk = feed.next_chunk(owner=None)
+    assert chunk.items == range(10, 26, 2) and chunk.indices == range(0, 8)
+    assert len(chunk.blob) < 100  # a range, not eight pickled ints
+
+
+def test_a_range_input_still_names_failed_and_crashed_items():
+    res = pm.parmap(helpers.fail_on, range(1, 40, 2), errors="collect", progress=False)
+    failure = res[1]  # input item 3
+    assert isinstance(failure, pm.Failure) and failure.kind == "error"
+    assert failure.item == 3 and "bad item 3" in str(failure.exception)
+    res = pm.parmap(helpers.fail_on, range(10), errors="collect", progress=False)
+    assert res[3].kind == "error" and res[3].item == 3
+    crashed = pm.parmap(helpers.exit_on, range(20), workers=2, errors="collect", progress=False)
+    assert crashed[7].kind == "crashed" and crashed[7].item == 7
+    assert [crashed[i] for i in range(20) if i != 7] == [i for i in range(20) if i != 7]
+
+
+def test_a_big_global_is_hashed_from_its_copy_the_first_time_and_live_after(monkeypatch):
+    np = pytest.importorskip("numpy")
+    import zlib
+
+    from ipyparmap.process.pool import default_pool
+
+    ns = _namespace("def f(i):\n    return float(BIG[i])\n")
+    ns["BIG"] = np.arange(100_000, dtype=np.float64)  # 800 KB: a buffer apart
+    live = []
+    real_crc32 = zlib.crc32
+
+    def counting_crc32(data, *args):
+        if isinstance(data, memoryview) and data.obj is ns["BIG"]:
+            live.append(1)  # the live array, not the copy the workers map
+        return real_crc32(data, *args)
+
+    monkeypatch.setattr(zlib, "crc32", counting_crc32)
+    assert pm.parmap(ns["f"], [5, 6], workers=2, progress=False) == [5.0, 6.0]
+    assert not live  # the first call hashed nothing on its way (the copy, meanwhile)
+    first = serialize.pickle_function(ns["f"])
+    key = first.key  # the same data: the key the workers have
+    assert live and key in default_pool().workers()[0][0].functions
+    first.close()
+    assert pm.parmap(ns["f"], [5, 6], workers=2, progress=False) == [5.0, 6.0]
+    ns["BIG"][5] = -1.0  # changed in place: a new key, so warm workers get the new data
+    changed = serialize.pickle_function(ns["f"])
+    assert changed.code_key == first.code_key and changed.key != key
+    changed.close()
+    assert pm.parmap(ns["f"], [5, 6], workers=2, progress=False) == [-1.0, 6.0]
+    ns["BIG"][6] = -2.0
+    assert pm.parmap(ns["f"], [5, 6], workers=2, progress=False) == [-1.0, -2.0]
+
+
+def test_the_engine_polls_only_for_results_due_soon_with_a_cpu_to_spare():
+    from types import SimpleNamespace
+
+    from ipyparmap.engine import local
+    from ipyparmap.engine.plan import ChunkPlanner
+
+    tiny, slow = ChunkPlanner(2), ChunkPlanner(2)
+    tiny.record(2, 2e-6)
+    slow.record(1, 0.05)
+    engine = local.LocalEngine.__new__(local.LocalEngine)
+    engine.cpus = 2
+    engine.in_flight = {}
+    assert not engine._due_soon()  # nothing in flight: sleep
+    engine.in_flight = {"w1": SimpleNamespace(planner=tiny, items=[1, 2])}
+    assert engine._due_soon()
+    engine.in_flight["w2"] = SimpleNamespace(planner=tiny, items=[3])
+    assert not engine._due_soon()  # every CPU has a worker: polling would slow one
+    engine.in_flight = {"w1": SimpleNamespace(planner=slow, items=[1])}
+    assert not engine._due_soon()  # a 50 ms item: sleep until it ends
+    engine.in_flight = {"w1": SimpleNamespace(planner=ChunkPlanner(2), items=[1])}
+    assert not engine._due_soon()  # not measured yet
+    engine.cpus = 1
+    engine.in_flight = {"w1": SimpleNamespace(planner=tiny, items=[1])}
+    assert not engine._due_soon()  # one CPU: the worker needs it
+
+
+def test_the_modules_a_big_global_needs_are_imported_ahead():
+    np = pytest.importorskip("numpy")
+    ns = _namespace("def f(i):\n    return float(BIG[i]) + len('json')\n")
+    ns["BIG"] = np.arange(100_000, dtype=np.float64)
+    payload = serialize.pickle_function(ns["f"])
+    modules = payload.preload()
+    assert "numpy" in modules
+    assert "json" not in modules and "__main__" not in modules  # a string is no import
+    payload.close()
+    from ipyparmap.process.pool import default_pool
+
+    assert pm.parmap(ns["f"], [3, 4], workers=2, progress=False) == [7.0, 8.0]
+    workers = [w for w, _ in default_pool().workers()]
+    assert workers and all("numpy" in w.preloaded for w in workers)
+
+
+def test_a_module_that_fails_to_preload_does_not_hurt_the_worker():
+    from ipyparmap.process.pool import default_pool
+    from ipyparmap.wire import messages as M
+
+    assert pm.parmap(helpers.square, [1, 2], workers=2, progress=False) == [1, 4]
+    before = {w.pid for w, _ in default_pool().workers()}
+    for worker, _ in default_pool().workers():
+        worker.send(M.pack(M.Preload(("no_such_module_anywhere", "json"))))
+    res = pm.parmap(helpers.square, range(6), workers=2, chunksize=1, progress=False)
+    assert res == [x * x for x in range(6)]
+    assert res.stats.restarts == 0 and set(res.worker_of) <= before  # nobody died

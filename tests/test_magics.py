@@ -255,10 +255,10 @@ def test_config_traits_come_from_the_options_table(ip):
     from traitlets import TraitError
 
     from ipyparmap.magics.commands import Parmap
-    from ipyparmap.options import OPTIONS
+    from ipyparmap.options import OPTIONS, SETTINGS
 
     traits = Parmap.class_traits(config=True)
-    declared = {o.name: o for o in OPTIONS if o.trait}
+    declared = {o.name: o for o in OPTIONS + SETTINGS if o.trait}
     assert set(traits) == set(declared)
     for name, option in declared.items():
         assert traits[name].default_value == option.default, name

@@ -142,3 +142,26 @@ def test_dropins_check_through_the_table_in_the_stdlib_words(value, monkeypatch)
         compat.OPTIONS, "chunksize", O.BY_NAME["chunksize"]._replace(check=lambda o, v, n: v)
     )
     assert compat._check_chunksize(value) == value
+
+
+def test_repeated_options_are_checked_by_type_and_value_not_only_by_equality():
+    assert O.check_options(workers=1, timeout=2).workers == 1
+    first = O.check_options(workers=1, timeout=2)
+    assert O.check_options(workers=1, timeout=2) is first  # the same values: not again
+    with pytest.raises(TypeError, match="workers must be a positive integer"):
+        O.check_options(workers=True, timeout=2)  # True == 1, but it is refused
+    assert O.check_options(workers=1, timeout=2.0).timeout == 2.0  # 2 == 2.0: same value
+    with pytest.raises(ValueError, match="timeout"):
+        O.check_options(workers=1, timeout=float("nan"))
+    with pytest.raises(ValueError, match="timeout"):
+        O.check_options(workers=1, timeout=float("nan"))  # nan != nan: checked every time
+
+
+def test_the_first_check_in_a_process_is_a_real_one():
+    import subprocess
+    import sys
+
+    code = "from ipyparmap.options import check_options as c; print(c() is not None, c())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("True Options(workers=None")

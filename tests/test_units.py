@@ -305,3 +305,41 @@ def test_chunk_ids_are_unique_across_runs():
 
     first, second = ids(5), ids(5)
     assert len(set(first + second)) == 10 and min(second) > max(first)
+
+
+def test_a_remainder_worth_less_than_a_message_goes_as_one_chunk():
+    planner = plan.ChunkPlanner(2)
+    planner.record(1000, 1e-4)  # 0.1 us items: 8 of them are far below SPLIT_SECONDS
+    planner.largest = 64
+    assert planner.next_size(remaining=8) == 8  # not split over the two workers
+    slow = plan.ChunkPlanner(2)
+    slow.record(10, 0.1)  # 10 ms items: worth splitting
+    slow.largest = 64
+    assert slow.next_size(remaining=8) == 2
+
+
+def test_a_call_starts_from_what_the_last_call_of_its_function_measured():
+    first = plan.ChunkPlanner(2)
+    first.recall(b"key-a")
+    assert first.per_item is None and first.next_size(2) == 1  # never seen: measure
+    first.record(4, 4e-6)
+    first.remember(b"key-a")
+    again = plan.ChunkPlanner(2)
+    again.recall(b"key-a")
+    assert again.per_item == pytest.approx(1e-6)
+    assert again.next_size(2) == 2  # two tiny items: one message to one worker
+    other = plan.ChunkPlanner(2)
+    other.recall(b"key-b")  # another function knows nothing
+    assert other.per_item is None
+    fixed = plan.ChunkPlanner(2, chunksize=1)
+    fixed.recall(b"key-a")  # a fixed chunksize is never overridden
+    assert fixed.next_size(2) == 1
+
+
+def test_a_misleading_remembered_time_still_grows_chunks_gradually():
+    remembered = plan.ChunkPlanner(2)
+    remembered.record(1, 1e-7)
+    remembered.remember(b"key-c")
+    planner = plan.ChunkPlanner(2)
+    planner.recall(b"key-c")  # this call's items may be far slower than the last call's
+    assert planner.next_size(remaining=100) <= plan.GROWTH

@@ -76,8 +76,9 @@ class TaskBackend:
         return 2 * workers
 
     def prepare(self, func: Any, payload: FunctionPayload) -> Any:
-        """What each task gets as its function (see `run_task`)."""
-        return (payload.key, payload.blob, payload.sources)
+        """What each task gets as its function (see `run_task`): a big global's data
+        inside the pickle, since these workers get no shared memory."""
+        return (payload.content_key(), payload.in_band(func), payload.sources)
 
     def running_since(self, future: Any) -> tuple[int, float] | None:
         """(position, start) of the item a task runs now, where the backend can tell."""
@@ -135,7 +136,7 @@ class DaskTasks(TaskBackend):
         # holding it die, the scheduler recomputes it instead of cancelling every
         # task that needs it. Workers fetch it once and keep it while it is needed.
         self.function_task = self.executor.submit(
-            _payload, (payload.key, payload.blob, payload.sources), pure=False
+            _payload, (payload.content_key(), payload.in_band(func), payload.sources), pure=False
         )
         return self.function_task
 

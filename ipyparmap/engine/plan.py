@@ -7,11 +7,19 @@ grows chunks toward `TARGET_SECONDS` of work (at most `GROWTH` times the
 largest chunk so far, so one fast first item can't produce a huge chunk of slow ones),
 and, when the input length is known, never hands out more than a fair share of what is
 left (guided self-scheduling), which shrinks chunks near the end.
+
+Two exceptions make small calls cheap. What is left of an input that is estimated to
+take less than `SPLIT_SECONDS` in all goes as one chunk: splitting it over workers
+would cost more in messages and wake-ups (each woken worker can preempt the parent on
+a busy machine) than it could save. And a call starts from what the last call of the
+same function (its payload key) measured (`recall`), so a repeated small call of a
+tiny function is one message to one worker, not one per item.
 """
 
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 
 #: Aim for chunks of about this much work: per-chunk overhead (~0.1 ms) stays < 1%.
 TARGET_SECONDS = 0.02
@@ -28,6 +36,14 @@ SMOOTHING = 0.3
 #: would cost more than such an item).
 FAST_ITEM_SECONDS = 20e-6
 FAST_STRIDE = 64
+#: What is left goes as one chunk when its estimated work is below this: less than a
+#: second worker's wake-up and messages cost (~50-100 us on a busy 2-core machine).
+SPLIT_SECONDS = 100e-6
+#: Functions whose per-item time is remembered between calls (least recent dropped).
+REMEMBERED = 64
+
+# payload key -> smoothed seconds per item at the end of its last call
+_per_item_by_key: OrderedDict[bytes, float] = OrderedDict()
 
 
 class ChunkPlanner:
@@ -50,6 +66,11 @@ class ChunkPlanner:
         else:
             size = min(int(TARGET_SECONDS / self.per_item), self.largest * GROWTH)
         if remaining is not None:
+            if self.per_item is not None and remaining * self.per_item < SPLIT_SECONDS:
+                # not worth a second message (GROWTH still bounds a misleading estimate)
+                size = max(1, min(remaining, self.largest * GROWTH))
+                self.largest = max(self.largest, size)
+                return size
             tail = math.ceil(remaining / (TAIL_SHARE * self.workers))
             floor = int(MIN_CHUNK_SECONDS / self.per_item) if self.per_item else 1
             # ...but never more than an even split of what is left: if the last items
@@ -59,6 +80,20 @@ class ChunkPlanner:
         size = max(1, size)
         self.largest = max(self.largest, size)
         return size
+
+    def recall(self, key: bytes) -> None:
+        """Start from the per-item time the last call of function ``key`` measured."""
+        if self.fixed is None and self.per_item is None:
+            self.per_item = _per_item_by_key.get(key)
+
+    def remember(self, key: bytes) -> None:
+        """Keep this run's per-item time for the next call of function ``key``."""
+        if self.per_item is None:
+            return
+        _per_item_by_key[key] = self.per_item
+        _per_item_by_key.move_to_end(key)
+        while len(_per_item_by_key) > REMEMBERED:
+            _per_item_by_key.popitem(last=False)
 
     def timing_stride(self) -> int:
         """How many items a worker runs between clock reads (1 unless items are tiny)."""

@@ -259,6 +259,7 @@ class Runner:
             # (threads of this process take it as it is).
             if feed.packing is not AS_IS:
                 feed.payload = pickle_function(feed.func)
+                feed.planner.recall(feed.payload.code_key)  # a repeated call knows its items
         if self.progress is not None:
             self.progress.set_items(getattr(self.feed, "total", None))
             self.progress.cancel = self.cancel
@@ -273,6 +274,7 @@ class Runner:
             self.engine.close()
         payload = getattr(self.feed, "payload", None)
         if payload is not None:
+            self.feed.planner.remember(payload.code_key)
             payload.close()  # workers that loaded it keep their own mapping
         # The parts point at each other (engine -> run, sink <-> policy, feed -> sink):
         # cut the cycles, or the results' shared memory would wait for the garbage

@@ -44,7 +44,7 @@ from ipyparmap.magics.cellcode import (
     split_func_expr,
     split_line,
 )
-from ipyparmap.options import describe
+from ipyparmap.options import OPTIONS, SETTINGS, describe
 
 
 @magics_class
@@ -53,8 +53,10 @@ class Parmap(Magics):
 
     # The %config traits (workers, errors, timeout...): the class body's namespace is a
     # plain dict, and traitlets' metaclass sees what is put in it like written-out traits.
-    locals().update(flags.config_traits())
-    _check_config = flags.config_validator()
+    # Parmap.prewarm and the other settings (options.SETTINGS) are traits too, but only
+    # of the magics: they are not published as run defaults.
+    locals().update(flags.config_traits(OPTIONS + SETTINGS))
+    _check_config = flags.config_validator(OPTIONS + SETTINGS)
     last_results = None  # the Results of the last run, for %parmap_report
 
     def __init__(self, shell=None, **kwargs):
@@ -516,6 +518,30 @@ def load_ipython_extension(ip) -> None:
     ip.register_magics(Parmap)
     ip.events.register("post_run_cell", _note_modules)
     _note_modules()
+    _prewarm_after_cell(ip)
+
+
+def _prewarm_after_cell(ip) -> None:
+    """Start the pool once the cell that loads the extension ends (its workers then
+    boot while the user writes the next cell), unless ``Parmap.prewarm`` is False by
+    then (``%config`` in that very cell counts) or ``pm.shutdown()`` came first."""
+    since = api.shutdowns()
+
+    def prewarm(*_) -> None:
+        try:
+            ip.events.unregister("post_run_cell", prewarm)
+        except ValueError:  # unloaded meanwhile
+            return
+        magics = ip.magics_manager.registry.get("Parmap")
+        if magics is None or not magics.prewarm:
+            return
+        try:
+            api.prewarm(since)
+        except Exception as exc:  # never break the user's cell for this; the first run
+            # starts its workers itself and reports what goes wrong then
+            print(f"ipyparmap: could not start the worker pool: {exc}", file=sys.stderr)
+
+    ip.events.register("post_run_cell", prewarm)
 
 
 def unload_ipython_extension(ip) -> None:

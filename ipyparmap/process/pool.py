@@ -138,6 +138,7 @@ class WorkerHandle:
         self.own_env: frozenset = frozenset()  # variables the pool set for it (encoded)
         self.modules: dict = {}  # local module name -> the version number it was told
         self.launcher: Launcher | None = None  # of its pool, if it has one
+        self.preloaded: set[str] = set()  # modules it was told to import (messages.Preload)
 
     def sync_world(self, world: CallerWorld) -> None:
         """Bring the worker to ``world`` before its next chunk: one `messages.World` with
@@ -191,7 +192,7 @@ class WorkerHandle:
         if key in self.functions:
             self.functions.move_to_end(key)
             return
-        fds, table = payload.packed.share() if payload.packed is not None else ((), None)
+        fds, table = payload.share()
         self.send(M.pack(M.LoadFunction(key, payload.blob, payload.sources, table)), fds)
         self.functions[key] = True
         while len(self.functions) > M.FUNCTION_CACHE:
@@ -384,6 +385,29 @@ class Pool:
         # Forks replacement workers from a template process (process/template.py).
         self.launcher = Launcher()
         self._stoppers: set[threading.Thread] = set()  # release(wait=False)
+        self.closed = False  # shut down: a prewarm that ends after it stops its workers
+
+    def prewarm(self, count: int, env_extra: EnvExtra = None) -> int:
+        """Start workers until ``count`` are up, idle, for the next call; return how
+        many were started. They boot in the background: this returns in milliseconds
+        (one process start each), and a call meanwhile leases them like any warm worker.
+        """
+        with self._lock:
+            missing = count - len(self._idle) - len(self._leased)
+        if missing <= 0 or self.closed:
+            return 0
+        env = worker_env(env_extra)
+        started = [spawn_worker(env) for _ in range(missing)]
+        with self._lock:
+            if not self.closed:  # (shut down from another thread meanwhile: stop them)
+                now = time.monotonic()
+                for worker in started:
+                    worker.idle_since = now
+                self._idle.extend(started)
+                self._start_reaper()
+                return len(started)
+        _stop_all(started)
+        return 0
 
     def acquire(self, count: int, env_extra: EnvExtra = None,
                 start_template: bool = False) -> list[WorkerHandle]:  # fmt: skip
@@ -556,6 +580,7 @@ class Pool:
         """
         self._drop_selectors()
         with self._lock:
+            self.closed = True
             idle, self._idle = self._idle, []
             busy = list(self._leased) if kill_busy else []
             reaper = self._reaper

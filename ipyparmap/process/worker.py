@@ -158,6 +158,8 @@ class Worker:
                 self.apply_world(message)
             elif type(message) is M.LoadFunction:
                 self.load_function(fds, message)
+            elif type(message) is M.Preload:
+                preload(message.modules)
             elif type(message) is M.Init:
                 self.init(message.settings, fds)
             elif type(message) is M.Stop:
@@ -506,6 +508,19 @@ def _reseed_forked() -> None:
         try:
             numpy_random.seed()
         except Exception:  # an odd NumPy: its state stays the template's
+            pass
+
+
+def preload(modules: tuple) -> None:
+    """Import installed modules a function about to come needs (`messages.Preload`):
+    what unpickling it would do first, done while the parent still copies its big
+    globals. A module that fails to import is left for the unpickling to report."""
+    import importlib
+
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except BaseException:  # (SystemExit too) the function's loading says what is wrong
             pass
 
 

@@ -11,7 +11,8 @@ message stream.
 
 Parent -> worker: `Init` (once, first), `World` (what changed in the kernel's working
 directory, environment, ``sys.path`` and local modules, only when something did),
-`LoadFunction` (cached by key), `RunChunk`, `Stop`. Worker -> parent: `Ready`,
+`Preload` (modules a function with big globals needs), `LoadFunction` (cached by key),
+`RunChunk`, `Stop`. Worker -> parent: `Ready`,
 `ResultBatch`, `Output`, `Display`, `LoadFailed`. Chunks run as tasks of another
 executor (engine/executor.py) come back as `TaskDone` or `TaskFailed`, returned by
 `process.worker.run_task`.
@@ -87,6 +88,14 @@ class RunChunk(NamedTuple):
     stride: int
     table: list | None
     fresh_rss: bool = False
+
+
+class Preload(NamedTuple):
+    """Import these installed modules now: the function about to come needs them (its
+    large globals are being hashed and copied meanwhile, so the imports overlap that)."""
+
+    TAG = "preload"
+    modules: tuple
 
 
 class Stop(NamedTuple):
@@ -194,7 +203,7 @@ class TaskFailed(NamedTuple):
 
 
 _WORKER_TO_PARENT = (Ready, ResultBatch, Output, Display, LoadFailed)
-_RECORDS = (Init, World, LoadFunction, RunChunk, Stop, *_WORKER_TO_PARENT)
+_RECORDS = (Init, World, Preload, LoadFunction, RunChunk, Stop, *_WORKER_TO_PARENT)
 _BY_TAG: dict[str, Any] = {record.TAG: record for record in _RECORDS}
 
 

@@ -287,16 +287,211 @@ class FunctionPayload:
 
     Large buffers among its globals (a big array the function uses) are in ``packed``,
     shared with every worker through one memfd instead of copied through each pipe.
+    ``code_key`` is the hash of the pickle alone; ``key`` also covers those buffers'
+    data (`_buffers_key`), found on first use: a run asks for it only once its workers
+    are starting, so they boot while a big global is hashed and copied.
     """
 
-    __slots__ = ("blob", "key", "packed", "sources")
+    __slots__ = ("_key", "_version", "blob", "code_key", "packed", "sources")
 
     def __init__(self, key: bytes, blob: bytes, sources: dict, packed: Packed | None = None):
-        self.key, self.blob, self.sources, self.packed = key, blob, sources, packed
+        self.code_key, self.blob, self.sources, self.packed = key, blob, sources, packed
+        self._key: bytes | None = key if packed is None else None
+        self._version: _SentGlobals | None = None  # a first version: its CRCs come from the copy
+
+    @property
+    def key(self) -> bytes:
+        """What a worker caches the function under: a changed global array is resent."""
+        if self._key is None:
+            self._key, self._version = _buffers_key(self.code_key, self.packed.buffers)  # type: ignore[union-attr]
+        return self._key
+
+    def share(self) -> tuple[tuple[int, ...], list | None]:
+        """The descriptors and table of its large buffers (copied once, `Packed.share`).
+        A function's first version has its CRCs computed from that copy meanwhile, in
+        a thread: the next call compares its data with what the workers got."""
+        if self.packed is None:
+            return (), None
+        fds, table = self.packed.share()
+        version, self._version = self._version, None
+        if version is not None:
+            version.learn(self.packed, table)
+        return fds, table
+
+    def content_key(self) -> bytes:
+        """A key from the data itself (for executors, whose workers cache functions by
+        it but get no copy this process could hash)."""
+        if self.packed is None:
+            return self.code_key
+        parts = _buffer_parts(self.packed.buffers)
+        return _blake2b(self.code_key + b"".join(parts)).digest()
+
+    def in_band(self, func: Any) -> bytes:
+        """The pickle of ``func`` with its large buffers inside, for workers that get no
+        shared memory (another executor's); ``blob`` itself when it has none."""
+        return self.blob if self.packed is None else dumps_function(func)
+
+    def preload(self) -> tuple[str, ...]:
+        """Installed modules the pickle refers to (`preload_modules`)."""
+        return preload_modules(self.blob)
 
     def close(self) -> None:
         if self.packed is not None:
             self.packed.close()
+
+
+_STRING_OPS = frozenset({"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"})
+_MEMO_GETS = frozenset({"GET", "BINGET", "LONG_BINGET"})
+
+
+def preload_modules(blob: bytes) -> tuple[str, ...]:
+    """The installed modules (not the user's own, not ``__main__``) whose names the
+    pickle's GLOBAL and STACK_GLOBAL opcodes import, top-level names, in order: a
+    worker may import them ahead of the function (their import is what unpickling it
+    would start with). Only modules this process has imported count."""
+    import pickletools
+
+    found: dict[str, None] = {}
+    memo: list = []
+    recent: list = [None, None]  # the last two strings pushed (STACK_GLOBAL's arguments)
+    try:
+        for op, arg, _ in pickletools.genops(blob):
+            name = op.name
+            if name in _STRING_OPS:
+                recent = [recent[1], arg]
+            elif name in _MEMO_GETS:
+                recent = [recent[1], memo[arg] if arg < len(memo) else None]
+            elif name == "MEMOIZE":
+                memo.append(recent[1])
+            elif name == "STACK_GLOBAL":
+                module = recent[0]
+                if isinstance(module, str):
+                    found[module.partition(".")[0]] = None
+            elif name == "GLOBAL":
+                found[str(arg).partition(" ")[0].partition(".")[0]] = None
+            elif name not in ("FRAME", "PROTO"):
+                recent = [recent[1], None]  # something else is on top now
+    except Exception:  # never fail a run over a hint
+        return ()
+    modules = []
+    for top in found:
+        module = sys.modules.get(top)
+        if module is None or top in ("__main__", "builtins") or top in sys.builtin_module_names:
+            continue
+        if isinstance(module, types.ModuleType) and not is_local_module(module):
+            modules.append(top)
+    return tuple(modules)
+
+
+class _SentGlobals:
+    """What the workers were sent of a function's large buffers: its ``key`` and the
+    data's CRCs, which for a first version a thread reads from the copy itself."""
+
+    __slots__ = ("done", "key", "parts")
+
+    def __init__(self, key: bytes, parts: list | None = None):
+        self.key, self.parts = key, parts
+        self.done: threading.Event | None = None  # set when a thread filled ``parts``
+
+    def learn(self, packed: Packed, table: list | None) -> None:
+        """Find the CRCs of what ``packed.share`` made (what every worker maps)."""
+        import mmap
+
+        from ipyparmap.wire.sharedmem import find_segment
+
+        if not table or packed.fd is None:  # nothing copied: all in shared arenas
+            self.parts = _buffer_parts(packed.buffers)
+            return
+        places = [find_segment(buffer) for buffer in packed.buffers]
+        size = max(offset + length for index, offset, length in table if index == 0)
+        copy = mmap.mmap(packed.fd, size, prot=mmap.PROT_READ)  # (outlives the fd)
+        done = self.done = threading.Event()
+
+        def crcs() -> None:
+            import zlib
+
+            try:
+                view = memoryview(copy)
+                parts = []
+                for (_, offset, length), place in zip(table, places, strict=True):
+                    if place is not None:
+                        parts.append(repr((place[1:], length)).encode())
+                    else:  # a copy, in our memfd (index 0 of the table)
+                        crc = zlib.crc32(view[offset : offset + length])
+                        parts.append(repr(("crc32", crc, length)).encode())
+                view.release()
+                self.parts = parts
+            finally:
+                copy.close()
+                done.set()
+
+        threading.Thread(target=crcs, name="ipyparmap-crc", daemon=True).start()
+
+    def wait(self) -> list | None:
+        if self.done is not None:
+            self.done.wait()
+        return self.parts
+
+
+#: Functions with large globals: code_key -> the _SentGlobals its workers were last sent.
+_sent_globals: dict[bytes, _SentGlobals] = {}
+SENT_GLOBALS = 8
+
+
+def _buffers_key(code_key: bytes, buffers: list) -> tuple[bytes, _SentGlobals | None]:
+    """The key of a function whose pickle hashes to ``code_key`` and whose large
+    globals are ``buffers``, and the `_SentGlobals` to fill, if it is a first one.
+
+    The first time, nothing is hashed: the key is new (random), and the CRCs of the
+    data come from the copy made for the workers, in a thread, while they run. Later
+    calls hash their data (CRC-32 with its length: zlib's runs at ~7 GB/s here,
+    against ~2 GB/s for SHA-1) and keep the key when it matches what was sent: a
+    changed array goes unnoticed with odds of 2**-32 per change. A ``pm.shared_array``
+    is seen live by the workers, so where it lives is enough.
+    """
+    last = _sent_globals.get(code_key)
+    known = last.wait() if last is not None else None
+    if known is None:
+        version = _SentGlobals(_blake2b(code_key + os.urandom(16)).digest())
+        _remember_sent(code_key, version)
+        return version.key, version
+    parts = _buffer_parts(buffers)
+    if parts == known:
+        return last.key, None  # type: ignore[union-attr]
+    version = _SentGlobals(_blake2b(code_key + b"".join(parts)).digest(), parts)
+    _remember_sent(code_key, version)
+    return version.key, None
+
+
+def _remember_sent(code_key: bytes, version: _SentGlobals) -> None:
+    _sent_globals.pop(code_key, None)
+    _sent_globals[code_key] = version
+    while len(_sent_globals) > SENT_GLOBALS:
+        del _sent_globals[next(iter(_sent_globals))]
+
+
+def _buffer_parts(buffers: list) -> list[bytes]:
+    """Per buffer: its CRC-32 and length, or its place in a shared arena."""
+    import zlib
+
+    from ipyparmap.wire.sharedmem import find_segment
+
+    parts = []
+    for buffer in buffers:
+        place = find_segment(buffer)
+        if place is None:
+            parts.append(repr(("crc32", zlib.crc32(buffer), buffer.nbytes)).encode())
+        else:
+            parts.append(repr((place[1:], buffer.nbytes)).encode())
+    return parts
+
+
+def _blake2b(data: bytes):
+    try:  # hashlib's own blake2b, without hashlib loading OpenSSL (3-7 ms on a cold start)
+        from _blake2 import blake2b
+    except ImportError:
+        from hashlib import blake2b
+    return blake2b(data, digest_size=16)
 
 
 #: Payloads of recently pickled functions that have a fingerprint (see wire/fingerprint.py):
@@ -375,24 +570,8 @@ def _pickle_function(func: Any) -> FunctionPayload:
         raise SerializationError(
             f"cannot pickle the function {name}:{where} {_reason(error)}"
         ) from error
-    try:  # hashlib's own blake2b, without hashlib loading OpenSSL (3-7 ms on a cold start)
-        from _blake2 import blake2b
-    except ImportError:
-        from hashlib import blake2b
-    digest = blake2b(blob, digest_size=16)
-    if buffers:  # OpenSSL's SHA-1 is the fastest hash at hand for hundreds of MB
-        import hashlib
-
-        from ipyparmap.wire.sharedmem import find_segment
-
-        for buffer in buffers:  # the key covers the globals' data: a changed array is resent
-            place = find_segment(buffer)
-            if place is None:
-                digest.update(hashlib.sha1(buffer).digest())
-            else:  # a pm.shared_array: workers see it live, so where it is is enough
-                digest.update(repr((place[1:], buffer.nbytes)).encode())
     packed = Packed(blob, buffers) if buffers else None
-    return FunctionPayload(digest.digest(), blob, cell_sources(func), packed)
+    return FunctionPayload(_blake2b(blob).digest(), blob, cell_sources(func), packed)
 
 
 class ItemPicklingError(Exception):
