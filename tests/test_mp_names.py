@@ -406,6 +406,16 @@ def test_per_task_arguments_refuse_a_queue_as_the_standard_library_does():
     assert isinstance(caught.value.__cause__, concurrent.futures.process._RemoteTraceback)
 
 
+def test_apply_async_reports_an_unpicklable_argument_on_its_result():
+    errors = []
+    with pm.Pool(1) as pool:
+        result = pool.apply_async(print, (pm.Lock(),), error_callback=errors.append)
+        with pytest.raises(RuntimeError, match="inheritance"):
+            result.get(60)
+        assert not result.successful() and isinstance(errors[0], RuntimeError)
+        assert pool.apply(abs, (-3,)) == 3  # the pool goes on
+
+
 def test_an_unpicklable_function_fails_its_future_with_its_own_error():
     lock = threading.Lock()
     with pm.ProcessPoolExecutor(1) as pool:

@@ -328,8 +328,8 @@ class Pool:
         return self.apply_async(func, args, kwds).get()
 
     def apply_async(self, func, args=(), kwds=None, callback=None, error_callback=None):
-        item = (tuple(args), dict(kwds or {}))
-        _check_arguments(item)
+        item = (tuple(args), dict(kwds or {}))  # pickled by the engine: an error goes on
+        # the result (and to error_callback), as the standard library's task handler does
         return self._map_result(func, [item], "apply", 1, callback, error_callback, single=True)
 
     def map(self, func: Callable, iterable: Iterable, chunksize: int | None = None) -> list:
