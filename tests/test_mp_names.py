@@ -584,3 +584,19 @@ def test_a_joined_process_garbage_collected_releases_its_descriptors():
     gc.collect()
     wait_for(lambda: len(os.listdir("/proc/self/fd")) <= before, timeout=10,
              what="the collected processes' descriptors to be closed")  # fmt: skip
+
+
+def _worker_name(_):
+    me = multiprocessing.current_process()
+    return me.name, me._identity, os.getpid()
+
+
+def test_pool_workers_are_named_as_the_standard_librarys():
+    # tutorials print current_process().name to show the work spread over workers
+    with pm.Pool(2) as pool:
+        seen = set(pool.map(_worker_name, range(40), chunksize=1))
+    names = {name for name, _, _ in seen}
+    assert all(name.startswith("SpawnPoolWorker-") for name in names), names
+    by_pid = {pid: (name, identity) for name, identity, pid in seen}
+    assert len(set(by_pid.values())) == len(by_pid)  # one name per worker process
+    assert all(identity == (int(name.rsplit("-", 1)[1]),) for name, identity in by_pid.values())

@@ -30,6 +30,7 @@ changed since that worker last heard, before its next chunk, only when something
 from __future__ import annotations
 
 import atexit
+import itertools
 import os
 import socket
 import subprocess
@@ -316,6 +317,10 @@ def spawn_worker(env: dict[str, str], launcher: Launcher | None = None,
     return worker
 
 
+#: Numbers the workers as multiprocessing numbers a pool's (its name and ``_identity``).
+_worker_numbers = itertools.count(1)
+
+
 def _parent_settings() -> tuple[dict, tuple[int, ...]]:
     """What a worker needs to act as a spawned ``multiprocessing`` child of ours: our
     authkey (``Manager`` proxies and listeners authenticate with it), pid and name, the
@@ -325,7 +330,8 @@ def _parent_settings() -> tuple[dict, tuple[int, ...]]:
     from multiprocessing import process, util
 
     me = process.current_process()
-    settings = {"authkey": bytes(me.authkey), "pid": os.getpid(), "name": me.name}
+    settings = {"authkey": bytes(me.authkey), "pid": os.getpid(), "name": me.name,
+                "number": next(_worker_numbers)}  # fmt: skip
     if util._logger is not None:  # as multiprocessing.spawn.get_preparation_data
         settings["log_level"] = util._logger.getEffectiveLevel()
     fds: tuple[int, ...] = ()

@@ -183,7 +183,11 @@ class Worker:
         if parent is not None:  # act as the parent's spawned multiprocessing child
             from multiprocessing import process
 
-            process.current_process().authkey = parent["authkey"]
+            me = process.current_process()
+            me.authkey = parent["authkey"]
+            if "number" in parent:  # as a multiprocessing pool's worker, not "MainProcess"
+                me.name = f"SpawnPoolWorker-{parent['number']}"
+                me._identity = (parent["number"],)
             if "log_level" in parent:  # as multiprocessing.spawn.prepare
                 from multiprocessing import util
 
