@@ -431,6 +431,17 @@ class Template:
             self.collect()
         return self.ready and not self.dead
 
+    def wait_usable(self, timeout: float) -> bool:
+        """Whether it can fork, waiting up to ``timeout`` seconds for it to boot (or to
+        finish importing modules)."""
+        deadline = time.monotonic() + timeout
+        while not self.usable():
+            left = deadline - time.monotonic()
+            if left <= 0 or self.dead:
+                return False
+            self.collect(wait=left)
+        return True
+
     def preload(self, names: set[str]) -> None:
         """Have the template import ``names`` (installed modules the workers' functions
         use); it forks nothing meanwhile (workers are interpreters until it is done)."""
@@ -543,17 +554,19 @@ class Launcher:
         if template is not None:
             template.preload(names)
 
-    def fork(self, env: dict[str, str], cwd: str | None, fds, want_template: bool):
+    def fork(self, env: dict[str, str], cwd: str | None, fds, want_template: bool,
+             wait: float = 0.0):  # fmt: skip
         """A `ForkedProcess` for a worker with environment ``env``, or None (then the
-        caller starts an interpreter)."""
+        caller starts an interpreter). ``wait``: seconds to wait for a template that is
+        still booting (one started now, with ``want_template``, included)."""
         if not self.enabled:
             return None
-        template = self._template_for(env, want_template)
+        template = self._template_for(env, want_template, wait)
         if template is None:
             return None
         return template.fork(cwd, fds)
 
-    def _template_for(self, env: dict[str, str], start: bool) -> Template | None:
+    def _template_for(self, env: dict[str, str], start: bool, wait: float = 0.0) -> Template | None:
         old = None
         with self._lock:
             template = self.template
@@ -573,7 +586,9 @@ class Launcher:
         if old is not None:
             old.close(wait=0)
             _reap_later(old)
-        return template if template is not None and template.usable() else None
+        if template is None:
+            return None
+        return template if template.wait_usable(wait) else None
 
     def close(self, wait: bool = True) -> None:
         with self._lock:
