@@ -1,8 +1,8 @@
 """The local worker pool: spawned processes, each with its own pipe (layer: process).
 
 A worker is a fresh interpreter started with ``subprocess`` (never a fork of the
-kernel; a replacement is a fork of the pool's template process, process/template.py,
-which is such an interpreter too) in its own session, so a terminal Ctrl-C or a
+kernel; where it can, the pool forks its workers from its template process,
+process/template.py, which is such an interpreter too) in its own session, so a terminal Ctrl-C or a
 Jupyter interrupt aimed at the kernel's process group never reaches it. Each worker has:
 
 - a duplex pipe (a socketpair framed by ``wire.channel.Channel``, which passes

@@ -55,10 +55,13 @@ worker's environment is exactly a spawned one's. The working directory comes wit
 each request; ``sys.path`` and the rest of the caller's world come in the worker's
 ``Init`` and ``World`` messages, as for a spawned worker.
 
-Where it is used: for replacement workers (`Pool.spawn`), and for the first workers of
-a pool once a template is up. It needs pidfds (a death sentinel for a process that is
-not our child) and fork, so on macOS, Windows and under ``IPYPARMAP_MASK=pidfd`` the
-launcher starts every worker as an interpreter, as before. A template that fails (it
+Where it is used: for a pool's first workers (`Pool.acquire` starts the template and
+waits for it up to ``TEMPLATE_BOOT_WAIT``, else they are interpreters), for replacement
+workers (`Pool.spawn`) and new workers of a growing pool; not for the workers
+`Pool.prewarm` starts (it returns at once, before a template could be up). It needs
+pidfds (a death sentinel for a process that is not our child) and fork, so on macOS,
+Windows and under ``IPYPARMAP_MASK=pidfd`` the launcher starts every worker as an
+interpreter, as before. A template that fails (it
 was killed, a fork failed, it is slow to answer) is dropped and workers are started as
 interpreters again; after `MAX_FAILURES` failed templates a pool starts no more.
 """
