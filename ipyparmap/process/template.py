@@ -171,14 +171,14 @@ def serve(control_fd: int, lifeline_fd: int, preload: list[str] = ()) -> list[st
             if fd == control_fd:
                 try:
                     payload, fds = channel.recv()
-                except (EOFError, OSError):
-                    return None  # the pool closed its end
+                except (EOFError, OSError):  # the pool closed its end
+                    return _linger(channel, control_fd, lifeline_fd, children, poller)
                 if payload[:1] == IMPORT and not fds:
                     names = bytes(payload[1:]).decode("ascii", "replace").split("\n")
                     done = _import(names)
                     if done is None:  # a thread runs now: never fork again
                         channel.send(THREADS + "\n".join(names).encode())
-                        return None
+                        return _linger(channel, control_fd, lifeline_fd, children, poller)
                     channel.send(IMPORT + "\n".join(done).encode())
                     continue
                 if payload[:1] != FORK or len(fds) != 3:
@@ -198,6 +198,30 @@ def serve(control_fd: int, lifeline_fd: int, preload: list[str] = ()) -> list[st
                     channel.send(EXITED + _EXIT.pack(pid, os.waitstatus_to_exitcode(status)))
                 except OSError:
                     return None
+
+
+def _linger(channel: Channel, control_fd: int, lifeline_fd: int, children: dict,
+            poller) -> None:  # fmt: skip
+    """Fork no more, but stay until the workers forked so far have exited (reaping
+    them, telling the parent while it listens), so that they stay in the parent's
+    process tree: a worker whose parent is gone is adopted by init, and no walk of the
+    caller's descendants (a leak check, a memory sum, a kill of its tree) finds it. The
+    parent's death ends it at once (the workers have their own lifelines)."""
+    poller.unregister(control_fd)  # at its end, or no longer served
+    while children:
+        for fd, _events in poller.poll():
+            if fd == lifeline_fd:
+                return None
+            pid = children.pop(fd, None)
+            poller.unregister(fd)
+            os.close(fd)
+            if pid is not None:
+                _, status = os.waitpid(pid, 0)
+                try:
+                    channel.send(EXITED + _EXIT.pack(pid, os.waitstatus_to_exitcode(status)))
+                except OSError:  # the pool is done with us: nobody asks
+                    pass
+    return None
 
 
 def _import(names) -> list[str] | None:
@@ -495,15 +519,17 @@ class Template:
         (pid,) = _PID.unpack(payload[1:])
         return ForkedProcess(self, pid, got[0])
 
-    def close(self, wait: float = 1.0) -> None:
-        """Stop the template (its workers live on); wait up to ``wait`` seconds."""
+    def close(self, wait: float | None = 1.0) -> None:
+        """Stop the template: it forks no more, and exits once the workers it forked
+        have (`_linger`). Wait up to ``wait`` seconds for that, then kill it (None:
+        wait as long as it takes; 0: not at all, and its lifeline stays open until
+        the process ends: its end would end the template at once)."""
         with self._lock:
             if not self.dead:
                 self.dead = True
                 self.ready = False
                 self.channel.close()
-                self.lifeline.close()
-        if wait <= 0:
+        if wait is not None and wait <= 0:
             return
         try:
             self.proc.wait(wait)
@@ -513,6 +539,7 @@ class Template:
             except OSError:
                 pass
             self.proc.wait()
+        self.lifeline.close()
 
 
 def _readable(fd: int, timeout: float) -> bool:
@@ -538,6 +565,7 @@ class Launcher:
         self.preload: set[str] = set()  # installed modules the workers' functions use
         self.unsafe: set[str] = set()  # ...whose import starts a thread: never preloaded
         self._seen: dict[bytes, None] = {}  # keys of the functions looked at (bounded)
+        self._retired: list[Template] = []  # replaced, waiting for their forks to exit
 
     def note_function(self, key: bytes, blob) -> None:
         """A worker was sent this function: preload the installed modules it uses
@@ -589,6 +617,9 @@ class Launcher:
         if old is not None:
             old.close(wait=0)
             _reap_later(old)
+            with self._lock:
+                self._retired = [t for t in self._retired if t.proc.poll() is None]
+                self._retired.append(old)
         if template is None:
             return None
         return template if template.wait_usable(wait) else None
@@ -596,8 +627,11 @@ class Launcher:
     def close(self, wait: bool = True) -> None:
         with self._lock:
             template, self.template = self.template, None
+            retired, self._retired = self._retired, []
         if template is not None:  # (not waited for at exit: it ends with us anyway)
             template.close(wait=1.0 if wait else 0)
+        for old in retired if wait else ():  # their forks are stopped by now
+            old.close(wait=1.0)
 
 
 #: Functions whose modules `Launcher.note_function` remembers having looked at.
@@ -651,9 +685,11 @@ def _site_roots() -> list[str]:
 
 
 def _reap_later(template: Template) -> None:
-    """Wait for a stopped template in the background (it exits within moments), so it
-    does not stay a zombie."""
-    reaper = threading.Thread(target=template.close, name="ipyparmap-template-reaper", daemon=True)
+    """Wait for a stopped template in the background, so it does not stay a zombie: it
+    exits once the workers it forked have (see `_linger`), or at once if it died."""
+    reaper = threading.Thread(
+        target=template.close, args=(None,), name="ipyparmap-template-reaper", daemon=True
+    )
     try:
         reaper.start()
     except RuntimeError:  # the interpreter is shutting down: it ends with us anyway

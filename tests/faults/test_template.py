@@ -145,6 +145,29 @@ def test_the_first_call_of_a_script_forks_its_workers(tmp_path):
     assert "FORKED True" in out.stdout
 
 
+def test_a_replaced_template_stays_until_its_workers_exit():
+    """Workers with another environment get a new template; the old one forks no more
+    but stays until its forks have exited, so that they stay in our process tree (an
+    orphan is adopted by init: no leak check or memory sum of our descendants finds
+    it), and the pool's shutdown leaves neither behind."""
+    pool = P.Pool()
+    try:
+        first = pool.acquire(1, {"IPYPARMAP_TEST_ENV": "a"})
+        old = pool.launcher.template
+        pool.release(first)
+        both = pool.acquire(2, {"IPYPARMAP_TEST_ENV": "b"})  # the warm one, and a new one
+        new = pool.launcher.template
+        assert new is not old and old.dead
+        assert first[0] in both and old.proc.poll() is None  # it lingers for its fork
+        assert psutil.Process(first[0].pid).ppid() == old.pid
+        assert {w.pid for w in both} <= {p.pid for p in workers()}
+        pool.release(both)
+    finally:
+        pool.shutdown()
+    assert old.proc.poll() is not None and new.proc.poll() is not None
+    assert children() == []
+
+
 def test_a_template_that_is_slow_to_boot_is_not_waited_for(monkeypatch):
     """A call does not wait for a template longer than a spawn would take: past
     `TEMPLATE_BOOT_WAIT` its workers are interpreters (the template, once up, forks
