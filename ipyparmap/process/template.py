@@ -24,9 +24,11 @@ What makes forking it safe, and what the tests hold it to
   one): if there is more than one, it says which modules and exits instead of forking;
 - it hears only from its parent: its requests come over one end of a socketpair that
   only the parent holds (no path in any file system, unreachable by other users);
-- it dies with its parent (a lifeline socket, as workers have) and when its pool
-  closes its end of the socketpair; each worker it forks gets its own lifeline to the
-  parent, so the template's death never takes a worker with it.
+- it dies with its parent (a lifeline socket, as workers have), and when its pool
+  closes its end of the socketpair it forks no more and exits once the workers it
+  forked have (`_linger`: they stay in the parent's process tree); each worker it
+  forks gets its own lifeline to the parent, so the template's death never takes a
+  worker with it.
 
 Data flow (one fork; ``X`` is sent whenever a forked worker exits)::
 
