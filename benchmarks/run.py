@@ -63,6 +63,7 @@ class Samples:
     values: list = field(default_factory=list)  # the raw measurement (s, or bytes)
     rounds: list = field(default_factory=list)  # the round of each value
     walls: list = field(default_factory=list)  # whole-process seconds (script workloads)
+    rss: list = field(default_factory=list)  # W7: peak RSS bytes, beside the PSS values
     checksums: set = field(default_factory=set)
     errors: list = field(default_factory=list)
 
@@ -277,7 +278,7 @@ def run_scripts(
     rounds: int,
     timeout: float,
     args: tuple = (),
-    sample_rss: bool = False,
+    sample_memory: bool = False,
 ) -> dict[str, Samples]:
     pool = S.CONTENDERS
     samples = {c.name: Samples(c.name, c.start, c.peer) for c in pool}
@@ -292,7 +293,7 @@ def run_scripts(
             text = S.script(prelude, contender)
 
             def once(text=text) -> tuple:
-                run = S.run_script(text, args, timeout, sample_rss)
+                run = S.run_script(text, args, timeout, sample_memory)
                 return (run.wall or 0.0, run)
 
             (_, run), _ = FOREIGN.measure(once)
@@ -301,7 +302,9 @@ def run_scripts(
                 failed[contender.name] = failed.get(contender.name, 0) + 1
                 log(f"    {contender.name}: {run.error}")
                 continue
-            sample.values.append(run.peak_rss if sample_rss else run.inner)
+            sample.values.append(run.peak_pss if sample_memory else run.inner)
+            if sample_memory:
+                sample.rss.append(run.peak_rss)
             sample.rounds.append(round_)
             sample.walls.append(run.wall)
             sample.checksums.add((0, round(run.checksum, 3)))
@@ -477,9 +480,9 @@ def main(argv: list[str] | None = None) -> int:
         log("W6b: __main__ function using a 200 MB global array, 50 items")
         report.add("W6b", run_scripts("W6b", S.W6B_PRELUDE, script_rounds, 120))
     if "W7" in only:
-        log("W7: peak RSS of parent + workers during W2")
+        log("W7: peak PSS of parent + workers during W2")
         report.add(
-            "W7", run_scripts("W7", S.W7_PRELUDE, script_rounds, 120, (n20,), sample_rss=True)
+            "W7", run_scripts("W7", S.W7_PRELUDE, script_rounds, 120, (n20,), sample_memory=True)
         )
 
     report.seconds = time.perf_counter() - began

@@ -156,11 +156,12 @@ class ProcessRun:
     wall: float | None = None  # whole process, seconds
     inner: float | None = None  # pool start + map, seconds, as the script measured it
     checksum: float | None = None
-    peak_rss: int | None = None  # bytes, parent + descendants, when sampled
+    peak_pss: int | None = None  # bytes, parent + descendants, when sampled
+    peak_rss: int | None = None  # bytes, likewise (pages shared after a fork counted per process)
     error: str | None = None  # why it counts as failed
 
 
-def run_script(text: str, args: tuple = (), timeout: float = 60.0, sample_rss: bool = False):
+def run_script(text: str, args: tuple = (), timeout: float = 60.0, sample_memory: bool = False):
     """Run ``text`` as ``__main__`` of a fresh interpreter in a temporary folder."""
     with tempfile.TemporaryDirectory(prefix="ipyparmap-bench-") as folder:
         path = os.path.join(folder, "bench_script.py")
@@ -183,7 +184,7 @@ def run_script(text: str, args: tuple = (), timeout: float = 60.0, sample_rss: b
             text=True,
             start_new_session=True,  # so a hang can be killed with all its workers
         )
-        sampler = _RssSampler(proc.pid) if sample_rss else None
+        sampler = _MemorySampler(proc.pid) if sample_memory else None
         try:
             stdout, stderr = proc.communicate(timeout=timeout)
             run.wall = time.perf_counter() - started
@@ -194,7 +195,7 @@ def run_script(text: str, args: tuple = (), timeout: float = 60.0, sample_rss: b
             return run
         finally:
             if sampler is not None:
-                run.peak_rss = sampler.stop()
+                run.peak_pss, run.peak_rss = sampler.stop()
         _kill_tree(proc)  # workers left behind by a sloppy shutdown
         for line in stdout.splitlines():
             if line.startswith("RESULT "):
@@ -215,8 +216,13 @@ def _kill_tree(proc: subprocess.Popen) -> None:
         pass
 
 
-class _RssSampler:
-    """Samples the summed RSS of a process and all its descendants in a thread."""
+class _MemorySampler:
+    """Samples the summed PSS and RSS of a process and all its descendants in a thread
+    (the workers, and processes they start: a template process and its forks count).
+
+    PSS divides each page among the processes that map it: a page a fork still shares
+    with its parent counts once in the sum, as it is in RAM once; RSS counts it in every
+    process. Both come from one read of ``/proc/PID/smaps_rollup`` per process."""
 
     INTERVAL = 0.005
 
@@ -224,7 +230,8 @@ class _RssSampler:
         import psutil
 
         self._psutil = psutil
-        self.peak = 0
+        self.peak_pss = 0
+        self.peak_rss = 0
         self._done = threading.Event()
         self._process = psutil.Process(pid)
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -237,16 +244,20 @@ class _RssSampler:
                 tree = [self._process, *self._process.children(recursive=True)]
             except psutil.Error:
                 return
-            total = 0
+            pss = rss = 0
             for proc in tree:
                 try:
-                    total += proc.memory_info().rss
+                    info = proc.memory_full_info()
                 except psutil.Error:
-                    pass
-            self.peak = max(self.peak, total)
+                    continue
+                pss += info.pss
+                rss += info.rss
+            self.peak_pss = max(self.peak_pss, pss)
+            self.peak_rss = max(self.peak_rss, rss)
             self._done.wait(self.INTERVAL)
 
-    def stop(self) -> int:
+    def stop(self) -> tuple[int, int]:
+        """(peak PSS, peak RSS), bytes."""
         self._done.set()
         self._thread.join()
-        return self.peak
+        return self.peak_pss, self.peak_rss

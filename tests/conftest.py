@@ -60,7 +60,8 @@ def is_template(proc: psutil.Process) -> bool:
 
 
 def workers() -> list[psutil.Process]:
-    """Our worker processes: `children` but the template process."""
+    """Our worker processes: `children` but the template process (a pool's workers are
+    forks of its template where it can fork them: then its children, not ours)."""
     return [proc for proc in children() if not is_template(proc)]
 
 

@@ -33,6 +33,10 @@ def pid_of(_):
     return os.getpid()
 
 
+def parent_pid(_):
+    return os.getppid()
+
+
 def env_of(name):
     return os.environ.get(name)
 

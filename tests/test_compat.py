@@ -14,7 +14,7 @@ import weakref
 import helpers
 import psutil
 import pytest
-from conftest import children, notebook_function, wait_for
+from conftest import children, notebook_function, wait_for, workers
 
 import ipyparmap as pm
 
@@ -206,7 +206,7 @@ def test_a_killed_worker_fails_its_task_instead_of_hanging(entry):
 def test_terminate_with_thousands_of_queued_long_tasks_returns_at_once():
     pool = pm.Pool(2)
     result = pool.map_async(helpers.sleepy, [(i, 10) for i in range(5000)], chunksize=1)
-    wait_for(lambda: len(children()) == 2, timeout=30)
+    wait_for(lambda: len(workers()) == 2, timeout=30)
     started = time.monotonic()
     pool.terminate()
     pool.join()
@@ -220,7 +220,7 @@ def test_terminate_with_thousands_of_queued_long_tasks_returns_at_once():
 def test_context_manager_terminates():
     with pm.Pool(2) as pool:
         pool.map(helpers.square, [1])
-        pids = {p.pid for p in children()}
+        pids = {p.pid for p in children()}  # the template and its forks, or the workers
     wait_for(lambda: not any(psutil.pid_exists(p) for p in pids), timeout=10)
 
 

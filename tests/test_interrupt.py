@@ -10,7 +10,7 @@ from pathlib import Path
 import helpers
 import psutil
 import pytest
-from conftest import children, start_python, wait_for
+from conftest import children, start_python, wait_for, workers
 
 import ipyparmap as pm
 
@@ -21,6 +21,7 @@ import sys, time
 sys.path.insert(0, {str(TESTS)!r})
 import helpers, psutil
 import ipyparmap as pm
+from ipyparmap.process.pool import default_pool
 
 pm.parmap(helpers.square, range(4), workers=2, progress=False)  # warm the pool
 items = [(i, "", 0.02) for i in range(10)]
@@ -33,7 +34,11 @@ except pm.Interrupted as exc:
     done = [v for v in res if not isinstance(v, pm.Failure)]
     print("INTERRUPTED", isinstance(exc, KeyboardInterrupt), len(res), done,
           sorted({{f.kind for f in res.failures}}), flush=True)
-    print("CHILDREN", len(psutil.Process().children()), flush=True)
+    alive = [p for p in psutil.Process().children(recursive=True)  # the template's forks too
+             if p.status() != psutil.STATUS_ZOMBIE]
+    template = default_pool().launcher.template
+    print("CHILDREN", len([p for p in alive if template is None or p.pid != template.pid]),
+          flush=True)
     print("AGAIN", list(pm.parmap(helpers.square, range(3), workers=2, progress=False)), flush=True)
 """
 
@@ -149,7 +154,7 @@ def test_workers_ignore_sigint_sent_to_them(tmp_path):
 @pytest.mark.usefixtures("no_leaks")
 def test_shutdown_leaves_no_process_behind():
     pm.parmap(helpers.square, range(10), workers=2)
-    pids = {c.pid for c in children()}
+    pids = {c.pid for c in workers()}
     assert len(pids) == 2
     pm.shutdown()
     assert children() == []

@@ -6,7 +6,7 @@ import warnings
 
 import helpers
 import pytest
-from conftest import children
+from conftest import children, workers
 
 import ipyparmap as pm
 
@@ -361,7 +361,7 @@ def test_parmap_pool_show_restart_shutdown(ip, capsys):
     assert "PID" in shown and "idle" in shown and "MB" in shown
     ip.run_line_magic("parmap_pool", "restart")
     assert "restarted with 2 workers" in capsys.readouterr().out
-    assert len(children()) == 2
+    assert len(workers()) == 2
     ip.run_line_magic("parmap_pool", "shutdown")
     assert children() == []
     with pytest.raises(UsageError):

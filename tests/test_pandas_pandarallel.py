@@ -11,7 +11,7 @@ import os
 
 import psutil
 import pytest
-from conftest import children, notebook_function, run_python
+from conftest import notebook_function, run_python, workers
 
 pd = pytest.importorskip("pandas")
 np = pytest.importorskip("numpy")
@@ -117,7 +117,7 @@ def test_memory_does_not_grow_across_repeated_calls():
     # call); allocator noise is a few MB: the late lows stay near the early highs.
     growth = min(samples[-3:]) - max(samples[:2])
     assert growth < 40 * 2**20, [s // 2**20 for s in samples]
-    assert len(children()) == 2  # the same two workers, none left behind
+    assert len(workers()) == 2  # the same two workers, none left behind
 
 
 def test_import_survives_a_pandas_that_breaks_the_accessors():

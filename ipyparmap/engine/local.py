@@ -104,8 +104,7 @@ class LocalEngine:
     def start(self, run: Runner) -> None:
         self.run = run
         self.options = run.options
-        # recycling workers: replacements are certain, so their template starts now
-        self.workers = self.pool.acquire(run.n_workers, self.env, self.max_items is not None)
+        self.workers = self.pool.acquire(run.n_workers, self.env)
         from ipyparmap.process.resources import cpu_count
 
         self.cpus = cpu_count()

@@ -1,8 +1,8 @@
 """The local worker pool: spawned processes, each with its own pipe (layer: process).
 
 A worker is a fresh interpreter started with ``subprocess`` (never a fork of the
-kernel; a replacement is a fork of the pool's template process, process/template.py,
-which is such an interpreter too) in its own session, so a terminal Ctrl-C or a
+kernel; where it can, the pool forks its workers from its template process,
+process/template.py, which is such an interpreter too) in its own session, so a terminal Ctrl-C or a
 Jupyter interrupt aimed at the kernel's process group never reaches it. Each worker has:
 
 - a duplex pipe (a socketpair framed by ``wire.channel.Channel``, which passes
@@ -253,13 +253,15 @@ SEND_BUFFER_BYTES = 1024 * 1024
 
 
 def spawn_worker(env: dict[str, str], launcher: Launcher | None = None,
-                 start_template: bool = False) -> WorkerHandle:  # fmt: skip
+                 start_template: bool = False, wait_template: float = 0.0,
+                 ) -> WorkerHandle:  # fmt: skip
     """Start one worker process; returns at once (the worker boots in the background).
 
     With a ``launcher``, the worker is forked from its template process when one is up
     for ``env`` (process/template.py: milliseconds, not an interpreter start), and
     ``start_template`` starts one in the background for the next workers if there is
-    none; otherwise, and where the template cannot be used, it is a new interpreter.
+    none; ``wait_template``: seconds to wait for a template still booting. Otherwise,
+    and where the template cannot be used, it is a new interpreter.
     """
     world = CallerWorld(os.getcwd(), dict(_environ()), list(sys.path), EMPTY_MODULES)
     parent_sock, child_sock = socket.socketpair()
@@ -267,7 +269,11 @@ def spawn_worker(env: dict[str, str], launcher: Launcher | None = None,
     board_fd = anonymous_file("ipyparmap-board", B.BOARD_SIZE)
     child_fds = (child_sock.fileno(), child_life.fileno(), board_fd)
     try:
-        forked = launcher.fork(env, world.cwd, child_fds, start_template) if launcher else None
+        forked = (
+            launcher.fork(env, world.cwd, child_fds, start_template, wait_template)
+            if launcher
+            else None
+        )
         if forked is not None:
             proc: Any = forked
         else:
@@ -364,6 +370,11 @@ def worker_env(extra: EnvExtra = None) -> dict[str, str]:
     return env
 
 
+#: Seconds a call that needs new workers waits for the template process to boot before
+#: it starts them as interpreters instead: about what an interpreter start takes (the
+#: template is one), so the first call of a pool is not slower than with spawned workers.
+TEMPLATE_BOOT_WAIT = 0.5
+
 #: Idle workers beyond the pool's warm count (the usable CPUs) stop after this many
 #: seconds: a run with ``workers=50`` must not leave 50 processes up for good.
 IDLE_SECONDS = 60.0
@@ -415,11 +426,13 @@ class Pool:
         _stop_all(started)
         return 0
 
-    def acquire(self, count: int, env_extra: EnvExtra = None,
-                start_template: bool = False) -> list[WorkerHandle]:  # fmt: skip
-        """Lease ``count`` workers: warm idle ones first, newly spawned for the rest
-        (forked if the template is up; ``start_template``: start it now, if new workers
-        are needed, when the caller knows replacements will follow)."""
+    def acquire(self, count: int, env_extra: EnvExtra = None) -> list[WorkerHandle]:
+        """Lease ``count`` workers: warm idle ones first, new ones for the rest.
+
+        New workers are forked from the template process, which the first of them
+        starts (one interpreter start for the pool, not one per worker, and workers
+        that share its pages); if it is not up within `TEMPLATE_BOOT_WAIT` (about what
+        a spawned worker would take to boot), they are started as interpreters."""
         with self._lock:
             warm = []
             for worker in self._idle:
@@ -433,9 +446,11 @@ class Pool:
         if len(taken) == count:  # all warm: no environment to build, nothing to spawn
             return taken
         env = worker_env(env_extra)
+        wait = TEMPLATE_BOOT_WAIT  # for the first only: the others go the same way
         try:
-            while len(taken) < count:  # forked if a template is up (see spawn)
-                worker = spawn_worker(env, self.launcher, start_template)
+            while len(taken) < count:
+                worker = spawn_worker(env, self.launcher, True, wait)
+                wait = 0.0
                 taken.append(worker)
                 with self._lock:
                     self._leased.add(worker)

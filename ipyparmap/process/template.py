@@ -24,9 +24,11 @@ What makes forking it safe, and what the tests hold it to
   one): if there is more than one, it says which modules and exits instead of forking;
 - it hears only from its parent: its requests come over one end of a socketpair that
   only the parent holds (no path in any file system, unreachable by other users);
-- it dies with its parent (a lifeline socket, as workers have) and when its pool
-  closes its end of the socketpair; each worker it forks gets its own lifeline to the
-  parent, so the template's death never takes a worker with it.
+- it dies with its parent (a lifeline socket, as workers have), and when its pool
+  closes its end of the socketpair it forks no more and exits once the workers it
+  forked have (`_linger`: they stay in the parent's process tree); each worker it
+  forks gets its own lifeline to the parent, so the template's death never takes a
+  worker with it.
 
 Data flow (one fork; ``X`` is sent whenever a forked worker exits)::
 
@@ -55,10 +57,13 @@ worker's environment is exactly a spawned one's. The working directory comes wit
 each request; ``sys.path`` and the rest of the caller's world come in the worker's
 ``Init`` and ``World`` messages, as for a spawned worker.
 
-Where it is used: for replacement workers (`Pool.spawn`), and for the first workers of
-a pool once a template is up. It needs pidfds (a death sentinel for a process that is
-not our child) and fork, so on macOS, Windows and under ``IPYPARMAP_MASK=pidfd`` the
-launcher starts every worker as an interpreter, as before. A template that fails (it
+Where it is used: for a pool's first workers (`Pool.acquire` starts the template and
+waits for it up to ``TEMPLATE_BOOT_WAIT``, else they are interpreters), for replacement
+workers (`Pool.spawn`) and new workers of a growing pool; not for the workers
+`Pool.prewarm` starts (it returns at once, before a template could be up). It needs
+pidfds (a death sentinel for a process that is not our child) and fork, so on macOS,
+Windows and under ``IPYPARMAP_MASK=pidfd`` the launcher starts every worker as an
+interpreter, as before. A template that fails (it
 was killed, a fork failed, it is slow to answer) is dropped and workers are started as
 interpreters again; after `MAX_FAILURES` failed templates a pool starts no more.
 """
@@ -168,14 +173,14 @@ def serve(control_fd: int, lifeline_fd: int, preload: list[str] = ()) -> list[st
             if fd == control_fd:
                 try:
                     payload, fds = channel.recv()
-                except (EOFError, OSError):
-                    return None  # the pool closed its end
+                except (EOFError, OSError):  # the pool closed its end
+                    return _linger(channel, control_fd, lifeline_fd, children, poller)
                 if payload[:1] == IMPORT and not fds:
                     names = bytes(payload[1:]).decode("ascii", "replace").split("\n")
                     done = _import(names)
                     if done is None:  # a thread runs now: never fork again
                         channel.send(THREADS + "\n".join(names).encode())
-                        return None
+                        return _linger(channel, control_fd, lifeline_fd, children, poller)
                     channel.send(IMPORT + "\n".join(done).encode())
                     continue
                 if payload[:1] != FORK or len(fds) != 3:
@@ -195,6 +200,30 @@ def serve(control_fd: int, lifeline_fd: int, preload: list[str] = ()) -> list[st
                     channel.send(EXITED + _EXIT.pack(pid, os.waitstatus_to_exitcode(status)))
                 except OSError:
                     return None
+
+
+def _linger(channel: Channel, control_fd: int, lifeline_fd: int, children: dict,
+            poller) -> None:  # fmt: skip
+    """Fork no more, but stay until the workers forked so far have exited (reaping
+    them, telling the parent while it listens), so that they stay in the parent's
+    process tree: a worker whose parent is gone is adopted by init, and no walk of the
+    caller's descendants (a leak check, a memory sum, a kill of its tree) finds it. The
+    parent's death ends it at once (the workers have their own lifelines)."""
+    poller.unregister(control_fd)  # at its end, or no longer served
+    while children:
+        for fd, _events in poller.poll():
+            if fd == lifeline_fd:
+                return None
+            pid = children.pop(fd, None)
+            poller.unregister(fd)
+            os.close(fd)
+            if pid is not None:
+                _, status = os.waitpid(pid, 0)
+                try:
+                    channel.send(EXITED + _EXIT.pack(pid, os.waitstatus_to_exitcode(status)))
+                except OSError:  # the pool is done with us: nobody asks
+                    pass
+    return None
 
 
 def _import(names) -> list[str] | None:
@@ -431,6 +460,17 @@ class Template:
             self.collect()
         return self.ready and not self.dead
 
+    def wait_usable(self, timeout: float) -> bool:
+        """Whether it can fork, waiting up to ``timeout`` seconds for it to boot (or to
+        finish importing modules)."""
+        deadline = time.monotonic() + timeout
+        while not self.usable():
+            left = deadline - time.monotonic()
+            if left <= 0 or self.dead:
+                return False
+            self.collect(wait=left)
+        return True
+
     def preload(self, names: set[str]) -> None:
         """Have the template import ``names`` (installed modules the workers' functions
         use); it forks nothing meanwhile (workers are interpreters until it is done)."""
@@ -481,15 +521,17 @@ class Template:
         (pid,) = _PID.unpack(payload[1:])
         return ForkedProcess(self, pid, got[0])
 
-    def close(self, wait: float = 1.0) -> None:
-        """Stop the template (its workers live on); wait up to ``wait`` seconds."""
+    def close(self, wait: float | None = 1.0) -> None:
+        """Stop the template: it forks no more, and exits once the workers it forked
+        have (`_linger`). Wait up to ``wait`` seconds for that, then kill it (None:
+        wait as long as it takes; 0: not at all, and its lifeline stays open until
+        the process ends: its end would end the template at once)."""
         with self._lock:
             if not self.dead:
                 self.dead = True
                 self.ready = False
                 self.channel.close()
-                self.lifeline.close()
-        if wait <= 0:
+        if wait is not None and wait <= 0:
             return
         try:
             self.proc.wait(wait)
@@ -499,6 +541,7 @@ class Template:
             except OSError:
                 pass
             self.proc.wait()
+        self.lifeline.close()
 
 
 def _readable(fd: int, timeout: float) -> bool:
@@ -524,6 +567,7 @@ class Launcher:
         self.preload: set[str] = set()  # installed modules the workers' functions use
         self.unsafe: set[str] = set()  # ...whose import starts a thread: never preloaded
         self._seen: dict[bytes, None] = {}  # keys of the functions looked at (bounded)
+        self._retired: list[Template] = []  # replaced, waiting for their forks to exit
 
     def note_function(self, key: bytes, blob) -> None:
         """A worker was sent this function: preload the installed modules it uses
@@ -543,17 +587,19 @@ class Launcher:
         if template is not None:
             template.preload(names)
 
-    def fork(self, env: dict[str, str], cwd: str | None, fds, want_template: bool):
+    def fork(self, env: dict[str, str], cwd: str | None, fds, want_template: bool,
+             wait: float = 0.0):  # fmt: skip
         """A `ForkedProcess` for a worker with environment ``env``, or None (then the
-        caller starts an interpreter)."""
+        caller starts an interpreter). ``wait``: seconds to wait for a template that is
+        still booting (one started now, with ``want_template``, included)."""
         if not self.enabled:
             return None
-        template = self._template_for(env, want_template)
+        template = self._template_for(env, want_template, wait)
         if template is None:
             return None
         return template.fork(cwd, fds)
 
-    def _template_for(self, env: dict[str, str], start: bool) -> Template | None:
+    def _template_for(self, env: dict[str, str], start: bool, wait: float = 0.0) -> Template | None:
         old = None
         with self._lock:
             template = self.template
@@ -573,13 +619,21 @@ class Launcher:
         if old is not None:
             old.close(wait=0)
             _reap_later(old)
-        return template if template is not None and template.usable() else None
+            with self._lock:
+                self._retired = [t for t in self._retired if t.proc.poll() is None]
+                self._retired.append(old)
+        if template is None:
+            return None
+        return template if template.wait_usable(wait) else None
 
     def close(self, wait: bool = True) -> None:
         with self._lock:
             template, self.template = self.template, None
+            retired, self._retired = self._retired, []
         if template is not None:  # (not waited for at exit: it ends with us anyway)
             template.close(wait=1.0 if wait else 0)
+        for old in retired if wait else ():  # their forks are stopped by now
+            old.close(wait=1.0)
 
 
 #: Functions whose modules `Launcher.note_function` remembers having looked at.
@@ -633,9 +687,11 @@ def _site_roots() -> list[str]:
 
 
 def _reap_later(template: Template) -> None:
-    """Wait for a stopped template in the background (it exits within moments), so it
-    does not stay a zombie."""
-    reaper = threading.Thread(target=template.close, name="ipyparmap-template-reaper", daemon=True)
+    """Wait for a stopped template in the background, so it does not stay a zombie: it
+    exits once the workers it forked have (see `_linger`), or at once if it died."""
+    reaper = threading.Thread(
+        target=template.close, args=(None,), name="ipyparmap-template-reaper", daemon=True
+    )
     try:
         reaper.start()
     except RuntimeError:  # the interpreter is shutting down: it ends with us anyway

@@ -50,7 +50,7 @@ def test_unload_ext_stops_workers():
     ip = InteractiveShell.instance()
     ip.run_line_magic("load_ext", "ipyparmap")
     ip.run_cell_magic("parmap", "x in range(4) -w 2", "x")
-    pids = [p.pid for p in children()]
+    pids = [p.pid for p in workers()]
     assert len(pids) == 2
     ip.run_line_magic("unload_ext", "ipyparmap")
     wait_for(lambda: _gone(pids) and not children(), timeout=5)

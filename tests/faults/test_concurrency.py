@@ -89,10 +89,10 @@ def test_many_small_calls_keep_fds_threads_and_processes_flat():
     me = psutil.Process()
     for _ in range(50):
         pm.parmap(helpers.square, range(2), workers=2)
-    before = (me.num_fds(), me.num_threads(), len(me.children()))
+    before = (me.num_fds(), me.num_threads(), len(me.children(recursive=True)))
     for _ in range(500):
         pm.parmap(helpers.square, range(2), workers=2)
-    after = (me.num_fds(), me.num_threads(), len(me.children()))
+    after = (me.num_fds(), me.num_threads(), len(me.children(recursive=True)))
     assert after == before
 
 

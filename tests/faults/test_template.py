@@ -90,20 +90,100 @@ def pm_ready(pid: int):
 
 def test_a_forked_worker_starts_in_the_world_of_a_spawned_one(tmp_path, monkeypatch):
     """Same working directory, environment, sys.path, parent and arguments as an
-    interpreter started for the same pool (the drop-in Pool recycling its workers)."""
+    interpreter started for the same pool (the drop-in Pool, with and without the
+    template)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("IPYPARMAP_TEST_WORLD", "forked or not")
     seen: dict[bool, set] = {True: set(), False: set()}
-    with pm.Pool(2, maxtasksperchild=1) as pool:
-        deadline = time.monotonic() + 60
-        while not (seen[True] and seen[False]) and time.monotonic() < deadline:
-            for ppid, world in pool.map(_world, range(6), chunksize=1):
-                seen[ppid != os.getpid()].add(world)
-    assert seen[True] and seen[False], "no worker was forked"
+    for template in (True, False):
+        with monkeypatch.context() as patch:
+            if not template:  # as where there are no pidfds: interpreters only
+                patch.setattr(T, "available", lambda: False)
+            with pm.Pool(2, maxtasksperchild=1) as pool:
+                for ppid, world in pool.map(_world, range(6), chunksize=1):
+                    seen[ppid != os.getpid()].add(world)
+    assert seen[True] and seen[False], "no worker was forked, or none spawned"
     assert seen[True] == seen[False]
     [(cwd, env, _path, parent, argc)] = seen[True]
     assert cwd == str(tmp_path) and dict(env)["IPYPARMAP_TEST_WORLD"] == "forked or not"
     assert parent == os.getpid() and argc == 4
+
+
+def test_a_pools_first_workers_are_forks_of_the_template():
+    """A new pool starts one interpreter, the template, and forks its workers from it
+    (no interpreter start per worker): their parent is the template."""
+    pool = P.Pool()
+    try:
+        workers = pool.acquire(3)
+        template = pool.launcher.template
+        assert template is not None and template.usable()
+        assert all(isinstance(w.proc, T.ForkedProcess) for w in workers)
+        for worker in workers:
+            assert worker.recv()[0] == pm_ready(worker.pid)
+            assert psutil.Process(worker.pid).ppid() == template.pid
+        ours = {p.pid for p in psutil.Process().children()}
+        assert template.pid in ours and not ours & {w.pid for w in workers}
+        pool.release(workers)
+    finally:
+        pool.shutdown()
+    wait_for(lambda: template.proc.poll() is not None, timeout=10, what="the template to exit")
+
+
+def test_the_first_call_of_a_script_forks_its_workers(tmp_path):
+    """``parmap`` in a fresh interpreter: the workers that run the items are children
+    of the template, not of the caller, and nothing is left when it exits."""
+    tests = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = f"import sys; sys.path.insert(0, {tests!r})\n" + textwrap.dedent("""
+        import os, helpers, ipyparmap as pm
+        from ipyparmap.process import pool as P
+        ppids = set(pm.parmap(helpers.parent_pid, range(4), workers=2, chunksize=1))
+        template = P.default_pool().launcher.template
+        print("FORKED", ppids == {template.pid} and template.pid != os.getpid(), flush=True)
+    """)
+    out = run_python(code, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "FORKED True" in out.stdout
+
+
+def test_a_replaced_template_stays_until_its_workers_exit():
+    """Workers with another environment get a new template; the old one forks no more
+    but stays until its forks have exited, so that they stay in our process tree (an
+    orphan is adopted by init: no leak check or memory sum of our descendants finds
+    it), and the pool's shutdown leaves neither behind."""
+    pool = P.Pool()
+    try:
+        first = pool.acquire(1, {"IPYPARMAP_TEST_ENV": "a"})
+        old = pool.launcher.template
+        pool.release(first)
+        both = pool.acquire(2, {"IPYPARMAP_TEST_ENV": "b"})  # the warm one, and a new one
+        new = pool.launcher.template
+        assert new is not old and old.dead
+        assert first[0] in both and old.proc.poll() is None  # it lingers for its fork
+        assert psutil.Process(first[0].pid).ppid() == old.pid
+        assert {w.pid for w in both} <= {p.pid for p in workers()}
+        pool.release(both)
+    finally:
+        pool.shutdown()
+    assert old.proc.poll() is not None and new.proc.poll() is not None
+    assert children() == []
+
+
+def test_a_template_that_is_slow_to_boot_is_not_waited_for(monkeypatch):
+    """A call does not wait for a template longer than a spawn would take: past
+    `TEMPLATE_BOOT_WAIT` its workers are interpreters (the template, once up, forks
+    later ones)."""
+    monkeypatch.setattr(P, "TEMPLATE_BOOT_WAIT", 0.0)
+    pool = P.Pool()
+    try:
+        workers = pool.acquire(2)  # the template has had no time to boot
+        assert not any(isinstance(w.proc, T.ForkedProcess) for w in workers)
+        template = _template_of(pool)
+        later = pool.acquire(1)
+        assert isinstance(later[0].proc, T.ForkedProcess)
+        assert psutil.Process(later[0].pid).ppid() == template.pid
+        pool.release(workers + later)
+    finally:
+        pool.shutdown()
 
 
 def _world(_):
@@ -356,15 +436,18 @@ def test_no_template_without_pidfds():
     """Portable mode (no pidfd): every worker is an interpreter, no template starts."""
     tests = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     code = f"import sys; sys.path.insert(0, {tests!r})\n" + textwrap.dedent("""
-        import helpers, ipyparmap as pm
+        import os, helpers, ipyparmap as pm
         from ipyparmap.process import pool as P
         items = [("run", "_exit") if i % 5 == 4 else i for i in range(20)]
         pm.parmap(helpers.act, items, workers=2, chunksize=1, errors="collect")
         print("TEMPLATE", P.default_pool().launcher.template, flush=True)
+        ppids = set(pm.parmap(helpers.parent_pid, range(4), workers=2, chunksize=1))
+        print("SPAWNED", ppids == {os.getpid()}, flush=True)
     """)
     out = run_python(code, env={system.MASK_ENV: "pidfd"}, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "TEMPLATE None" in out.stdout
+    assert "SPAWNED True" in out.stdout  # the pool's workers are our own children
 
 
 def test_templates_are_found_by_the_leak_checks():
