@@ -297,10 +297,14 @@ def run_workload(
     pool = contenders()
     samples = {c.name: FrameSamples(c.name, c.start, c.peer) for c in pool}
     expected = None
-    for round_ in range(rounds):
+    # Timed rounds run unwatched; one more round, untimed, samples the memory: the
+    # sampler reads every process's PSS each 20 ms, which on 2 cores takes CPU (and the
+    # GIL) from the parallel contenders more than from serial pandas.
+    for round_ in range(rounds + 1):
+        memory = round_ == rounds
         if calm is not None:
             calm()  # a moment of idle CPUs first (bounded: run.Calm)
-        log(f"  {key} round {round_ + 1}/{rounds}")
+        log(f"  {key} round {round_ + 1}/{rounds}" if not memory else f"  {key} memory round")
         shift = round_ % len(pool)
         for contender in pool[shift:] + pool[:shift]:
             sample = samples[contender.name]
@@ -312,13 +316,13 @@ def run_workload(
                     contender.open()
                     contender.warm(method, small, func)
                     gc.collect()
-                    sampler = PssSampler()
+                    sampler = PssSampler() if memory else None
                     started = time.perf_counter()
                     try:
                         out = call(df, func)
                     finally:
                         seconds = time.perf_counter() - started
-                        peak = sampler.stop()
+                        peak = sampler.stop() if sampler is not None else None
             except Exception as exc:
                 sample.errors.append(f"fails ({exc!r:.120})")
                 log(f"    {contender.name}: {sample.errors[-1]}")
@@ -333,8 +337,10 @@ def run_workload(
                 expected = out
             if expected is not None and not _same(out, expected):
                 sample.wrong = True
-            sample.seconds.append(seconds)
-            sample.peaks.append(peak)
+            if memory:
+                sample.peaks.append(peak)
+            else:
+                sample.seconds.append(seconds)
             del out
             gc.collect()
     return {"frame_bytes": int(df.memory_usage(deep=True).sum()), "samples": samples,
@@ -361,8 +367,9 @@ def markdown(results: dict, rounds: int, scale: float, machine: dict, seconds: f
         f"load average at the start {machine['load']}. pandas {machine.get('pandas', '?')}.",
         "- Taken on a shared, loaded 2-core machine: only ratios within the run count.",
         "- Peak memory: the largest sum of PSS over this process and every child process "
-        "(plus pandarallel's files in /dev/shm) sampled every 20 ms during the call, the "
-        "benchmark process itself (Python, pandas, the frame) included.",
+        "(plus pandarallel's files in /dev/shm) sampled every 20 ms during one more, untimed "
+        "call (the sampler takes CPU from the workers), the benchmark process itself (Python, "
+        "pandas, the frame) included.",
         "",
         "- Speedup and ÷ best peer are given twice: from the medians over the rounds, and "
         "from each contender's best round (under load, the least disturbed one).",
@@ -390,7 +397,7 @@ def markdown(results: dict, rounds: int, scale: float, machine: dict, seconds: f
             median, fastest = statistics.median(s.seconds), min(s.seconds)
             speedup = _pair(serial_s, median, serial_min, fastest)
             ratio = _pair(median, best_s, fastest, best_min)
-            peak = statistics.median(s.peaks) / MIB
+            peak = statistics.median(s.peaks) / MIB if s.peaks else float("nan")
             note = "; ".join([*(["wrong result"] if s.wrong else []), *dict.fromkeys(s.errors)])
             lines.append(
                 f"| {title} | {s.name} | {s.start or '—'} | {median:.2f} | "
@@ -400,7 +407,7 @@ def markdown(results: dict, rounds: int, scale: float, machine: dict, seconds: f
         ipy = samples.get("ipyparmap")
         if ipy and ipy.seconds and serial_s and best_s:
             median, fastest = statistics.median(ipy.seconds), min(ipy.seconds)
-            peak = statistics.median(ipy.peaks)
+            peak = statistics.median(ipy.peaks) if ipy.peaks else float("nan")
             pandarallel = samples.get("pandarallel")
             pp = statistics.median(pandarallel.peaks) if pandarallel and pandarallel.peaks else None
             summary.append(
