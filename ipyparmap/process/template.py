@@ -191,15 +191,8 @@ def serve(control_fd: int, lifeline_fd: int, preload: list[str] = ()) -> list[st
                 if child is not None:
                     return child  # in the child: go and be a worker
                 continue
-            pid = children.pop(fd, None)  # a worker's pidfd: it exited
-            poller.unregister(fd)
-            os.close(fd)
-            if pid is not None:
-                _, status = os.waitpid(pid, 0)
-                try:
-                    channel.send(EXITED + _EXIT.pack(pid, os.waitstatus_to_exitcode(status)))
-                except OSError:
-                    return None
+            if not _reap(channel, children, poller, fd):  # a worker's pidfd: it exited
+                return None
 
 
 def _linger(channel: Channel, control_fd: int, lifeline_fd: int, children: dict,
@@ -214,16 +207,24 @@ def _linger(channel: Channel, control_fd: int, lifeline_fd: int, children: dict,
         for fd, _events in poller.poll():
             if fd == lifeline_fd:
                 return None
-            pid = children.pop(fd, None)
-            poller.unregister(fd)
-            os.close(fd)
-            if pid is not None:
-                _, status = os.waitpid(pid, 0)
-                try:
-                    channel.send(EXITED + _EXIT.pack(pid, os.waitstatus_to_exitcode(status)))
-                except OSError:  # the pool is done with us: nobody asks
-                    pass
+            _reap(channel, children, poller, fd)  # (the pool may be done with us: fine)
     return None
+
+
+def _reap(channel: Channel, children: dict, poller, fd: int) -> bool:
+    """A worker's pidfd became readable: reap the worker (only its parent can) and tell
+    the pool its exit status; False if the pool no longer listens."""
+    pid = children.pop(fd, None)
+    poller.unregister(fd)
+    os.close(fd)
+    if pid is None:
+        return True
+    _, status = os.waitpid(pid, 0)
+    try:
+        channel.send(EXITED + _EXIT.pack(pid, os.waitstatus_to_exitcode(status)))
+    except OSError:
+        return False
+    return True
 
 
 def _import(names) -> list[str] | None:
