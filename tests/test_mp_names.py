@@ -600,3 +600,20 @@ def test_pool_workers_are_named_as_the_standard_librarys():
     by_pid = {pid: (name, identity) for name, identity, pid in seen}
     assert len(set(by_pid.values())) == len(by_pid)  # one name per worker process
     assert all(identity == (int(name.rsplit("-", 1)[1]),) for name, identity in by_pid.values())
+
+
+class _CountsItsPickling:
+    pickled = 0
+
+    def __reduce__(self):
+        type(self).pickled += 1
+        return (int, (7,))
+
+
+def test_submit_pickles_its_arguments_once():
+    # (they were pickled once to check them and again to send them: a large array
+    # argument cost a copy more)
+    _CountsItsPickling.pickled = 0
+    with pm.ProcessPoolExecutor(1) as pool:
+        assert pool.submit(abs, _CountsItsPickling()).result(60) == 7
+    assert _CountsItsPickling.pickled == 1

@@ -54,11 +54,9 @@ from ipyparmap.results import Failure
 from ipyparmap.views.textui import OutputPrinter
 from ipyparmap.wire import messages as M
 from ipyparmap.wire.serialize import (
-    ItemPicklingError,
     dumps,
     loads,
     pickle_function,
-    pickle_items,
     rebuild_exception,
 )
 
@@ -78,14 +76,6 @@ def _task_exception(
     if text is not None:  # the task's exception: the worker's traceback as its cause
         error.__cause__ = remote(text)
     return error
-
-
-def _check_arguments(item: Any) -> None:
-    """An argument that cannot be pickled raises its own error now, in the caller."""
-    try:
-        pickle_items([item])
-    except ItemPicklingError as bad:
-        raise bad.error from None
 
 
 def _stdlib_check(option: str, value: Any, message: str) -> Any:
@@ -457,8 +447,8 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
             def start() -> bool:  # False: cancelled (or broken) while pending
                 return not future.done() and future.set_running_or_notify_cancel()
 
-            try:  # the function and arguments are pickled now, in the caller
-                _check_arguments(item)
+            try:  # the function is pickled now, in the caller; the arguments by the
+                # engine's feed (an error there reaches the future through ``finished``)
                 self._engine.submit(
                     ResultCall(fn), [item], "apply", MAP, 1, on_done=finished, start=start,
                 )  # fmt: skip
@@ -477,6 +467,8 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
             isinstance(error, SerializationError) and not error.argument_error
         ):  # a dead worker, or a task that could not be loaded in the worker
             return _broken_pool_error(error)
+        if getattr(error, "argument_error", False):  # its own pickling error, as submit's
+            return _pickling_failure(error)
         return _task_exception(error, _FuturesTraceback)
 
     def _break(self, error: BaseException) -> None:
