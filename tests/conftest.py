@@ -87,6 +87,18 @@ def no_leaks_after_module():
 
 
 @pytest.fixture(scope="module")
+def kernel(tmp_path_factory):
+    """A real Jupyter kernel shared by one test module's tests (a module that needs
+    setup code in it defines its own: tests/test_kernel_world.py)."""
+    pytest.importorskip("ipykernel")
+    pytest.importorskip("jupyter_client")
+    from kernel_tools import running_kernel
+
+    with running_kernel(tmp_path_factory.mktemp("kernel")) as k:
+        yield k
+
+
+@pytest.fixture(scope="module")
 def cluster():
     """A Dask LocalCluster of 2 one-thread worker processes (skips without distributed);
     a task that kills 2 workers is given up (KilledWorker)."""

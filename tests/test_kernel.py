@@ -8,13 +8,6 @@ from conftest import wait_for
 
 pytest.importorskip("ipykernel")
 pytest.importorskip("jupyter_client")
-from kernel_tools import running_kernel
-
-
-@pytest.fixture(scope="module")
-def kernel(tmp_path_factory):
-    with running_kernel(tmp_path_factory.mktemp("kernel")) as k:
-        yield k
 
 
 def test_worker_prints_arrive_in_the_cell_and_the_value_is_out(kernel):

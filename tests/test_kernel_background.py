@@ -7,13 +7,6 @@ import time
 import pytest
 
 pytest.importorskip("ipykernel")
-from kernel_tools import running_kernel
-
-
-@pytest.fixture(scope="module")
-def kernel(tmp_path_factory):
-    with running_kernel(tmp_path_factory.mktemp("kernel-bg")) as k:
-        yield k
 
 
 def test_bg_cell_returns_at_once_binds_results_and_routes_output(kernel):

@@ -8,13 +8,6 @@ import pytest
 
 pytest.importorskip("ipykernel")
 pytest.importorskip("jupyter_client")
-from kernel_tools import running_kernel
-
-
-@pytest.fixture(scope="module")
-def kernel(tmp_path_factory):
-    with running_kernel(tmp_path_factory.mktemp("kernel")) as k:
-        yield k
 
 
 def test_process_and_queue_tutorial_in_a_kernel(kernel):

@@ -16,16 +16,9 @@ import re
 import pytest
 
 pytest.importorskip("ipykernel")
-from kernel_tools import running_kernel
 from test_output_capture import render
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
-
-
-@pytest.fixture(scope="module")
-def kernel(tmp_path_factory):
-    with running_kernel(tmp_path_factory.mktemp("kernel-output")) as k:
-        yield k
 
 
 def test_lines_printed_before_workers_die_reach_the_cell_and_the_results(kernel):

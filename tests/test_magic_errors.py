@@ -144,16 +144,7 @@ def test_a_name_error_deep_in_the_users_code_is_not_blamed_on_expr(ip):
 
 
 # ------------------------------------------------------------------------ a real kernel
-@pytest.fixture(scope="module")
-def kernel(tmp_path_factory):
-    pytest.importorskip("ipykernel")
-    pytest.importorskip("jupyter_client")
-    from kernel_tools import running_kernel
-
-    with running_kernel(tmp_path_factory.mktemp("kernel")) as k:
-        yield k
-
-
+# (the ``kernel`` fixture of conftest.py: it skips without ipykernel)
 def test_in_a_real_kernel_mistakes_are_one_line_and_cell_numbers_are_right(kernel):
     reply = kernel.run("%%parmap x in 5\nx")
     assert reply.status == "error" and reply.error["ename"] == "TypeError"
