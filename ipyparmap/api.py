@@ -382,7 +382,6 @@ def _runner(func, iterable, options: Options, keep_details: bool, background: bo
         engine = ExecutorEngine(backend, func_name=name)
         workers = options.workers or backend.concurrency()
     else:
-        from ipyparmap.engine.local import LocalEngine
         from ipyparmap.process.pool import default_pool
         from ipyparmap.process.resources import cpu_count as _cpu_count
         from ipyparmap.process.resources import resolve_workers, thread_limits
@@ -390,7 +389,13 @@ def _runner(func, iterable, options: Options, keep_details: bool, background: bo
         cpus = _cpu_count()
         workers = resolve_workers(options.workers, cpus)
         env = functools.partial(thread_limits, workers, cpus)  # built only to spawn
-        engine = LocalEngine(default_pool(), env=env, func_name=name)
+        pool = default_pool()
+        # A cold pool forks this call's workers from its template process: start it
+        # now, so that it boots while this process loads the engine and cloudpickle.
+        pool.start_template(workers, env)
+        from ipyparmap.engine.local import LocalEngine
+
+        engine = LocalEngine(pool, env=env, func_name=name)
     return map_run(
         func, iterable, options, engine, workers=workers, progress=progress,
         on_output=_output_forwarder(), keep_details=keep_details,

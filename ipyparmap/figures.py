@@ -10,7 +10,6 @@ use it.
 
 from __future__ import annotations
 
-import html
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -184,9 +183,11 @@ def status_parts(
 def line_html(parts: Iterable[str], highlight: Iterable[str] = (), sep: str = ", ") -> str:
     """A line of pieces as HTML: each escaped, those in ``highlight`` (the failure counts
     of `failed_parts`) in bold red."""
+    from html import escape  # (only views in a notebook need it: not a script's first call)
+
     marked = set(highlight)
     out = []
     for part in parts:
-        text = html.escape(part)
+        text = escape(part)
         out.append(f"<b style='{FAILED_STYLE}'>{text}</b>" if part in marked else text)
     return sep.join(out)

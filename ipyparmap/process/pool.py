@@ -140,6 +140,9 @@ class WorkerHandle:
         self.modules: dict = {}  # local module name -> the version number it was told
         self.launcher: Launcher | None = None  # of its pool, if it has one
         self.preloaded: set[str] = set()  # modules it was told to import (messages.Preload)
+        # It has our multiprocessing authkey (see _parent_settings): loaded here when it
+        # started, or since.
+        self.knows_multiprocessing = True
 
     def sync_world(self, world: CallerWorld) -> None:
         """Bring the worker to ``world`` before its next chunk: one `messages.World` with
@@ -149,6 +152,10 @@ class WorkerHandle:
         thread limits and ``PYTHONPATH`` the pool set when it started) keep the worker's
         values: a change to them in the caller reaches only new workers.
         """
+        if not self.knows_multiprocessing and "multiprocessing.process" in sys.modules:
+            parent, fds = _parent_settings(first=False)  # loaded here since it started
+            self.send(M.pack(M.Init({"parent": parent})), fds)
+            self.knows_multiprocessing = True
         old = self.world
         if old is world:
             return
@@ -319,6 +326,7 @@ def spawn_worker(env: dict[str, str], launcher: Launcher | None = None,
         if env.get(name) != ours.get(name)  # set, changed or left out by worker_env
     )
     parent, fds = _parent_settings()
+    worker.knows_multiprocessing = "authkey" in parent
     worker.send(M.pack(M.Init({"sys_path": world.path, "parent": parent})), fds)
     return worker
 
@@ -327,18 +335,27 @@ def spawn_worker(env: dict[str, str], launcher: Launcher | None = None,
 _worker_numbers = itertools.count(1)
 
 
-def _parent_settings() -> tuple[dict, tuple[int, ...]]:
+def _parent_settings(first: bool = True) -> tuple[dict, tuple[int, ...]]:
     """What a worker needs to act as a spawned ``multiprocessing`` child of ours: our
     authkey (``Manager`` proxies and listeners authenticate with it), pid and name, the
     level of ``multiprocessing``'s logger, and our resource tracker if it runs (shared
     memory a worker attaches to must outlive the worker, as it does for a spawned
-    child: tests/stdlib, ``test_shared_memory_across_processes``)."""
-    from multiprocessing import process, util
+    child: tests/stdlib, ``test_shared_memory_across_processes``).
 
+    Only what exists: while this process has not loaded ``multiprocessing`` (a script's
+    first ``parmap``), there is no authkey, logger or tracker yet, and loading it just
+    for that would cost ~0.6 MB here; the worker hears of them once we have
+    (`WorkerHandle.sync_world`). ``first``: for a new worker (its pid and number too),
+    else that later word."""
+    settings: dict = {"pid": os.getpid(), "number": next(_worker_numbers)} if first else {}
+    process = sys.modules.get("multiprocessing.process")
+    if process is None:
+        return settings, ()
     me = process.current_process()
-    settings = {"authkey": bytes(me.authkey), "pid": os.getpid(), "name": me.name,
-                "number": next(_worker_numbers)}  # fmt: skip
-    if util._logger is not None:  # as multiprocessing.spawn.get_preparation_data
+    settings["authkey"] = bytes(me.authkey)
+    settings["name"] = me.name
+    util = sys.modules.get("multiprocessing.util")
+    if util is not None and util._logger is not None:  # as spawn.get_preparation_data
         settings["log_level"] = util._logger.getEffectiveLevel()
     fds: tuple[int, ...] = ()
     if os.name == "posix" and "multiprocessing.resource_tracker" in sys.modules:
@@ -458,6 +475,16 @@ class Pool:
             self.release(taken)
             raise
         return taken
+
+    def start_template(self, count: int, env_extra: EnvExtra = None) -> None:
+        """Start the template process in the background if a call leasing ``count``
+        workers would need new ones and none is up: the caller (the first call of a
+        script) then loads the rest of the engine while it boots, instead of waiting
+        for it in `acquire`. Returns at once."""
+        with self._lock:
+            if self.closed or len(self._idle) >= count:
+                return
+        self.launcher.start(worker_env(env_extra))
 
     def spawn(self, env_extra: EnvExtra = None) -> WorkerHandle:
         """A new leased worker (a replacement after a crash, a timeout, a recycle):

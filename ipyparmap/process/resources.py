@@ -26,6 +26,9 @@ THREAD_ENV_VARS = (
 )
 
 
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
 def cpu_count() -> int:
     """The number of CPUs this process may use: affinity mask and cgroup quota, >= 1."""
     try:
@@ -180,7 +183,17 @@ def kill_group(pid: int) -> None:
 
 
 def rss_bytes(pid: int) -> int | None:
-    """Resident memory of a process in bytes (None if it is gone)."""
+    """Resident memory of a process in bytes (None if it is gone).
+
+    Read from ``/proc/PID/statm`` where there is one (what psutil reads there too):
+    importing psutil would cost a run's parent ~1 MB, in the middle of its first
+    long call (the engine samples its workers' memory every few seconds)."""
+    if system.has_proc():
+        try:
+            with open(f"/proc/{pid}/statm", "rb") as statm:
+                return int(statm.read().split()[1]) * _PAGE_SIZE
+        except (OSError, ValueError, IndexError):
+            return None
     import psutil
 
     try:

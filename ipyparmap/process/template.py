@@ -588,6 +588,12 @@ class Launcher:
         if template is not None:
             template.preload(names)
 
+    def start(self, env: dict[str, str]) -> None:
+        """Have a template for workers with environment ``env`` boot in the background
+        (if there is none yet): the next `fork` for them need not wait for its start."""
+        if self.enabled:
+            self._template_for(env, True)
+
     def fork(self, env: dict[str, str], cwd: str | None, fds, want_template: bool,
              wait: float = 0.0):  # fmt: skip
         """A `ForkedProcess` for a worker with environment ``env``, or None (then the

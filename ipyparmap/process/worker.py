@@ -184,7 +184,8 @@ class Worker:
             from multiprocessing import process
 
             me = process.current_process()
-            me.authkey = parent["authkey"]
+            if "authkey" in parent:  # (sent once the parent has loaded multiprocessing)
+                me.authkey = parent["authkey"]
             if "number" in parent:  # as a multiprocessing pool's worker, not "MainProcess"
                 me.name = f"SpawnPoolWorker-{parent['number']}"
                 me._identity = (parent["number"],)
@@ -196,6 +197,8 @@ class Worker:
                 from multiprocessing import resource_tracker
 
                 resource_tracker._resource_tracker._fd = fds[0]
+            if "pid" not in parent:  # a later word on the parent's multiprocessing
+                return
             # parent_process(): the standard library's stand-in, whose sentinel is ready
             # once the parent is gone: its pidfd, else a pipe nobody writes to (this
             # worker exits when the parent does: _watch)
@@ -207,7 +210,8 @@ class Worker:
                 sentinel, self._parent_pipe = os.pipe()
             maker = getattr(process, "_ParentProcess", None)
             if maker is not None:
-                process._parent_process = maker(parent["name"], parent["pid"], sentinel)
+                name = parent.get("name", "MainProcess")
+                process._parent_process = maker(name, parent["pid"], sentinel)
 
     def apply_world(self, world: M.World) -> None:
         """Take the caller's working directory, environment, ``sys.path`` and module
