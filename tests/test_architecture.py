@@ -19,6 +19,30 @@ def test_import_is_light():
     assert out.stdout.strip() == "[]"
 
 
+#: What a script's first parmap used to load without needing it (W7: each costs the
+#: caller's process memory, up to ~1 MB for psutil, in the middle of its first call).
+FIRST_CALL_SPARED = ("multiprocessing", "psutil", "html")
+
+
+def test_a_scripts_first_call_loads_no_multiprocessing_psutil_or_html():
+    """Workers learn our multiprocessing authkey only once we have one; their memory is
+    read from /proc; HTML is escaped only for a notebook's views. The call lasts past
+    the engine's first memory sample of its workers (every 0.5 s)."""
+    out = run_python(f"""
+        import sys, time
+        import ipyparmap as pm
+
+        def nap(x):
+            time.sleep(0.4)
+            return x
+
+        assert list(pm.parmap(nap, range(6), workers=2, progress=False)) == list(range(6))
+        print([m for m in {FIRST_CALL_SPARED!r} if m in sys.modules])
+    """)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
 def test_worker_side_imports_no_engine_or_ipython():
     out = run_python(
         "import sys, ipyparmap.process.worker; "

@@ -12,7 +12,7 @@ import os
 import threading
 
 import pytest
-from conftest import notebook_function, wait_for
+from conftest import notebook_function, run_python, wait_for
 
 import ipyparmap as pm
 
@@ -304,6 +304,37 @@ def test_a_lock_made_in_a_fork_context_says_to_use_ipyparmaps():
     with pytest.raises(RuntimeError, match="fork context") as info:
         proc.start()
     assert "ipyparmap.Lock()" in "".join(getattr(info.value, "__notes__", []))
+
+
+def test_workers_started_before_multiprocessing_was_loaded_get_its_authkey_later():
+    """A script's first parmap does not load multiprocessing in the caller, so its warm
+    workers start without our authkey (there is none yet); once the caller has one,
+    the next call gives it to them, as a spawned child of ours would have it (a
+    Manager's proxies authenticate with it)."""
+    out = run_python("""
+        import sys
+        import ipyparmap as pm
+
+        def pid(_):
+            import os
+            return os.getpid()
+
+        def key(_):
+            import multiprocessing
+            return bytes(multiprocessing.current_process().authkey)
+
+        first = set(pm.parmap(pid, range(8), workers=2, chunksize=1, progress=False))
+        print("LOADED", "multiprocessing" in sys.modules)
+        import multiprocessing
+        keys = pm.parmap(key, range(8), workers=2, chunksize=1, progress=False)
+        again = set(pm.parmap(pid, range(8), workers=2, chunksize=1, progress=False))
+        print("SAME", again == first)
+        print("KEY", set(keys) == {bytes(multiprocessing.current_process().authkey)})
+    """)
+    assert out.returncode == 0, out.stderr
+    assert "LOADED False" in out.stdout
+    assert "SAME True" in out.stdout  # the same warm workers
+    assert "KEY True" in out.stdout
 
 
 # -- Process: the rest of its API ---------------------------------------------------------

@@ -210,6 +210,28 @@ def test_describe_exit():
     assert resources.signal_name(0) is None
 
 
+@pytest.mark.parametrize("proc", [True, False], ids=["proc", "psutil"])
+def test_rss_bytes_of_a_live_and_of_a_gone_process(monkeypatch, proc):
+    """Read from /proc/PID/statm where there is one (no psutil import in the caller),
+    else through psutil: the same figure, the resident pages."""
+    import subprocess
+
+    import psutil
+
+    monkeypatch.setattr(resources.system, "has_proc", lambda: proc)
+    code = "import sys; print('up', flush=True); sys.stdin.read()"
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE)  # fmt: skip
+    try:
+        assert child.stdout.readline() == b"up\n"  # booted: now it waits, unchanging
+        ours = resources.rss_bytes(child.pid)
+        theirs = psutil.Process(child.pid).memory_info().rss
+        assert ours == theirs  # an idle process: its resident pages do not move
+    finally:
+        child.communicate(b"")
+    assert resources.rss_bytes(child.pid) is None
+
+
 def test_thread_limits_leave_user_settings(monkeypatch):
     monkeypatch.setenv("MKL_NUM_THREADS", "5")
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)

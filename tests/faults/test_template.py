@@ -145,6 +145,49 @@ def test_the_first_call_of_a_script_forks_its_workers(tmp_path):
     assert "FORKED True" in out.stdout
 
 
+def test_the_first_call_starts_the_template_before_it_loads_the_engine():
+    """The template boots while the caller loads the engine and cloudpickle, instead of
+    after (W4): when ``parmap`` imports ``engine.local``, the template process runs."""
+    code = textwrap.dedent("""
+        import sys
+
+        class Watch:
+            def find_spec(self, name, path=None, target=None):
+                if name == "ipyparmap.engine.local":
+                    from ipyparmap.process import pool as P
+                    pool = P._default_pool
+                    template = pool.launcher.template if pool is not None else None
+                    running = template is not None and template.proc.poll() is None
+                    print("TEMPLATE RUNS", running, flush=True)
+                return None
+
+        sys.meta_path.insert(0, Watch())
+        import ipyparmap as pm
+        assert list(pm.parmap(abs, [-1, -2], workers=2, progress=False)) == [1, 2]
+    """)
+    out = run_python(code, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "TEMPLATE RUNS True" in out.stdout
+
+
+def test_a_template_is_started_ahead_only_for_a_call_that_needs_new_workers():
+    pool = P.Pool()
+    try:
+        pool.prewarm(2)  # interpreters, no template
+        pool.start_template(2)  # two warm workers: this call forks none
+        assert pool.launcher.template is None
+        pool.start_template(3)  # one more worker than are warm: it boots now
+        template = _template_of(pool)
+        workers = pool.acquire(3)
+        assert pool.launcher.template is template
+        pool.release(workers)
+    finally:
+        pool.shutdown()
+    pool.start_template(2)  # a pool shut down starts nothing
+    assert pool.launcher.template is None
+    assert children() == []
+
+
 def test_a_replaced_template_stays_until_its_workers_exit():
     """Workers with another environment get a new template; the old one forks no more
     but stays until its forks have exited, so that they stay in our process tree (an
