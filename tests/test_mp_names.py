@@ -337,6 +337,35 @@ def test_workers_started_before_multiprocessing_was_loaded_get_its_authkey_later
     assert "KEY True" in out.stdout
 
 
+def test_a_worker_loads_multiprocessing_only_when_asked_and_is_then_our_spawned_child():
+    """Workers (and their template) boot without multiprocessing; code that imports it
+    in a worker finds what a spawned child of ours has: our authkey, a pool worker's
+    name, ``parent_process()`` and our logger's level."""
+    out = run_python("""
+        import logging, multiprocessing, os, sys
+        import ipyparmap as pm
+
+        def probe(_):
+            loaded = "multiprocessing" in sys.modules
+            import multiprocessing, multiprocessing.util
+            me = multiprocessing.current_process()
+            level = multiprocessing.util.get_logger().level
+            return (loaded, bytes(me.authkey), me.name, multiprocessing.parent_process().pid,
+                    level)
+
+        multiprocessing.log_to_stderr(logging.WARNING)
+        rows = pm.parmap(probe, range(2), workers=2, chunksize=1, progress=False)
+        print("LOADED", any(row[0] for row in rows))
+        print("KEY", {row[1] for row in rows} == {bytes(multiprocessing.current_process().authkey)})
+        print("NAMES", all(row[2].startswith("SpawnPoolWorker-") for row in rows))
+        print("PARENT", {row[3] for row in rows} == {os.getpid()})
+        print("LEVEL", {row[4] for row in rows} == {logging.WARNING})
+    """)
+    assert out.returncode == 0, out.stderr
+    for line in ("LOADED False", "KEY True", "NAMES True", "PARENT True", "LEVEL True"):
+        assert line in out.stdout, out.stdout
+
+
 # -- Process: the rest of its API ---------------------------------------------------------
 REPORT = """
 def report(queue):

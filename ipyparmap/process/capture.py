@@ -495,6 +495,12 @@ def install(sink: OutputSink) -> None:
     os.register_at_fork(after_in_child=_forked)
 
 
+def on_import(name: str, hook) -> None:
+    """Run ``hook(module)`` right after module ``name`` is imported in this worker (once
+    `install` has run; the worker's settings for ``multiprocessing``)."""
+    _HOOKS[name] = hook
+
+
 def _forked() -> None:
     """A child forked by an item has no pipe or board of its own: its output stays its
     own, as before (and a lock another thread held at the fork is not held here)."""

@@ -148,8 +148,6 @@ def serve(control_fd: int, lifeline_fd: int, preload: list[str] = ()) -> list[st
     channel, lifeline and board) in each forked child, which then runs the worker.
     ``preload``: installed modules the workers' functions used, to import first."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # as workers: the parent decides
-    import multiprocessing.process  # noqa: F401  # every worker's Init imports it
-
     import cloudpickle  # noqa: F401  # what every worker needs, imported once
 
     from ipyparmap.process import worker  # noqa: F401
@@ -245,7 +243,10 @@ def _import(names) -> list[str] | None:
         return None
     # What is loaded now is kept for good: the collector of a fork will not walk it
     # (its walks write to every object's header, copying the pages shared with us).
-    gc.collect()
+    # Garbage first, after imports of modules that may leave some; the template's own
+    # boot leaves none, and a collection would delay its first fork by ~5-10 ms.
+    if done:
+        gc.collect()
     gc.freeze()
     return done
 

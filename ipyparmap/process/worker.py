@@ -93,6 +93,15 @@ def _memory_kb(fresh: bool = False) -> tuple[int | None, int | None]:
     return peak, current
 
 
+#: The standard library's modules in which a worker sets what a spawned child of the
+#: parent would have (`Worker.init`), when they are loaded.
+_MULTIPROCESSING_MODULES = (
+    "multiprocessing.process",
+    "multiprocessing.util",
+    "multiprocessing.resource_tracker",
+)
+
+
 class _LoadFailure:
     """Stands in the function cache for a function that could not be unpickled."""
 
@@ -115,6 +124,7 @@ class Worker:
         # what items write: pending for the next message, and in the board's output log
         self.sink = _OutputSink(board.ints, board, self._send_locked)
         self.fresh_rss = False  # the parent wants the current RSS with every result
+        self.multiprocessing_settings: dict = {}  # the parent's, as in `init`
         threading.Thread(target=self._watch, args=(lifeline,), daemon=True).start()
 
     # -- sending ---------------------------------------------------------------------
@@ -180,38 +190,63 @@ class Worker:
     def init(self, settings: dict, fds: list[int]) -> None:
         sys.path[:] = settings.get("sys_path", sys.path)
         parent = settings.get("parent")
-        if parent is not None:  # act as the parent's spawned multiprocessing child
-            from multiprocessing import process
+        if parent is None:
+            return
+        # Act as the parent's spawned multiprocessing child, for code that asks: at
+        # once where multiprocessing is loaded, else when something imports it (a
+        # worker need not load it: ~10 ms of its boot, ~0.6 MB).
+        pending = self.multiprocessing_settings
+        pending.update(parent)  # a later word (the authkey) adds to the first
+        if parent.get("resource_tracker") and fds:
+            pending["tracker_fd"] = fds[0]
+        for name in _MULTIPROCESSING_MODULES:
+            module = sys.modules.get(name)
+            if module is not None:
+                self._as_spawned_child(name, module, parent, fds)
+            else:
+                capture.on_import(name, self._multiprocessing_hook(name))
 
-            me = process.current_process()
-            if "authkey" in parent:  # (sent once the parent has loaded multiprocessing)
-                me.authkey = parent["authkey"]
-            if "number" in parent:  # as a multiprocessing pool's worker, not "MainProcess"
-                me.name = f"SpawnPoolWorker-{parent['number']}"
-                me._identity = (parent["number"],)
+    def _multiprocessing_hook(self, name: str):
+        def hook(module) -> None:
+            settings = self.multiprocessing_settings
+            fds = [settings["tracker_fd"]] if "tracker_fd" in settings else []
+            self._as_spawned_child(name, module, settings, fds)
+
+        return hook
+
+    def _as_spawned_child(self, name: str, module, parent: dict, fds: list[int]) -> None:
+        """Set in ``module`` (one of `_MULTIPROCESSING_MODULES`) what a child spawned by
+        our parent has: its authkey, a pool worker's name, its logger's level, its
+        resource tracker, ``parent_process()``."""
+        if name == "multiprocessing.util":
             if "log_level" in parent:  # as multiprocessing.spawn.prepare
-                from multiprocessing import util
-
-                util.get_logger().setLevel(parent["log_level"])
+                module.get_logger().setLevel(parent["log_level"])
+            return
+        if name == "multiprocessing.resource_tracker":
             if parent.get("resource_tracker") and fds:  # the parent's, as spawn.prepare
-                from multiprocessing import resource_tracker
-
-                resource_tracker._resource_tracker._fd = fds[0]
-            if "pid" not in parent:  # a later word on the parent's multiprocessing
-                return
-            # parent_process(): the standard library's stand-in, whose sentinel is ready
-            # once the parent is gone: its pidfd, else a pipe nobody writes to (this
-            # worker exits when the parent does: _watch)
-            try:
-                if not system.has_pidfd():
-                    raise OSError("no pidfd")
-                sentinel = os.pidfd_open(parent["pid"])
-            except (AttributeError, OSError):
-                sentinel, self._parent_pipe = os.pipe()
-            maker = getattr(process, "_ParentProcess", None)
-            if maker is not None:
-                name = parent.get("name", "MainProcess")
-                process._parent_process = maker(name, parent["pid"], sentinel)
+                module._resource_tracker._fd = fds[0]
+            return
+        me = module.current_process()
+        if "authkey" in parent:  # (sent once the parent has loaded multiprocessing)
+            me.authkey = parent["authkey"]
+        if "number" in parent:  # as a multiprocessing pool's worker, not "MainProcess"
+            me.name = f"SpawnPoolWorker-{parent['number']}"
+            me._identity = (parent["number"],)
+        if "pid" not in parent:  # a later word on the parent's multiprocessing
+            return
+        # parent_process(): the standard library's stand-in, whose sentinel is ready
+        # once the parent is gone: its pidfd, else a pipe nobody writes to (this
+        # worker exits when the parent does: _watch)
+        try:
+            if not system.has_pidfd():
+                raise OSError("no pidfd")
+            sentinel = os.pidfd_open(parent["pid"])
+        except (AttributeError, OSError):
+            sentinel, self._parent_pipe = os.pipe()
+        maker = getattr(module, "_ParentProcess", None)
+        if maker is not None:
+            name = parent.get("name", "MainProcess")
+            module._parent_process = maker(name, parent["pid"], sentinel)
 
     def apply_world(self, world: M.World) -> None:
         """Take the caller's working directory, environment, ``sys.path`` and module
