@@ -366,6 +366,20 @@ def test_a_worker_loads_multiprocessing_only_when_asked_and_is_then_our_spawned_
         assert line in out.stdout, out.stdout
 
 
+def _thread_names(_):
+    import threading
+
+    return [thread.name for thread in threading.enumerate()]
+
+
+def test_items_see_no_thread_of_ours_in_a_worker():
+    """As in a spawned child, code in a worker finds only its main thread (the worker's
+    watcher is a bare thread: a threading.Thread would cost each forked worker pages)."""
+    assert (
+        pm.parmap(_thread_names, range(4), workers=2, chunksize=1).values() == [["MainThread"]] * 4
+    )
+
+
 # -- Process: the rest of its API ---------------------------------------------------------
 REPORT = """
 def report(queue):
