@@ -76,7 +76,6 @@ import select
 import signal
 import socket
 import struct
-import subprocess
 import sys
 import threading
 import time
@@ -149,6 +148,11 @@ def serve(control_fd: int, lifeline_fd: int, preload: list[str] = ()) -> list[st
     ``preload``: installed modules the workers' functions used, to import first."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # as workers: the parent decides
     import cloudpickle  # noqa: F401  # what every worker needs, imported once
+
+    try:
+        import resource  # noqa: F401  # a worker's first answer reads its peak memory
+    except ImportError:
+        pass
 
     from ipyparmap.process import worker  # noqa: F401
 
@@ -342,7 +346,9 @@ class ForkedProcess:
         while not self.done():
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
-                raise subprocess.TimeoutExpired(f"worker {self.pid}", timeout)
+                from subprocess import TimeoutExpired  # (the parent has it loaded)
+
+                raise TimeoutExpired(f"worker {self.pid}", timeout)
             step = 0.1 if left is None else min(left, 0.1)
             if self.template.dead:
                 _readable(self.pidfd, step)  # it can only be lost now: wait for its end
@@ -373,6 +379,8 @@ class Template:
         parent_sock, child_sock = socket.socketpair()
         parent_life, child_life = socket.socketpair()
         child_fds = (child_sock.fileno(), child_life.fileno())
+        import subprocess  # here: the template process itself never needs it (~0.4 MB)
+
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-c", _TEMPLATE_CODE, *map(str, child_fds), *preload],
@@ -535,9 +543,11 @@ class Template:
                 self.channel.close()
         if wait is not None and wait <= 0:
             return
+        from subprocess import TimeoutExpired
+
         try:
             self.proc.wait(wait)
-        except subprocess.TimeoutExpired:
+        except TimeoutExpired:
             try:
                 os.killpg(self.pid, signal.SIGKILL)
             except OSError:

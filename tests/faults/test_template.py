@@ -19,6 +19,7 @@ from conftest import children, is_template, run_python, start_python, wait_for, 
 import ipyparmap as pm
 from ipyparmap import system
 from ipyparmap.process import pool as P
+from ipyparmap.process import resources
 from ipyparmap.process import template as T
 
 pytestmark = [
@@ -186,6 +187,27 @@ def test_a_template_is_started_ahead_only_for_a_call_that_needs_new_workers():
     pool.start_template(2)  # a pool shut down starts nothing
     assert pool.launcher.template is None
     assert children() == []
+
+
+def _heavy_loaded(_):
+    loaded = sorted(m for m in ("multiprocessing", "subprocess") if m in sys.modules)
+    return os.getppid(), loaded
+
+
+def test_the_template_loads_neither_multiprocessing_nor_subprocess():
+    """What the template loads, every worker it forks holds: not ``subprocess`` (only
+    its parent starts processes) nor ``multiprocessing`` (a worker sets what a spawned
+    child has when code imports it)."""
+    pm.shutdown()  # a cold default pool, whose template is up before the call
+    pool = P.default_pool()
+    cpus = resources.cpu_count()
+    pool.start_template(2, resources.thread_limits(2, cpus))  # the call's environment
+    template = _template_of(pool)
+    try:
+        run = pm.parmap(_heavy_loaded, range(4), workers=2, chunksize=1, progress=False)
+        assert run.values() == [(template.pid, [])] * 4
+    finally:
+        pm.shutdown()
 
 
 def test_a_replaced_template_stays_until_its_workers_exit():
