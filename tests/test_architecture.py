@@ -20,13 +20,15 @@ def test_import_is_light():
 
 
 #: What a script's first parmap used to load without needing it (W7: each costs the
-#: caller's process memory, up to ~1 MB for psutil, in the middle of its first call).
-FIRST_CALL_SPARED = ("multiprocessing", "psutil", "html")
+#: caller's process memory, up to ~1 MB for psutil, in the middle of its first call;
+#: sysconfig's build configuration ~0.25 MB).
+FIRST_CALL_SPARED = ("multiprocessing", "psutil", "html", "sysconfig")
 
 
 def test_a_scripts_first_call_loads_no_multiprocessing_psutil_or_html():
     """Workers learn our multiprocessing authkey only once we have one; their memory is
-    read from /proc; HTML is escaped only for a notebook's views. The call lasts past
+    read from /proc; HTML is escaped only for a notebook's views; site-packages are
+    named by ``site``, not by ``sysconfig``. The call lasts past
     the engine's first memory sample of its workers (every 0.5 s)."""
     out = run_python(f"""
         import sys, time

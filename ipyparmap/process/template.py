@@ -82,6 +82,7 @@ import time
 
 from ipyparmap import system
 from ipyparmap.wire.channel import Channel
+from ipyparmap.wire.serialize import installed_roots
 
 _PID = struct.Struct("!q")
 _EXIT = struct.Struct("!qq")
@@ -688,20 +689,7 @@ def _installed(name: str) -> bool:
     where = getattr(module, "__file__", None) if module is not None else None
     if not where:
         return False
-    return any(os.path.abspath(where).startswith(root + os.sep) for root in _site_roots())
-
-
-def _site_roots() -> list[str]:
-    import site
-    import sysconfig
-
-    roots = {sysconfig.get_paths().get(key) for key in ("purelib", "platlib")}
-    try:
-        roots.update(site.getsitepackages())
-    except AttributeError:  # an old virtualenv's site module
-        pass
-    roots.add(site.getusersitepackages())
-    return [os.path.abspath(root) for root in roots if root]
+    return os.path.realpath(where).startswith(installed_roots())
 
 
 def _reap_later(template: Template) -> None:
