@@ -1,8 +1,8 @@
 """Machine resources: usable CPUs, process memory, killing process trees (layer: process).
 
-CPU counting uses only the standard library (``sched_getaffinity`` and the cgroup
-files), so the common path never imports psutil; psutil is imported on first use by the
-memory functions.
+CPU counting and a process's memory use only the standard library (``sched_getaffinity``,
+the cgroup files, ``/proc/PID/statm``), so the common path never imports psutil; psutil
+is imported on first use by the memory functions where there is no ``/proc``.
 """
 
 from __future__ import annotations
