@@ -15,11 +15,11 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ipyparmap.options import BY_NAME, Options, check_options, short_repr
-from ipyparmap.results import Results
 from ipyparmap.wire import messages as M
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # (loaded by the engine: a script's first call starts its template first)
     from ipyparmap.engine.background import Run
+    from ipyparmap.results import Results
 
 
 # ---------------------------------------------------------------- %config Parmap defaults
@@ -346,6 +346,8 @@ def cpu_count() -> int:
 # ---------------------------------------------------------------------------- helpers
 def _runner(func, iterable, options: Options, keep_details: bool, background: bool = False,
             counting: tuple | None = None):  # fmt: skip
+    if options.backend in (None, "local"):
+        _start_template(options, iterable)
     from ipyparmap.engine.run import function_name, map_run
 
     progress = _progress_model(options.progress)
@@ -389,13 +391,9 @@ def _runner(func, iterable, options: Options, keep_details: bool, background: bo
         cpus = _cpu_count()
         workers = resolve_workers(options.workers, cpus)
         env = functools.partial(thread_limits, workers, cpus)  # built only to spawn
-        pool = default_pool()
-        # A cold pool forks this call's workers from its template process: start it
-        # now, so that it boots while this process loads the engine and cloudpickle.
-        pool.start_template(workers, env)
         from ipyparmap.engine.local import LocalEngine
 
-        engine = LocalEngine(pool, env=env, func_name=name)
+        engine = LocalEngine(default_pool(), env=env, func_name=name)
     return map_run(
         func, iterable, options, engine, workers=workers, progress=progress,
         on_output=_output_forwarder(), keep_details=keep_details,
@@ -441,6 +439,23 @@ def _output_forwarder():
     from ipyparmap.views.textui import OutputPrinter
 
     return OutputPrinter()
+
+
+def _start_template(options: Options, iterable: Any) -> None:
+    """A cold pool forks a call's workers from its template process: start it first
+    thing, so that it boots while this process loads the engine and cloudpickle (a
+    script's first call). Nothing for an input known to be empty (it starts no worker)."""
+    try:
+        if len(iterable) == 0:
+            return
+    except Exception:  # not sized (a generator): it probably has items
+        pass
+    from ipyparmap.process.pool import default_pool
+    from ipyparmap.process.resources import cpu_count, resolve_workers, thread_limits
+
+    cpus = cpu_count()
+    workers = resolve_workers(options.workers, cpus)
+    default_pool().start_template(workers, functools.partial(thread_limits, workers, cpus))
 
 
 def _check_call(func: Any, iterable: Any, options: Options) -> None:

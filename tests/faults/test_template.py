@@ -148,18 +148,18 @@ def test_the_first_call_of_a_script_forks_its_workers(tmp_path):
 
 def test_the_first_call_starts_the_template_before_it_loads_the_engine():
     """The template boots while the caller loads the engine and cloudpickle, instead of
-    after (W4): when ``parmap`` imports ``engine.local``, the template process runs."""
+    after (W4): when ``parmap`` imports them, the template process runs."""
     code = textwrap.dedent("""
         import sys
 
         class Watch:
             def find_spec(self, name, path=None, target=None):
-                if name == "ipyparmap.engine.local":
+                if name in ("ipyparmap.engine.run", "ipyparmap.engine.local", "cloudpickle"):
                     from ipyparmap.process import pool as P
                     pool = P._default_pool
                     template = pool.launcher.template if pool is not None else None
                     running = template is not None and template.proc.poll() is None
-                    print("TEMPLATE RUNS", running, flush=True)
+                    print(name, "TEMPLATE RUNS", running, flush=True)
                 return None
 
         sys.meta_path.insert(0, Watch())
@@ -168,7 +168,12 @@ def test_the_first_call_starts_the_template_before_it_loads_the_engine():
     """)
     out = run_python(code, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert "TEMPLATE RUNS True" in out.stdout
+    lines = sorted(out.stdout.split("\n")[:3])
+    assert lines == [
+        "cloudpickle TEMPLATE RUNS True",
+        "ipyparmap.engine.local TEMPLATE RUNS True",
+        "ipyparmap.engine.run TEMPLATE RUNS True",
+    ], out.stdout
 
 
 def test_a_template_is_started_ahead_only_for_a_call_that_needs_new_workers():
