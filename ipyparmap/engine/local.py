@@ -241,6 +241,12 @@ class LocalEngine:
         if lines:
             sink.output(chunk, lines)
 
+    def unused(self) -> None:
+        """The run failed before it started this engine (its function cannot be
+        pickled): stop the template process the call started ahead, if no worker of the
+        pool needs it, so that a misuse leaves no process behind."""
+        self.pool.drop_template_if_unused()
+
     def close(self) -> None:
         keep = max(self.run.n_workers, len(self.workers))
         idle = [w for w in self.workers if w not in self.in_flight]

@@ -258,7 +258,13 @@ class Runner:
             # Pre-flight: an unpicklable function fails here, before any worker starts
             # (threads of this process take it as it is).
             if feed.packing is not AS_IS:
-                feed.payload = pickle_function(feed.func)
+                try:
+                    feed.payload = pickle_function(feed.func)
+                except BaseException:
+                    unused = getattr(self.engine, "unused", None)
+                    if unused is not None:  # what it prepared ahead (a template) goes
+                        unused()
+                    raise
                 feed.planner.recall(feed.payload.code_key)  # a repeated call knows its items
         if self.progress is not None:
             self.progress.set_items(getattr(self.feed, "total", None))

@@ -486,6 +486,15 @@ class Pool:
                 return
         self.launcher.start(worker_env(env_extra))
 
+    def drop_template_if_unused(self) -> None:
+        """Stop the template process if this pool has no worker at all: a call started
+        it ahead (`start_template`) and failed before leasing any (its function could
+        not be pickled). The next call that needs workers starts another."""
+        with self._lock:
+            if self._idle or self._leased:
+                return
+        self.launcher.close()
+
     def spawn(self, env_extra: EnvExtra = None) -> WorkerHandle:
         """A new leased worker (a replacement after a crash, a timeout, a recycle):
         forked from the template process, which the first replacement starts."""
