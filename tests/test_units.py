@@ -343,3 +343,16 @@ def test_a_misleading_remembered_time_still_grows_chunks_gradually():
     planner = plan.ChunkPlanner(2)
     planner.recall(b"key-c")  # this call's items may be far slower than the last call's
     assert planner.next_size(remaining=100) <= plan.GROWTH
+
+
+def test_tinier_items_run_in_larger_timing_blocks():
+    def stride(per_item):
+        planner = plan.ChunkPlanner(2)
+        planner.record(1000, per_item * 1000)
+        return planner.timing_stride()
+
+    assert stride(1e-3) == 1  # slow items: a clock read each
+    assert stride(1e-6) == plan.FAST_STRIDE  # tiny: blocks of 64
+    assert plan.FAST_STRIDE < stride(1e-7) < plan.MAX_STRIDE  # tinier: ~20 us blocks
+    assert stride(3e-8) == plan.MAX_STRIDE  # W1's x*x: the largest block
+    assert stride(0.0) == plan.MAX_STRIDE
