@@ -218,7 +218,9 @@ def pytest_collection_modifyitems(config, items):
 
     # (looked up in the test modules, not among the items: -k or a node id may have
     # deselected a test that exists)
-    modules = {item.nodeid.split("::")[0]: item.module for item in items if item.module}
+    modules = {
+        item.nodeid.split("::")[0]: item.module for item in items if getattr(item, "module", None)
+    }
     stale = [
         name
         for name in LINUX_ONLY
