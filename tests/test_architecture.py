@@ -66,6 +66,7 @@ WORKER_MAY_IMPORT = (
     "ipyparmap.errors",
     "ipyparmap.options",
     "ipyparmap.system",
+    "ipyparmap.importhooks",
     "ipyparmap.process.capture",
 )
 WORKER_EXTERNAL = {"cloudpickle"}

@@ -551,6 +551,28 @@ def test_handed_over_descriptors_are_closed_when_the_workers_are_done():
              what="the handed-over descriptors to be closed")  # fmt: skip
 
 
+def test_a_client_stalled_in_the_handover_handshake_holds_up_no_worker():
+    import socket
+
+    from ipyparmap.dropins import handover
+
+    producer = notebook_function(PRODUCER, "producer")
+    queue = pm.Queue()
+    server = handover._the_server()
+    stalled = socket.socket(socket.AF_UNIX)  # connects, then never answers the challenge
+    stalled.connect(server.address)
+    intruder = multiprocessing.connection  # a client with the wrong secret is turned away
+    with pytest.raises(multiprocessing.AuthenticationError):
+        intruder.Client(server.address, family="AF_UNIX", authkey=b"x" * 32)
+    try:
+        (proc,) = started(pm.Process(target=producer, args=(queue, 2)))
+        joined(proc)
+        assert proc.exitcode == 0
+        assert [queue.get(timeout=60) for _ in range(3)] == [0, 1, None]
+    finally:
+        stalled.close()
+
+
 CHILD = """
 def child(q, *args, **kwargs):
     import multiprocessing, os

@@ -365,3 +365,51 @@ def test_a_misleading_remembered_time_still_grows_chunks_gradually():
     planner = plan.ChunkPlanner(2)
     planner.recall(b"key-c")  # this call's items may be far slower than the last call's
     assert planner.next_size(remaining=100) <= plan.GROWTH
+
+
+def test_tinier_items_run_in_larger_timing_blocks():
+    def stride(per_item):
+        planner = plan.ChunkPlanner(2)
+        planner.record(1000, per_item * 1000)
+        return planner.timing_stride()
+
+    assert stride(1e-3) == 1  # slow items: a clock read each
+    assert stride(1e-6) == plan.FAST_STRIDE  # tiny: blocks of 64
+    assert plan.FAST_STRIDE < stride(1e-7) < plan.MAX_STRIDE  # tinier: ~20 us blocks
+    assert stride(3e-8) == plan.MAX_STRIDE  # W1's x*x: the largest block
+    assert stride(0.0) == plan.MAX_STRIDE
+
+
+def test_after_import_runs_its_hook_before_names_are_copied_out(tmp_path, monkeypatch):
+    from ipyparmap.importhooks import AfterImport
+
+    (tmp_path / "watched_mod.py").write_text("def show():\n    return 'original'\n")
+    (tmp_path / "broken_hook_mod.py").write_text("value = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("watched_mod", "broken_hook_mod"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+
+    def patch(module):
+        module.show = lambda: "patched"
+
+    def fail(module):
+        raise RuntimeError("a hook that fails")
+
+    finder = AfterImport({"watched_mod": patch, "broken_hook_mod": fail}, once=True).install()
+    try:
+        from watched_mod import show  # the name copied out is the patched one
+
+        assert show() == "patched"
+        assert finder in sys.meta_path  # one name left to wait for
+        import broken_hook_mod  # the hook's failure does not break the import
+
+        assert broken_hook_mod.value == 1
+        assert finder not in sys.meta_path  # once: gone when every name was seen
+    finally:
+        finder.remove()
+    seen = []
+    again = AfterImport({"watched_mod": seen.append}).install()  # imported already: at once
+    try:
+        assert seen == [sys.modules["watched_mod"]] and again in sys.meta_path
+    finally:
+        again.remove()

@@ -109,43 +109,60 @@ def _fetch(parcel: Parcel) -> list:
 
 # ---------------------------------------------------------------------- parent side
 class _Server:
-    """Hands the parcels' descriptors to workers that ask (one daemon thread)."""
+    """Hands the parcels' descriptors to workers that ask (a daemon thread accepts, a
+    short-lived one serves each client)."""
 
     def __init__(self):
         from multiprocessing.connection import Listener
 
         self.secret = secrets.token_bytes(32)
-        self.listener = Listener(family="AF_UNIX", authkey=self.secret)
+        # No authkey here: Listener.accept() would run the handshake itself, in the one
+        # serving thread, where a client that stalls in it (a stopped worker) would hold
+        # up every other. Each client is authenticated in a thread of its own instead.
+        self.listener = Listener(family="AF_UNIX")
         self.address = self.listener.address
         self.parcels: dict[str, list[int]] = {}
         self.lock = threading.Lock()
         threading.Thread(target=self._serve, daemon=True, name="ipyparmap-handover").start()
 
     def _serve(self) -> None:
-        from multiprocessing import reduction
-
         while True:
             try:
                 conn = self.listener.accept()
             except OSError:
                 return  # closed
-            except Exception:  # a client that failed authentication
-                continue
             try:
-                with conn:
-                    if not conn.poll(10):  # a worker that stalls can't hold up the others
-                        continue
-                    key = conn.recv()
-                    with self.lock:
-                        fds = self.parcels.get(key)
-                        if fds is None:
-                            conn.send(None)
-                            continue
-                        conn.send(len(fds))
-                        for fd in fds:
-                            reduction.send_handle(conn, fd, None)
-            except (OSError, EOFError, pickle.UnpicklingError):
-                continue
+                threading.Thread(
+                    target=self._answer, args=(conn,), daemon=True,
+                    name="ipyparmap-handover-client",
+                ).start()  # fmt: skip
+            except RuntimeError:  # the interpreter is shutting down
+                conn.close()
+                return
+
+    def _answer(self, conn) -> None:
+        """Authenticate one client (both ways, as ``Listener(authkey=...)`` does), then
+        send the descriptors of the parcel it names."""
+        from multiprocessing import AuthenticationError, reduction
+        from multiprocessing.connection import answer_challenge, deliver_challenge
+
+        try:
+            with conn:
+                deliver_challenge(conn, self.secret)
+                answer_challenge(conn, self.secret)
+                if not conn.poll(10):  # authenticated, but silent
+                    return
+                key = conn.recv()
+                with self.lock:
+                    fds = self.parcels.get(key)
+                    if fds is None:
+                        conn.send(None)
+                        return
+                    conn.send(len(fds))
+                    for fd in fds:
+                        reduction.send_handle(conn, fd, None)
+        except (OSError, EOFError, AuthenticationError, pickle.UnpicklingError):
+            return
 
     def add(self, fds: list[int]) -> str:
         key = secrets.token_hex(16)

@@ -32,10 +32,17 @@ TAIL_SHARE = 2
 MIN_CHUNK_SECONDS = 0.002
 #: Weight of the newest measurement in the running per-item time estimate.
 SMOOTHING = 0.3
-#: Items faster than this are timed in blocks of FAST_STRIDE (a clock read per item
-#: would cost more than such an item).
+#: Items faster than this are timed in blocks (a clock read, a board store and a slice
+#: per item would cost more than such an item): blocks of about BLOCK_SECONDS of work,
+#: FAST_STRIDE to MAX_STRIDE items. Not more: a crash inside a block runs each of its
+#: items again alone to find the culprit.
 FAST_ITEM_SECONDS = 20e-6
 FAST_STRIDE = 64
+MAX_STRIDE = 512
+#: About this much work between two clock reads in a block of tiny items: the block
+#: overhead (~1 us) stays a few % of it (W1: 64-item blocks of `x*x` spent ~18% of a
+#: worker's loop in block bookkeeping, 512-item blocks ~0).
+BLOCK_SECONDS = 20e-6
 #: What is left goes as one chunk when its estimated work is below this: less than a
 #: second worker's wake-up and messages cost (~50-100 us on a busy 2-core machine).
 SPLIT_SECONDS = 100e-6
@@ -98,7 +105,9 @@ class ChunkPlanner:
     def timing_stride(self) -> int:
         """How many items a worker runs between clock reads (1 unless items are tiny)."""
         if self.per_item is not None and self.per_item < FAST_ITEM_SECONDS:
-            return FAST_STRIDE
+            if self.per_item <= 0:
+                return MAX_STRIDE
+            return max(FAST_STRIDE, min(MAX_STRIDE, int(BLOCK_SECONDS / self.per_item)))
         return 1
 
     def record(self, items: int, seconds: float) -> None:

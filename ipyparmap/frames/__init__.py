@@ -14,7 +14,10 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from ipyparmap.importhooks import AfterImport
+
 _registered = False
+_hook: AfterImport | None = None  # waits for ``import pandas``
 
 
 def register_pandas(serial_seconds: float | None = None, **defaults: Any) -> None:
@@ -81,50 +84,11 @@ def _register_quietly() -> None:
         warnings.warn(f"ipyparmap: the pandas accessors are not available: {exc}", stacklevel=3)
 
 
-class _PandasImportHook:
-    """A ``sys.meta_path`` finder that finds nothing itself: when ``pandas`` is being
-    imported it asks the other finders for its spec, and wraps the loader so that the
-    accessors are registered once pandas' own module has run. It removes itself."""
-
-    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
-        if name != "pandas":
-            return None
-        _remove_hook()
-        for finder in list(sys.meta_path):
-            find = getattr(finder, "find_spec", None)
-            if find is None:
-                continue
-            spec = find(name, path, target)
-            if spec is not None:
-                break
-        else:
-            return None
-        loader = spec.loader
-        exec_module = getattr(loader, "exec_module", None)
-        if exec_module is None:
-            return spec
-
-        def exec_then_register(module: Any) -> None:
-            exec_module(module)
-            # the finder runs while pandas is being imported: sys.modules has it now
-            _register_quietly()
-
-        try:
-            loader.exec_module = exec_then_register
-        except Exception:  # a loader that takes no attributes: register on first use
-            pass
-        return spec
-
-
-def _remove_hook() -> None:
-    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _PandasImportHook)]
-
-
 def register_when_imported() -> None:
     """Register now if pandas is imported, else when it is (see the module's doc)."""
     if _registered:
         return
-    if "pandas" in sys.modules:
-        _register_quietly()
-    elif not any(isinstance(f, _PandasImportHook) for f in sys.meta_path):
-        sys.meta_path.insert(0, _PandasImportHook())
+    global _hook
+    if _hook is None or _hook not in sys.meta_path:
+        _hook = AfterImport({"pandas": lambda _pandas: _register_quietly()}, once=True)
+        _hook.install()

@@ -32,6 +32,7 @@ import sys
 import threading
 from typing import Any
 
+from ipyparmap.importhooks import AfterImport
 from ipyparmap.wire import board as B
 from ipyparmap.wire import messages as M
 
@@ -396,44 +397,6 @@ def _figure_png(figure) -> bytes:
 
 
 # -- hooks on user imports --------------------------------------------------------------------
-class _ImportHooks:
-    """A meta path finder that runs a hook right after a watched module is executed
-    (before anyone can copy its names with ``from ... import``)."""
-
-    def __init__(self, hooks: dict):
-        self.hooks = hooks
-
-    def find_spec(self, name, path=None, target=None):
-        hook = self.hooks.get(name)
-        if hook is None:
-            return None
-        for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(name, path, target)
-            if spec is not None:
-                break
-        else:
-            return None
-        loader = spec.loader
-        run = getattr(loader, "exec_module", None)
-        if run is None:
-            return spec
-
-        def exec_module(module):
-            run(module)
-            try:
-                hook(module)
-            except Exception:  # never break the user's import for our sake
-                pass
-
-        loader.exec_module = exec_module
-        return spec
-
-    def invalidate_caches(self) -> None:
-        pass
-
-
 def _patch_ipython_display(module) -> None:
     """IPython's display functions publish through a shell, which a worker has not:
     ours send the bundle to the parent (``IPython.display`` copies them next)."""
@@ -488,10 +451,7 @@ def install(sink: OutputSink) -> None:
     _sink = sink
     if not hasattr(builtins, "display"):
         builtins.display = display
-    sys.meta_path.insert(0, _ImportHooks(_HOOKS))
-    for name, hook in _HOOKS.items():
-        if name in sys.modules:
-            hook(sys.modules[name])
+    AfterImport(_HOOKS).install()
     os.register_at_fork(after_in_child=_forked)
 
 

@@ -30,7 +30,28 @@ def test_no_tcp_or_udp_socket_anywhere():
 def test_unix_sockets_are_unnamed_socketpairs():
     for proc in _processes():
         for conn in proc.net_connections(kind="unix"):
+            if proc.pid == os.getpid() and conn.laddr == _handover_address():
+                continue  # checked below
             assert not conn.laddr and not conn.raddr, (proc.pid, conn)  # no path to connect to
+
+
+def _handover_address():
+    from ipyparmap.dropins import handover
+
+    return handover._server.address if handover._server is not None else None
+
+
+def test_the_drop_ins_descriptor_listener_is_private_and_authenticated():
+    # The one named socket: the drop-ins hand queues and locks passed as arguments to
+    # workers through it (dropins/handover.py). Only its owner can reach it, and a
+    # client must know the secret.
+    from ipyparmap.dropins import handover
+
+    server = handover._the_server()
+    folder = os.stat(os.path.dirname(server.address))
+    assert folder.st_uid == os.getuid() and stat.S_IMODE(folder.st_mode) == 0o700
+    assert len(server.secret) >= 32
+    assert any(c.laddr == server.address for c in psutil.Process().net_connections("unix"))
 
 
 def test_workers_hold_no_named_file_others_could_open():
