@@ -40,6 +40,16 @@ class AfterImport:
                 _run_quietly(hook, module)
         return self
 
+    def add(self, name: str, hook: Hook) -> None:
+        """Watch ``name`` too; run ``hook`` at once if it is imported already."""
+        module = sys.modules.get(name)
+        if module is not None and self.once:
+            _run_quietly(hook, module)
+            return
+        self.hooks[name] = hook
+        if module is not None:
+            _run_quietly(hook, module)
+
     def remove(self) -> None:
         sys.meta_path[:] = [finder for finder in sys.meta_path if finder is not self]
 

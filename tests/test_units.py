@@ -411,5 +411,11 @@ def test_after_import_runs_its_hook_before_names_are_copied_out(tmp_path, monkey
     again = AfterImport({"watched_mod": seen.append}).install()  # imported already: at once
     try:
         assert seen == [sys.modules["watched_mod"]] and again in sys.meta_path
+        (tmp_path / "added_later_mod.py").write_text("value = 1\n")
+        monkeypatch.delitem(sys.modules, "added_later_mod", raising=False)
+        again.add("added_later_mod", seen.append)  # watched from now on
+        import added_later_mod
+
+        assert seen[-1] is added_later_mod
     finally:
         again.remove()

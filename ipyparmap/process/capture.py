@@ -436,10 +436,13 @@ def _patch_pyplot(pyplot) -> None:
     pyplot.show = show
 
 
-_HOOKS = {
-    "IPython.core.display_functions": _patch_ipython_display,
-    "matplotlib.pyplot": _patch_pyplot,
-}
+# the import hooks of a worker (`install` puts the finder on sys.meta_path)
+_import_hooks = AfterImport(
+    {
+        "IPython.core.display_functions": _patch_ipython_display,
+        "matplotlib.pyplot": _patch_pyplot,
+    }
+)
 
 
 def install(sink: OutputSink) -> None:
@@ -451,14 +454,14 @@ def install(sink: OutputSink) -> None:
     _sink = sink
     if not hasattr(builtins, "display"):
         builtins.display = display
-    AfterImport(_HOOKS).install()
+    _import_hooks.install()
     os.register_at_fork(after_in_child=_forked)
 
 
 def on_import(name: str, hook) -> None:
     """Run ``hook(module)`` right after module ``name`` is imported in this worker (once
     `install` has run; the worker's settings for ``multiprocessing``)."""
-    _HOOKS[name] = hook
+    _import_hooks.add(name, hook)
 
 
 def _forked() -> None:
