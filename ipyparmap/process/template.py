@@ -15,10 +15,9 @@ What makes forking it safe, and what the tests hold it to
 
 - it never runs user code: it unpickles nothing (its requests are plain bytes), and
   imports only the worker module and its imports (the worker import rule of
-  tests/test_architecture.py covers this module), plus the installed modules
-  (third-party or standard library) the workers' functions use or that the caller's
-  modules they come from import (`installed_modules`: never ``__main__``, never the
-  caller's own files), so that later forks have them loaded;
+  tests/test_architecture.py covers this module), plus the installed third-party
+  modules the workers' functions use (`installed_modules`: never ``__main__``, never
+  the caller's own files), so that later forks have them loaded;
 - it runs no thread (forking a threaded process copies locks held by threads that do
   not exist in the child): it waits in ``poll()`` in its only thread, and counts its
   threads after each import (OpenBLAS starts its own at import unless told to use
@@ -71,7 +70,6 @@ interpreters again; after `MAX_FAILURES` failed templates a pool starts no more.
 
 from __future__ import annotations
 
-import functools
 import gc
 import os
 import select
@@ -99,9 +97,6 @@ FORK, IMPORT = b"F", b"I"
 READY, FAILED, EXITED, THREADS = b"R", b"E", b"X", b"T"
 #: Seconds the parent waits for a fork's answer before it gives up on the template.
 FORK_TIMEOUT = 2.0
-#: Seconds a worker wanted while the template imports modules waits for it to be done
-#: (an interpreter started instead would take as long, and import them too).
-IMPORT_WAIT = 0.5
 #: Templates of a pool that may fail (die, be killed, refuse a module) before it
 #: starts no more: one that keeps dying is not worth an interpreter start each time.
 MAX_FAILURES = 4
@@ -419,7 +414,6 @@ class Template:
         self.refused: set[str] = set()  # modules whose import started a thread in it
         self.exits: dict[int, int] = {}  # pid -> exit status, reported, not collected yet
         self.ready = False
-        self.booted = False  # it said READY once (not ready later: it is importing)
         self.dead = False
         self._lock = threading.Lock()  # guards the state below and reading the channel
         self._news = threading.Condition(self._lock)  # something was read
@@ -493,7 +487,7 @@ class Template:
             else:
                 self.exits[pid] = code
         elif kind in (READY, IMPORT):  # booted, or done importing: it forks again
-            self.ready = self.booted = True
+            self.ready = True
         elif kind == THREADS:  # it exits now; the launcher remembers these modules
             self.refused.update(bytes(payload[1:]).decode("ascii", "replace").split("\n"))
             self.ready = False
@@ -639,9 +633,8 @@ class Launcher:
 
     def note_function(self, key: bytes, blob) -> None:
         """A worker was sent this function: preload the installed modules it uses
-        (``import numpy as np`` in a notebook: cloudpickle names ``numpy``), or that
-        the caller's modules it comes from import, in the template, so that workers
-        forked later have them already (`installed_modules`)."""
+        (``import numpy as np`` in a notebook: cloudpickle names ``numpy``) in the
+        template, so that workers forked later have them already."""
         if not self.enabled or key in self._seen:
             return
         self._seen[key] = None
@@ -701,8 +694,6 @@ class Launcher:
                 self._retired.append(old)
         if template is None:
             return None
-        if template.booted:  # busy importing modules for the workers: a moment, when an
-            wait = max(wait, IMPORT_WAIT)  # interpreter start would import them too
         return template if template.wait_usable(wait) else None
 
     def close(self, wait: bool = True) -> None:
@@ -721,128 +712,37 @@ SEEN_FUNCTIONS = 64
 SCAN_BYTES = 1 << 20
 
 
-#: Standard-library modules never preloaded: importing them does something.
-NEVER_PRELOAD = frozenset({"antigravity", "this", "__hello__", "__phello__", "idlelib",
-                           "turtledemo"})  # fmt: skip
-#: The caller's own modules `installed_modules` looks into for one function, at most.
-LOCAL_MODULES_SCANNED = 32
-
-
 def installed_modules(blob) -> set[str]:
-    """Installed modules, third-party or standard library, that loading a pickled
-    function imports in a worker, among those loaded here: those it names (top-level
-    names: ``numpy`` for ``np.sqrt``, ``json``), and those that the caller's own modules
-    it names import (a function of ``mymod``, which does ``import concurrent.futures``:
-    a worker that loads it imports both; the template may import the second, never the
-    first). Never ``__main__``, ipyparmap, cloudpickle or the caller's own modules
-    (files next to the notebook, editable installs: they are user code, outside
-    site-packages and the standard library), nor `NEVER_PRELOAD`."""
+    """Top-level names of the installed third-party modules a pickled function
+    refers to, among those loaded here: never the standard library (the template may
+    import those anyway), ``__main__`` or the caller's own modules (files next to the
+    notebook, editable installs: they are user code, outside site-packages)."""
     if len(blob) > SCAN_BYTES:
         return set()
     import pickletools
 
-    strings = set()
+    names = set()
     try:
         for _opcode, arg, _ in pickletools.genops(bytes(blob)):
-            if isinstance(arg, str):  # a GLOBAL's is "module name", STACK_GLOBAL's apart
-                strings.add(arg.split(" ", 1)[0])
+            if isinstance(arg, str):  # a GLOBAL's is "module name"
+                names.add(arg.split(" ", 1)[0].split(".", 1)[0])
     except Exception:  # not a plain pickle stream: nothing to learn from it
         return set()
-    names = {top for top in (text.split(".", 1)[0] for text in strings) if _installed(top)}
-    own = [sys.modules[text] for text in strings if _own_module(sys.modules.get(text))]
-    return names | _imported_by(own)
-
-
-def _imported_by(modules: list) -> set[str]:
-    """Installed modules that the caller's own ``modules`` (and their own modules, in
-    turn) refer to by name: modules, classes and functions of their globals."""
-    import types
-
-    found: set[str] = set()
-    seen = {id(module) for module in modules}
-    todo = list(modules)
-    while todo and len(seen) <= LOCAL_MODULES_SCANNED:
-        for value in list(vars(todo.pop()).values()):
-            if isinstance(value, types.ModuleType):
-                name = value.__name__
-            else:
-                name = getattr(value, "__module__", None)
-                if not isinstance(name, str) or not isinstance(value, (type, types.FunctionType)):
-                    continue
-            module = sys.modules.get(name)
-            if _own_module(module):
-                if id(module) not in seen:
-                    seen.add(id(module))
-                    todo.append(module)
-            elif _installed(name.split(".", 1)[0]):
-                found.add(name)
-                if isinstance(value, types.ModuleType):  # "import xml.dom.minidom" binds
-                    found.update(_submodules(value))  # "xml": what of it is loaded
-    return found
-
-
-def _submodules(package, depth: int = 3, most: int = 32) -> list[str]:
-    """Submodules of ``package`` loaded here and bound to it (``xml.dom.minidom`` after
-    ``import xml.dom.minidom``), ``depth`` levels down, ``most`` of them."""
-    import types
-
-    found: list[str] = []
-    level = [package]
-    for _ in range(depth):
-        below = []
-        for module in level:
-            if not hasattr(module, "__path__"):
-                continue
-            prefix = module.__name__ + "."
-            for value in list(vars(module).values()):
-                if isinstance(value, types.ModuleType) and value.__name__.startswith(prefix):
-                    found.append(value.__name__)
-                    below.append(value)
-                    if len(found) >= most:
-                        return found
-        level = below
-    return found
-
-
-def _own_module(module) -> bool:
-    """A module of the caller's own files (never ``__main__``: its functions travel by
-    value, and what they use is named in their pickle)."""
-    if module is None:
-        return False
-    from ipyparmap.wire.serialize import is_local_module
-
-    return is_local_module(module)
+    return {name for name in names if _installed(name)}
 
 
 def _installed(name: str) -> bool:
-    """A top-level module loaded here from site-packages or the standard library."""
-    if not name.isidentifier() or name in NEVER_PRELOAD:
+    if not name.isidentifier() or name in sys.stdlib_module_names:
         return False
     if name in ("__main__", "ipyparmap", "cloudpickle"):
         return False
     module = sys.modules.get(name)
-    if module is None:
+    where = getattr(module, "__file__", None) if module is not None else None
+    if not where:
         return False
-    where = getattr(module, "__file__", None)
-    if name in sys.stdlib_module_names:  # built in, or a file of the standard library
-        return not where or _under(where, _stdlib_roots())  # (not a user's json.py)
-    return bool(where) and _under(where, _site_roots())
+    return any(os.path.abspath(where).startswith(root + os.sep) for root in _site_roots())
 
 
-def _under(path: str, roots: list[str]) -> bool:
-    path = os.path.abspath(path)
-    return any(path.startswith(root + os.sep) for root in roots)
-
-
-@functools.cache
-def _stdlib_roots() -> list[str]:
-    import sysconfig
-
-    paths = sysconfig.get_paths()
-    return [os.path.abspath(paths[key]) for key in ("stdlib", "platstdlib") if paths.get(key)]
-
-
-@functools.cache
 def _site_roots() -> list[str]:
     import site
     import sysconfig
