@@ -391,15 +391,21 @@ class PendingWorker:
 
     def __init__(self, new: _NewWorker, pending: PendingFork, env: dict[str, str],
                  launcher: Launcher):  # fmt: skip
-        self._new = new
+        self._new: _NewWorker | None = new
         self._pending = pending
         self.env = env
         self._launcher = launcher
+        self._lock = threading.Lock()  # taken, or cancelled (a shutdown), once
+
+    def _claim(self) -> _NewWorker | None:
+        with self._lock:
+            new, self._new = self._new, None
+        return new
 
     def take(self) -> WorkerHandle | None:
         """The worker (its fork's answer read now, if it was not yet), or None if the
         template could not make it (everything of it is closed then)."""
-        new, self._new = self._new, None
+        new = self._claim()
         if new is None:
             return None
         forked = self._pending.result()
@@ -411,7 +417,7 @@ class PendingWorker:
     def cancel(self) -> None:
         """End it unused: with its channel and lifeline closed, the worker exits as soon
         as it reads from them; its template reaps it (and lingers until it has)."""
-        new, self._new = self._new, None
+        new = self._claim()
         if new is not None:
             self._pending.cancel()
             new.close()

@@ -35,14 +35,23 @@ Data flow (one fork; ``X`` is sent whenever a forked worker exits)::
     parent (Launcher / Template)             template process            forked worker
     ───────────────────────────              ────────────────            ─────────────
     socketpair, lifeline, board memfd
-    "F" + cwd, with 3 fds (SCM_RIGHTS) ──>   fork() ───────────────────> setpgid(0, 0), chdir(cwd)
-                                             setpgid(child) (both do it) closes the template's fds
-    <── "F" + pid, with a pidfd of it ──     pidfd_open(child)           returns from `serve`
-    WorkerHandle(ForkedProcess, pidfd)                                   -> worker.main(fds)
+    Template.order: "F" + cwd, with   ──>    fork() ───────────────────> setpgid(0, 0), chdir(cwd)
+    3 fds (SCM_RIGHTS); a PendingFork        setpgid(child) (both do it) closes the template's fds
+    (no wait: forks are answered in order)   pidfd_open(child)           returns from `serve`
+    <── "F" + pid, with a pidfd of it ──                                 -> worker.main(fds)
+    PendingFork.result() (read now or                                    boots, reads its Init
+    earlier): WorkerHandle(ForkedProcess)
     <── "X" + pid + exit status ────────     the child's pidfd readable:  -> exit_quickly()
     ForkedProcess.returncode                 waitpid() (it is its parent)
     "I" + module names ─────────────────>    import, gc.freeze(); "I" back
     (no fork meanwhile)               <──    or "T": a thread started: exit
+
+A fork is asked for without waiting for its answer (`Template.order`): a replacement
+known to be coming (process/pool.py `Pool.order_spare`: a worker retiring after its
+chunk, the next crash after a crash) is forked ahead while the current worker runs,
+and taken (`PendingFork.result`) when it is wanted; `Template.fork` asks and waits. A
+spare nobody takes is cancelled (`PendingFork.cancel`): its pidfd is closed and its
+exit status dropped when it comes.
 
 The parent gets a worker's death sentinel (a pidfd) from the template, opened right
 after the fork, before the template could reap the child and its pid be reused. The
