@@ -298,7 +298,7 @@ class LocalEngine:
                 self.max_items is not None
                 and self.items_run.get(worker, 0) + len(chunk.items) >= self.max_items
             ):
-                self._order_spare()  # it retires after this chunk
+                self._order_spare(payload)  # it retires after this chunk
         packed = chunk.blob
         try:
             worker.sync_world(self.world)  # what changed since its last chunk, if anything
@@ -442,15 +442,18 @@ class LocalEngine:
         if not self.run.state.stopping and self.run.feed.more_work():
             self._replace_worker(planned=True)
 
-    def _order_spare(self) -> None:
+    def _order_spare(self, payload=None) -> None:
         """A worker will be replaced (it retires after its chunk, or one just died: a
         function that crashes its worker may well do it again): have one forked ahead,
-        so that the replacement does not wait for a fork and the new worker's boot
-        overlaps the current work. One per worker at most; unused ones end with the run."""
+        so that the replacement does not wait for a fork and the new worker's boot (and
+        its loading of ``payload``, the function its next chunk will likely run) overlap
+        the current work. One per worker at most; unused ones end with the run."""
         if len(self.spares) < len(self.workers) and self.run.feed.more_work():
             spare = self.pool.order_spare(self.env)
             if spare is not None:
                 self.spares.append(spare)
+                if payload is not None:
+                    spare.prime(self.world, payload)
 
     def _replace_worker(self, planned: bool = False) -> None:
         """Start a worker in place of one that died (or, ``planned``, was retired)."""
@@ -504,7 +507,8 @@ class LocalEngine:
                 )
         if not run.state.stopping and run.feed.more_work():
             self._replace_worker()
-            self._order_spare()  # for the next death, if there is one
+            # for the next death, if there is one (primed with the run's function)
+            self._order_spare(getattr(run.feed, "payload", None))
 
     def _crashed(self, chunk: Chunk, worker: WorkerHandle, returncode, where,
                  timed_out_position) -> None:  # fmt: skip

@@ -344,6 +344,8 @@ class _NewWorker:
         try:
             if isinstance(proc, ForkedProcess):  # the template sent one, opened before
                 sentinel, owns = proc.pidfd, True  # it could reap it
+            elif isinstance(proc, _NotForkedYet):  # (set when it is: PendingWorker.take)
+                sentinel, owns = -1, False
             elif not system.has_pidfd():
                 raise OSError("no pidfd")
             else:
@@ -396,6 +398,27 @@ class PendingWorker:
         self.env = env
         self._launcher = launcher
         self._lock = threading.Lock()  # taken, or cancelled (a shutdown), once
+        self._primed: WorkerHandle | None = None  # its handle, once `prime` sent it things
+
+    def prime(self, world: CallerWorld, payload: FunctionPayload) -> None:
+        """Send the spare what its first chunk needs, the caller's ``world`` and the
+        function, now: it loads them while the current worker runs, and its first chunk
+        finds them loaded. Only what surely fits in its pipe's buffer: it may not be
+        forked yet, and a send must never wait for it (nor for a fork that fails)."""
+        with self._lock:
+            new = self._new
+            if new is None or self._primed is not None:
+                return
+            worker = new.handle(_NotForkedYet(), self.env, self._launcher)
+            self._primed = worker
+            room = worker.fits - len(payload.blob) - 64 * 1024  # (the world's message)
+            if world.modules.moved or room <= 0:
+                return  # pickled modules or a big function: sent with the first chunk
+            try:
+                worker.sync_world(world)
+                worker.send_function(payload)
+            except OSError:  # (a closed channel: its take or cancel says what happened)
+                pass
 
     def _claim(self) -> _NewWorker | None:
         with self._lock:
@@ -412,7 +435,12 @@ class PendingWorker:
         if forked is None:
             new.close()
             return None
-        return new.handle(forked, self.env, self._launcher)
+        worker = self._primed
+        if worker is None:
+            return new.handle(forked, self.env, self._launcher)
+        worker.proc, worker.pid = forked, forked.pid  # now it is
+        worker.sentinel, worker._owns_sentinel = forked.pidfd, True
+        return worker
 
     def cancel(self) -> None:
         """End it unused: with its channel and lifeline closed, the worker exits as soon
@@ -421,6 +449,16 @@ class PendingWorker:
         if new is not None:
             self._pending.cancel()
             new.close()
+
+
+class _NotForkedYet:
+    """The process of a primed spare whose fork's answer has not been read yet."""
+
+    pid = 0
+    returncode = None
+
+    def poll(self) -> None:
+        return None
 
 
 def order_worker(env: dict[str, str], launcher: Launcher) -> PendingWorker | None:

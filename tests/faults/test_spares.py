@@ -33,6 +33,7 @@ class _Spy:
         self.ordered: list[P.PendingWorker] = []
         self.taken: list[int] = []  # pids of the spares that became workers
         self.taken_spares: list[P.PendingWorker] = []
+        self.primed = 0  # spares taken with a function already sent (loaded meanwhile)
         self.spawned = 0
         order, take, spawn = P.order_worker, P.PendingWorker.take, P.spawn_worker
 
@@ -47,6 +48,7 @@ class _Spy:
             if worker is not None:
                 self.taken.append(worker.pid)
                 self.taken_spares.append(spare)
+                self.primed += bool(worker.functions)
             return worker
 
         def spawn_worker(*args, **kwargs):
@@ -83,6 +85,9 @@ def test_retiring_workers_are_replaced_by_spares_forked_ahead(monkeypatch):
     assert spy.spawned <= 4, spy.spawned
     assert len(spy.taken) >= 36
     assert len(set(spy.taken)) == len(spy.taken)  # each spare ran once
+    # each was sent the function while its predecessor worked (its first chunk, only
+    # the items)
+    assert spy.primed >= 36
 
 
 def test_spares_are_stopped_at_shutdown_and_leave_nothing(monkeypatch):
