@@ -31,7 +31,7 @@ from ipyparmap.errors import (
 from ipyparmap.figures import format_bytes
 from ipyparmap.options import describe
 from ipyparmap.process.capture import kernel_log_levels, unsent_output
-from ipyparmap.process.pool import EnvExtra, Pool, WorkerHandle, caller_world
+from ipyparmap.process.pool import EnvExtra, PendingWorker, Pool, WorkerHandle, caller_world
 from ipyparmap.process.resources import describe_exit, signal_name
 from ipyparmap.views.progress import BUSY, DEAD, IDLE
 from ipyparmap.wire import messages as M
@@ -90,6 +90,8 @@ class LocalEngine:
         self.queued: dict[WorkerHandle, Chunk] = {}  # a busy worker's next chunk
         self.timed_out: dict[WorkerHandle, int] = {}  # worker -> position killed for
         self.items_run: dict[WorkerHandle, int] = {}  # for max_items_per_worker
+        # Workers forked ahead of need, for replacements known to be coming (_order_spare)
+        self.spares: list[PendingWorker] = []
         self.selector: Any = None  # every pipe and sentinel (from the pool's cache, if it can)
         self.cpus = 1  # usable CPUs (set by start): spin-waiting needs one to spare
         self.boot_failures = 0
@@ -248,6 +250,9 @@ class LocalEngine:
         self.pool.drop_template_if_unused()
 
     def close(self) -> None:
+        for spare in self.spares:  # not needed after all
+            self.pool.cancel_spare(spare)
+        self.spares.clear()
         keep = max(self.run.n_workers, len(self.workers))
         idle = [w for w in self.workers if w not in self.in_flight]
         self.pool.release(idle, keep=keep)
@@ -295,6 +300,11 @@ class LocalEngine:
         else:
             self.in_flight[worker] = chunk
             self.run.worker_state(worker.pid, BUSY, chunk.indices[0])
+            if (
+                self.max_items is not None
+                and self.items_run.get(worker, 0) + len(chunk.items) >= self.max_items
+            ):
+                self._order_spare(payload)  # it retires after this chunk
         packed = chunk.blob
         try:
             worker.sync_world(self.world)  # what changed since its last chunk, if anything
@@ -438,9 +448,23 @@ class LocalEngine:
         if not self.run.state.stopping and self.run.feed.more_work():
             self._replace_worker(planned=True)
 
+    def _order_spare(self, payload=None) -> None:
+        """A worker will be replaced (it retires after its chunk, or one just died: a
+        function that crashes its worker may well do it again): have one forked ahead,
+        so that the replacement does not wait for a fork and the new worker's boot (and
+        its loading of ``payload``, the function its next chunk will likely run) overlap
+        the current work. One per worker at most; unused ones end with the run."""
+        if len(self.spares) < len(self.workers) and self.run.feed.more_work():
+            spare = self.pool.order_spare(self.env)
+            if spare is not None:
+                self.spares.append(spare)
+                if payload is not None:
+                    spare.prime(self.world, payload)
+
     def _replace_worker(self, planned: bool = False) -> None:
         """Start a worker in place of one that died (or, ``planned``, was retired)."""
-        worker = self.pool.spawn(self.env)
+        spare = self.spares.pop(0) if self.spares else None
+        worker = self.pool.spawn(self.env, spare)
         stats = self.run.stats
         if not planned:
             stats.restarts += 1
@@ -489,6 +513,8 @@ class LocalEngine:
                 )
         if not run.state.stopping and run.feed.more_work():
             self._replace_worker()
+            # for the next death, if there is one (primed with the run's function)
+            self._order_spare(getattr(run.feed, "payload", None))
 
     def _crashed(self, chunk: Chunk, worker: WorkerHandle, returncode, where,
                  timed_out_position) -> None:  # fmt: skip

@@ -42,7 +42,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ipyparmap import system
-from ipyparmap.process.template import ForkedProcess, Launcher
+from ipyparmap.process.template import ForkedProcess, Launcher, PendingFork
 from ipyparmap.wire import board as B
 from ipyparmap.wire import messages as M
 from ipyparmap.wire.channel import Channel
@@ -58,6 +58,8 @@ from ipyparmap.wire.sharedmem import anonymous_file
 
 #: Seconds a stopping worker gets to exit before it is killed.
 STOP_GRACE = 1.0
+#: Seconds the thread that waits for retired workers stays for more before it ends.
+STOPPER_LINGER = 0.5
 
 _WORKER_CODE = "import sys; from ipyparmap.process.worker import main; main(sys.argv[1:])"
 
@@ -270,14 +272,10 @@ def spawn_worker(env: dict[str, str], launcher: Launcher | None = None,
     none; ``wait_template``: seconds to wait for a template still booting. Otherwise,
     and where the template cannot be used, it is a new interpreter.
     """
-    world = CallerWorld(os.getcwd(), dict(_environ()), list(sys.path), EMPTY_MODULES)
-    parent_sock, child_sock = socket.socketpair()
-    parent_life, child_life = socket.socketpair()
-    board_fd = anonymous_file("ipyparmap-board", B.BOARD_SIZE)
-    child_fds = (child_sock.fileno(), child_life.fileno(), board_fd)
+    new = _NewWorker()
     try:
         forked = (
-            launcher.fork(env, world.cwd, child_fds, start_template, wait_template)
+            launcher.fork(env, new.world.cwd, new.child_fds, start_template, wait_template)
             if launcher
             else None
         )
@@ -285,50 +283,215 @@ def spawn_worker(env: dict[str, str], launcher: Launcher | None = None,
             proc: Any = forked
         else:
             proc = subprocess.Popen(
-                [sys.executable, "-c", _WORKER_CODE, *map(str, child_fds)],
-                pass_fds=child_fds,
+                [sys.executable, "-c", _WORKER_CODE, *map(str, new.child_fds)],
+                pass_fds=new.child_fds,
                 start_new_session=True,
                 stdin=subprocess.DEVNULL,
                 env=env,
-                cwd=world.cwd,
+                cwd=new.world.cwd,
             )
     except BaseException:
-        for closer in (parent_sock.close, parent_life.close):
-            closer()
-        os.close(board_fd)
+        new.close()
         raise
     finally:
-        child_sock.close()
-        child_life.close()
-    board = B.Board.from_fd(board_fd)
-    board.reset()
-    os.close(board_fd)
-    conn = Channel(parent_sock)
-    fits = conn.grow_send_buffer(SEND_BUFFER_BYTES)
-    try:
-        if forked is not None:  # the template sent one, opened before it could reap it
-            sentinel, owns = forked.pidfd, True
-        elif not system.has_pidfd():
-            raise OSError("no pidfd")
-        else:
-            sentinel, owns = os.pidfd_open(proc.pid), True
-    except (AttributeError, OSError):  # no pidfd: the lifeline reads EOF when it dies
-        sentinel, owns = parent_life.fileno(), False
-    worker = WorkerHandle(proc, conn, parent_life, board, sentinel, owns)
-    worker.launcher = launcher
-    worker.fits = fits
-    worker.world = world
+        new.close_child_ends()
+    return new.handle(proc, env, launcher)
+
+
+class _NewWorker:
+    """The parent's makings of one new worker: its channel, lifeline and status board
+    (the child's ends go to the new process), and the caller's world it starts with."""
+
+    def __init__(self) -> None:
+        self.world = CallerWorld(os.getcwd(), dict(_environ()), list(sys.path), EMPTY_MODULES)
+        parent_sock, child_sock = socket.socketpair()
+        parent_life, child_life = socket.socketpair()
+        self.child_ends: list = [child_sock, child_life]
+        self.lifeline = parent_life
+        self.board_fd = anonymous_file("ipyparmap-board", B.BOARD_SIZE)
+        self.child_fds = (child_sock.fileno(), child_life.fileno(), self.board_fd)
+        self.conn = Channel(parent_sock)
+        self.board: B.Board | None = None
+        self.init_sent = False
+        self.knows_multiprocessing = False
+
+    def close_child_ends(self) -> None:
+        """The new process has its own copies now (or was never made): map the board,
+        close the child's ends here."""
+        for end in self.child_ends:
+            end.close()
+        self.child_ends = []
+        if self.board_fd >= 0:
+            try:
+                self.board = B.Board.from_fd(self.board_fd)
+                self.board.reset()
+            finally:
+                os.close(self.board_fd)
+                self.board_fd = -1
+
+    def close(self) -> None:
+        """No worker after all (or nobody wants it): close everything."""
+        self.close_child_ends()
+        for release in (self.conn.close, self.lifeline.close):
+            release()
+        if self.board is not None:
+            self.board.close()
+
+    def send_init(self) -> None:
+        """The worker's first message (it reads it once it has booted)."""
+        parent, fds = _parent_settings()
+        message = M.Init({"sys_path": self.world.path, "parent": parent})
+        self.conn.send(dumps_message(M.pack(message)), fds)
+        self.init_sent = True
+        # (without multiprocessing loaded here, it gets our authkey later: sync_world)
+        self.knows_multiprocessing = "authkey" in parent
+
+    def handle(self, proc: Any, env: dict[str, str], launcher: Launcher | None) -> WorkerHandle:
+        """The `WorkerHandle` of the process started (``proc``), told its `Init`."""
+        conn = self.conn
+        fits = conn.grow_send_buffer(SEND_BUFFER_BYTES)
+        parent_life = self.lifeline
+        try:
+            if isinstance(proc, ForkedProcess):  # the template sent one, opened before
+                sentinel, owns = proc.pidfd, True  # it could reap it
+            elif isinstance(proc, _NotForkedYet):  # (set when it is: PendingWorker.take)
+                sentinel, owns = -1, False
+            elif not system.has_pidfd():
+                raise OSError("no pidfd")
+            else:
+                sentinel, owns = os.pidfd_open(proc.pid), True
+        except (AttributeError, OSError):  # no pidfd: the lifeline reads EOF when it dies
+            sentinel, owns = parent_life.fileno(), False
+        worker = WorkerHandle(proc, conn, parent_life, self.board, sentinel, owns)
+        worker.launcher = launcher
+        worker.fits = fits
+        worker.world = self.world
+        worker.own_env = _own_env(env)
+        if not self.init_sent:
+            self.send_init()
+        worker.knows_multiprocessing = self.knows_multiprocessing
+        return worker
+
+
+_own_env_memo: tuple = (None, None, frozenset())
+
+
+def _own_env(env: dict[str, str]) -> frozenset:
+    """The variables (encoded) the pool set, changed or left out for a worker with
+    environment ``env``, compared with ours (remembered for the last ``env``: a
+    replacement every few milliseconds need not decode the whole environment again)."""
+    global _own_env_memo
+    last_env, last_ours, own = _own_env_memo
+    ours = _environ()
+    if env is last_env and ours == last_ours:
+        return own
     encode = getattr(os.environ, "encodekey", lambda name: name)
-    ours = os.environ
-    worker.own_env = frozenset(
+    decoded = os.environ
+    own = frozenset(
         encode(name)
-        for name in {*env, *ours}
-        if env.get(name) != ours.get(name)  # set, changed or left out by worker_env
+        for name in {*env, *decoded}
+        if env.get(name) != decoded.get(name)  # set, changed or left out by worker_env
     )
-    parent, fds = _parent_settings()
-    worker.knows_multiprocessing = "authkey" in parent
-    worker.send(M.pack(M.Init({"sys_path": world.path, "parent": parent})), fds)
-    return worker
+    _own_env_memo = (env, dict(ours), own)
+    return own
+
+
+class PendingWorker:
+    """A worker forked ahead of need (`order_worker`): the template forks it, and it
+    boots and takes its `Init`, while the caller does other things; `take` turns it into
+    a `WorkerHandle` when it is wanted (a replacement that does not wait for a fork),
+    `cancel` ends it unused."""
+
+    def __init__(self, new: _NewWorker, pending: PendingFork, env: dict[str, str],
+                 launcher: Launcher):  # fmt: skip
+        self._new: _NewWorker | None = new
+        self._pending = pending
+        self.env = env
+        self._launcher = launcher
+        self._lock = threading.Lock()  # taken, or cancelled (a shutdown), once
+        self._primed: WorkerHandle | None = None  # its handle, once `prime` sent it things
+
+    def prime(self, world: CallerWorld, payload: FunctionPayload) -> None:
+        """Send the spare what its first chunk needs, the caller's ``world`` and the
+        function, now: it loads them while the current worker runs, and its first chunk
+        finds them loaded. Only what surely fits in its pipe's buffer: it may not be
+        forked yet, and a send must never wait for it (nor for a fork that fails)."""
+        with self._lock:
+            new = self._new
+            if new is None or self._primed is not None:
+                return
+            worker = new.handle(_NotForkedYet(), self.env, self._launcher)
+            self._primed = worker
+            room = worker.fits - len(payload.blob) - 64 * 1024  # (the world's message)
+            if world.modules.moved or room <= 0:
+                return  # pickled modules or a big function: sent with the first chunk
+            try:
+                worker.sync_world(world)
+                worker.send_function(payload)
+            except OSError:  # (a closed channel: its take or cancel says what happened)
+                pass
+
+    def _claim(self) -> _NewWorker | None:
+        with self._lock:
+            new, self._new = self._new, None
+        return new
+
+    def take(self) -> WorkerHandle | None:
+        """The worker (its fork's answer read now, if it was not yet), or None if the
+        template could not make it (everything of it is closed then)."""
+        new = self._claim()
+        if new is None:
+            return None
+        forked = self._pending.result()
+        if forked is None:
+            new.close()
+            return None
+        worker = self._primed
+        if worker is None:
+            return new.handle(forked, self.env, self._launcher)
+        worker.proc, worker.pid = forked, forked.pid  # now it is
+        worker.sentinel, worker._owns_sentinel = forked.pidfd, True
+        return worker
+
+    def cancel(self) -> None:
+        """End it unused: with its channel and lifeline closed, the worker exits as soon
+        as it reads from them; its template reaps it (and lingers until it has)."""
+        new = self._claim()
+        if new is not None:
+            self._pending.cancel()
+            new.close()
+
+
+class _NotForkedYet:
+    """The process of a primed spare whose fork's answer has not been read yet."""
+
+    pid = 0
+    returncode = None
+
+    def poll(self) -> None:
+        return None
+
+
+def order_worker(env: dict[str, str], launcher: Launcher) -> PendingWorker | None:
+    """Fork a worker for ``env`` ahead of need from the launcher's template, without
+    waiting for it; None when no template is up for ``env`` (nothing is started then)."""
+    new = _NewWorker()
+    try:
+        pending = launcher.order(env, new.world.cwd, new.child_fds)
+    except BaseException:
+        new.close()
+        raise
+    if pending is None:
+        new.close()
+        return None
+    new.close_child_ends()  # sent: the template's message holds its own copies
+    try:
+        new.send_init()
+    except OSError:  # (cannot happen before the peer even exists; stay safe)
+        pending.cancel()
+        new.close()
+        return None
+    return PendingWorker(new, pending, env, launcher)
 
 
 #: Numbers the workers as multiprocessing numbers a pool's (its name and ``_identity``).
@@ -418,7 +581,14 @@ class Pool:
         self._selectors: dict[frozenset, Any] = {}
         # Forks replacement workers from a template process (process/template.py).
         self.launcher = Launcher()
-        self._stoppers: set[threading.Thread] = set()  # release(wait=False)
+        self._spares: set[PendingWorker] = set()  # forked ahead of need (order_spare)
+        self._env_memo: tuple = (None, None, None)  # (extra, our environment, worker_env)
+        # Workers retired with release(wait=False), told to stop and waited for by one
+        # thread (not a thread each: starting one costs the caller ~0.3 ms, a
+        # replacement's worth), which ends once none came for STOPPER_LINGER seconds.
+        self._stopping: list[WorkerHandle] = []
+        self._stopper: threading.Thread | None = None
+        self._stop_news = threading.Condition(self._lock)
         self.closed = False  # shut down: a prewarm that ends after it stops its workers
 
     def prewarm(self, count: int, env_extra: EnvExtra = None) -> int:
@@ -462,7 +632,7 @@ class Pool:
             self._leased.update(taken)
         if len(taken) == count:  # all warm: no environment to build, nothing to spawn
             return taken
-        env = worker_env(env_extra)
+        env = self._worker_env(env_extra)
         wait = TEMPLATE_BOOT_WAIT  # for the first only: the others go the same way
         try:
             while len(taken) < count:
@@ -495,13 +665,62 @@ class Pool:
                 return
         self.launcher.close()
 
-    def spawn(self, env_extra: EnvExtra = None) -> WorkerHandle:
+    def spawn(self, env_extra: EnvExtra = None, spare: PendingWorker | None = None
+              ) -> WorkerHandle:  # fmt: skip
         """A new leased worker (a replacement after a crash, a timeout, a recycle):
-        forked from the template process, which the first replacement starts."""
-        worker = spawn_worker(worker_env(env_extra), self.launcher, start_template=True)
+        ``spare``, if it was forked for the same environment and is fine, else one
+        forked from the template process now (the first replacement starts it)."""
+        env = self._worker_env(env_extra)
+        worker = None
+        if spare is not None:
+            with self._lock:
+                self._spares.discard(spare)
+            if spare.env is env or spare.env == env:
+                worker = spare.take()
+            else:  # the caller's environment changed since: the spare has the old one
+                spare.cancel()
+        if worker is None:
+            worker = spawn_worker(env, self.launcher, start_template=True)
         with self._lock:
             self._leased.add(worker)
         return worker
+
+    def order_spare(self, env_extra: EnvExtra = None) -> PendingWorker | None:
+        """Fork a worker ahead of need, when a replacement is known to be coming (a
+        worker retires after its chunk): the template forks it and it boots while the
+        current one works, and `spawn` takes it. None if no template is up (the
+        replacement is forked when it is wanted). `cancel_spare` ends an unused one;
+        `shutdown` ends them all."""
+        if self.closed:
+            return None
+        spare = order_worker(self._worker_env(env_extra), self.launcher)
+        if spare is None:
+            return None
+        with self._lock:
+            if not self.closed:
+                self._spares.add(spare)
+                return spare
+        spare.cancel()  # shut down meanwhile
+        return None
+
+    def cancel_spare(self, spare: PendingWorker) -> None:
+        with self._lock:
+            self._spares.discard(spare)
+        spare.cancel()
+
+    def _worker_env(self, env_extra: EnvExtra) -> dict[str, str]:
+        """`worker_env`, the same dict as last time while neither our environment nor
+        ``env_extra`` changed (decoding the environment costs ~0.1 ms a replacement;
+        the same object also makes the template's environment check an identity)."""
+        if callable(env_extra):
+            env_extra = env_extra()
+        last_extra, last_ours, env = self._env_memo
+        ours = _environ()
+        if env is not None and last_extra == env_extra and last_ours == ours:
+            return env
+        env = worker_env(env_extra)
+        self._env_memo = (env_extra, dict(ours), env)
+        return env
 
     def release(self, workers, keep: int | None = None, wait: bool = True) -> None:
         """Give leased workers back. Dead ones are reaped; idle ones stay warm.
@@ -529,19 +748,30 @@ class Pool:
             _stop_all(surplus)
             return
         self._drop_selectors_of(surplus)
-        stopper = threading.Thread(
-            target=self._stop_in_background, args=(surplus,), name="ipyparmap-stop", daemon=True
-        )
+        _tell_to_stop(surplus)  # at once: they exit while we go on
         with self._lock:
-            self._stoppers.add(stopper)
+            self._stopping += surplus
+            if self._stopper is not None:
+                self._stop_news.notify()
+                return
+            stopper = self._stopper = threading.Thread(
+                target=self._stop_in_background, name="ipyparmap-stop", daemon=True
+            )
         stopper.start()
 
-    def _stop_in_background(self, workers: list[WorkerHandle]) -> None:
-        try:
-            _stop_all(workers)
-        finally:
+    def _stop_in_background(self) -> None:
+        """Wait for the workers retired with ``release(wait=False)`` (killing those that
+        linger, as `_stop_all`); end when none came for `STOPPER_LINGER` seconds, or at
+        shutdown once those are done."""
+        while True:
             with self._lock:
-                self._stoppers.discard(threading.current_thread())
+                if not self._stopping and not self.closed:
+                    self._stop_news.wait(STOPPER_LINGER)
+                workers, self._stopping = self._stopping, []
+                if not workers:
+                    self._stopper = None
+                    return
+            _reap_all(workers)
 
     # -- idle workers beyond the warm count stop after a while --------------------------------
     def _warm_count(self) -> int:
@@ -641,14 +871,18 @@ class Pool:
             idle, self._idle = self._idle, []
             busy = list(self._leased) if kill_busy else []
             reaper = self._reaper
+            spares, self._spares = list(self._spares), set()
+        for spare in spares:  # they exit at once; their template waits for them
+            spare.cancel()
         self._wake_reaper.set()  # it finds nothing left to watch and ends
         for worker in busy:
             worker.kill()
         _stop_all(idle + busy, wait)
         if wait:
             with self._lock:
-                stoppers = list(self._stoppers)
-            for stopper in stoppers:
+                stopper = self._stopper
+                self._stop_news.notify()  # (closed: it ends once its workers have)
+            if stopper is not None:
                 stopper.join(STOP_GRACE + 1.0)
             if reaper is not None and reaper is not threading.current_thread():
                 reaper.join(STOP_GRACE)  # a pool shut down leaves no thread behind
@@ -657,16 +891,25 @@ class Pool:
 
 def _stop_all(workers: list[WorkerHandle], wait: bool = True) -> None:
     """Ask workers to stop, all at once, then wait; kill those that linger."""
+    _tell_to_stop(workers)
+    if not wait:
+        for worker in workers:
+            worker.close()
+        return
+    _reap_all(workers)
+
+
+def _tell_to_stop(workers: list[WorkerHandle]) -> None:
     for worker in workers:
         if worker.alive():
             try:
                 worker.send(M.pack(M.Stop()))
             except OSError:
                 worker.kill()
-    if not wait:
-        for worker in workers:
-            worker.close()
-        return
+
+
+def _reap_all(workers: list[WorkerHandle]) -> None:
+    """Wait for workers told to stop (`STOP_GRACE` in all); kill those that linger."""
     deadline = time.monotonic() + STOP_GRACE
     for worker in workers:
         worker.reap(max(0.05, deadline - time.monotonic()))

@@ -35,14 +35,23 @@ Data flow (one fork; ``X`` is sent whenever a forked worker exits)::
     parent (Launcher / Template)             template process            forked worker
     ───────────────────────────              ────────────────            ─────────────
     socketpair, lifeline, board memfd
-    "F" + cwd, with 3 fds (SCM_RIGHTS) ──>   fork() ───────────────────> setpgid(0, 0), chdir(cwd)
-                                             setpgid(child) (both do it) closes the template's fds
-    <── "F" + pid, with a pidfd of it ──     pidfd_open(child)           returns from `serve`
-    WorkerHandle(ForkedProcess, pidfd)                                   -> worker.main(fds)
+    Template.order: "F" + cwd, with   ──>    fork() ───────────────────> setpgid(0, 0), chdir(cwd)
+    3 fds (SCM_RIGHTS); a PendingFork        setpgid(child) (both do it) closes the template's fds
+    (no wait: forks are answered in order)   pidfd_open(child)           returns from `serve`
+    <── "F" + pid, with a pidfd of it ──                                 -> worker.main(fds)
+    PendingFork.result() (read now or                                    boots, reads its Init
+    earlier): WorkerHandle(ForkedProcess)
     <── "X" + pid + exit status ────────     the child's pidfd readable:  -> exit_quickly()
     ForkedProcess.returncode                 waitpid() (it is its parent)
     "I" + module names ─────────────────>    import, gc.freeze(); "I" back
     (no fork meanwhile)               <──    or "T": a thread started: exit
+
+A fork is asked for without waiting for its answer (`Template.order`): a replacement
+known to be coming (process/pool.py `Pool.order_spare`: a worker retiring after its
+chunk, the next crash after a crash) is forked ahead while the current worker runs,
+and taken (`PendingFork.result`) when it is wanted; `Template.fork` asks and waits. A
+spare nobody takes is cancelled (`PendingFork.cancel`): its pidfd is closed and its
+exit status dropped when it comes.
 
 The parent gets a worker's death sentinel (a pidfd) from the template, opened right
 after the fork, before the template could reap the child and its pid be reused. The
@@ -79,6 +88,7 @@ import struct
 import sys
 import threading
 import time
+from collections import deque
 
 from ipyparmap import system
 from ipyparmap.wire.channel import Channel
@@ -362,6 +372,56 @@ class ForkedProcess:
         self.pidfd = -1
 
 
+class PendingFork:
+    """A fork asked of a template whose answer has not been read yet (`Template.order`):
+    the template forks while the parent does other things, and `result` reads the
+    answer when the worker is wanted."""
+
+    __slots__ = ("answer", "cancelled", "template")
+
+    def __init__(self, template: Template):
+        self.template = template
+        self.answer: tuple[bytes, list[int]] | None = None  # FORK + pid with its pidfd, or FAILED
+        self.cancelled = False  # nobody wants the worker any more (see cancel)
+
+    def result(self, timeout: float | None = None) -> ForkedProcess | None:
+        """The forked worker, or None if the template could not make one (it failed, died,
+        or took longer than ``timeout``, `FORK_TIMEOUT` by default: then it is dropped)."""
+        template = self.template
+        deadline = time.monotonic() + (FORK_TIMEOUT if timeout is None else timeout)
+        while True:
+            with template._lock:
+                answer = self.answer
+                if answer is None and template.dead:
+                    return None
+            if answer is not None:
+                break
+            left = deadline - time.monotonic()
+            if left <= 0:
+                with template._lock:
+                    template._died()
+                return None
+            template.collect(wait=left)
+        payload, got = answer
+        if payload[:1] != FORK or len(got) != 1:
+            for fd in got:
+                os.close(fd)
+            return None  # FAILED: fork() itself failed (no memory, too many processes)
+        (pid,) = _PID.unpack(payload[1:])
+        return ForkedProcess(template, pid, got[0])
+
+    def cancel(self) -> None:
+        """Nobody will take this worker: its pidfd is closed (now or when the answer
+        comes) and its exit status, when the template reports it, is dropped. The
+        worker itself ends when its channel closes (the caller closes its end)."""
+        template = self.template
+        with template._lock:
+            self.cancelled = True
+            answer, self.answer = self.answer, None
+            if answer is not None:
+                template._forget(*answer)
+
+
 class Template:
     """The parent's side of one template process (for workers with environment ``env``)."""
 
@@ -375,8 +435,9 @@ class Template:
         self._lock = threading.Lock()  # guards the state below and reading the channel
         self._news = threading.Condition(self._lock)  # something was read
         self._reading = False  # a thread waits on the channel (see collect)
-        self._fork_lock = threading.Lock()  # one fork at a time
-        self._answers: list[tuple[bytes, list[int]]] = []
+        # Forks asked for, oldest first: the template answers them in that order.
+        self._waiting: deque[PendingFork] = deque()
+        self._unwanted: set[int] = set()  # pids of cancelled forks: their exits are dropped
         parent_sock, child_sock = socket.socketpair()
         parent_life, child_life = socket.socketpair()
         child_fds = (child_sock.fileno(), child_life.fileno())
@@ -440,14 +501,31 @@ class Template:
         kind = payload[:1]
         if kind == EXITED:
             pid, code = _EXIT.unpack(payload[1:])
-            self.exits[pid] = code
+            if pid in self._unwanted:
+                self._unwanted.discard(pid)
+            else:
+                self.exits[pid] = code
         elif kind in (READY, IMPORT):  # booted, or done importing: it forks again
             self.ready = True
         elif kind == THREADS:  # it exits now; the launcher remembers these modules
             self.refused.update(bytes(payload[1:]).decode("ascii", "replace").split("\n"))
             self.ready = False
-        else:  # FORK or FAILED: the answer to the request being made
-            self._answers.append((payload, fds))
+        else:  # FORK or FAILED: the answer to the oldest fork asked for
+            pending = self._waiting.popleft() if self._waiting else None
+            if pending is None or pending.cancelled:
+                self._forget(payload, fds)
+            else:
+                pending.answer = (payload, fds)
+
+    def _forget(self, payload: bytes, fds: list[int]) -> None:
+        """(Lock held.) A fork's answer that nobody will take: close its pidfd; its exit
+        status, when it comes, is dropped (nobody would collect it)."""
+        for fd in fds:
+            os.close(fd)
+        if payload[:1] == FORK:
+            (pid,) = _PID.unpack(payload[1:])
+            if self.exits.pop(pid, None) is None:  # (it may have exited already)
+                self._unwanted.add(pid)
 
     def _died(self) -> None:
         """(Lock held.) The template is gone or broken: no more forks from it."""
@@ -455,10 +533,9 @@ class Template:
             return
         self.dead = True
         self.ready = False
-        for _payload, fds in self._answers:
-            for fd in fds:
-                os.close(fd)
-        self._answers.clear()
+        for pending in self._waiting:  # never answered: they wake up to a dead template
+            pending.cancelled = True
+        self._waiting.clear()
         self.channel.close()
         self.lifeline.close()
         try:
@@ -488,7 +565,7 @@ class Template:
         names = set(names) - self.preloaded
         if not names or self.dead:
             return
-        with self._fork_lock, self._lock:
+        with self._lock:
             if self.dead:
                 return
             self.preloaded |= names
@@ -500,37 +577,30 @@ class Template:
             self.ready = False  # until it says it is done
 
     # -- forking ---------------------------------------------------------------------------
-    def fork(self, cwd: str | None, fds: tuple[int, int, int]) -> ForkedProcess | None:
-        """A new worker forked with ``fds`` (channel, lifeline, board; the caller keeps
-        and closes its own copies), or None if the template could not make one."""
+    def order(self, cwd: str | None, fds: tuple[int, int, int]) -> PendingFork | None:
+        """Ask for a new worker forked with ``fds`` (channel, lifeline, board; the caller
+        keeps and closes its own copies) in ``cwd``, without waiting for the answer; None
+        if the template cannot fork now. Forks are answered in the order asked."""
         where = os.fsencode(cwd if cwd is not None else "/")
-        with self._fork_lock:
-            if not self.usable():
+        if not self.usable():
+            return None
+        with self._lock:
+            if self.dead or not self.ready:
                 return None
             try:
                 self.channel.send(FORK + where, fds)
             except OSError:
-                with self._lock:
-                    self._died()
+                self._died()
                 return None
-            deadline = time.monotonic() + FORK_TIMEOUT
-            while True:
-                with self._lock:
-                    if self._answers:
-                        payload, got = self._answers.pop(0)
-                        break
-                left = deadline - time.monotonic()
-                if left <= 0 or self.dead:
-                    with self._lock:
-                        self._died()
-                    return None
-                self.collect(wait=left)
-        if payload[:1] != FORK or len(got) != 1:
-            for fd in got:
-                os.close(fd)
-            return None  # FAILED: fork() itself failed (no memory, too many processes)
-        (pid,) = _PID.unpack(payload[1:])
-        return ForkedProcess(self, pid, got[0])
+            pending = PendingFork(self)
+            self._waiting.append(pending)
+        return pending
+
+    def fork(self, cwd: str | None, fds: tuple[int, int, int]) -> ForkedProcess | None:
+        """A new worker forked with ``fds`` (see `order`), or None if the template could
+        not make one."""
+        pending = self.order(cwd, fds)
+        return None if pending is None else pending.result()
 
     def close(self, wait: float | None = 1.0) -> None:
         """Stop the template: it forks no more, and exits once the workers it forked
@@ -617,6 +687,14 @@ class Launcher:
         if template is None:
             return None
         return template.fork(cwd, fds)
+
+    def order(self, env: dict[str, str], cwd: str | None, fds) -> PendingFork | None:
+        """Ask the template for ``env`` for a worker, ahead of need, without waiting
+        (`Template.order`); None if no template for ``env`` is up (none is started)."""
+        if not self.enabled:
+            return None
+        template = self._template_for(env, False)
+        return None if template is None else template.order(cwd, fds)
 
     def _template_for(self, env: dict[str, str], start: bool, wait: float = 0.0) -> Template | None:
         old = None

@@ -298,11 +298,16 @@ def test_the_template_never_runs_user_code(tmp_path, monkeypatch):
     pool = P.default_pool()
     template = _template_of(pool)
 
-    def own_fds() -> int:  # besides one pidfd per live forked worker
-        alive = [p for p in psutil.Process(template.pid).children() if p.status() != "zombie"]
-        return len(os.listdir(f"/proc/{template.pid}/fd")) - len(alive)
+    def own_fds() -> int | None:  # besides one pidfd per forked worker not reaped yet
+        forked = psutil.Process(template.pid).children()  # (a zombie still has its pidfd)
+        fds = len(os.listdir(f"/proc/{template.pid}/fd")) - len(forked)
+        try:  # None while one is ending: its pidfd is being closed and it reaped
+            return None if any(p.status() == "zombie" for p in forked) else fds
+        except psutil.NoSuchProcess:
+            return None
 
-    fds_before = own_fds()
+    # (the run's unused spare may still be ending)
+    fds_before = wait_for(own_fds, timeout=10, what="the template's forks to settle")
     res = pm.parmap(usermod.work, range(40), workers=2, chunksize=1, errors="collect")
     assert len(res.failures) == 8
     wait_for(lambda: own_fds() == fds_before, timeout=10, what="the template's fds to settle")
