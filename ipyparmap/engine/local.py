@@ -106,6 +106,9 @@ class LocalEngine:
     def start(self, run: Runner) -> None:
         self.run = run
         self.options = run.options
+        payload = getattr(run.feed, "payload", None)
+        if payload is not None:  # new workers: what they need, made ready while they start
+            self.pool.prepare(run.n_workers, payload)
         self.workers = self.pool.acquire(run.n_workers, self.env)
         from ipyparmap.process.resources import cpu_count
 

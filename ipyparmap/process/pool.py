@@ -656,6 +656,19 @@ class Pool:
                 return
         self.launcher.start(worker_env(env_extra))
 
+    def prepare(self, count: int, payload: FunctionPayload) -> None:
+        """Before a call leasing ``count`` workers starts new ones for ``payload``'s
+        function: have the template import the installed modules the function needs
+        (NumPy: once, there, instead of in each new worker after its fork), and copy the
+        function's big globals into shared memory now, while the template boots and
+        imports (W6b: a 200 MB global, ~75 ms of copying, overlaps them)."""
+        with self._lock:
+            if self.closed or len(self._idle) >= count:
+                return  # warm: the workers have the modules; the copy waits for them
+        self.launcher.note_function(payload.code_key, payload.blob)
+        if payload.packed is not None:
+            payload.share()
+
     def drop_template_if_unused(self) -> None:
         """Stop the template process if this pool has no worker at all: a call started
         it ahead (`start_template`) and failed before leasing any (its function could

@@ -717,3 +717,40 @@ def test_a_forked_worker_exits_like_an_interpreter(tmp_path):
     for pid in forked:
         assert (tmp_path / f"atexit-{pid}").exists()
         assert (tmp_path / f"thread-{pid}").exists()
+
+
+def test_a_cold_call_readies_what_its_workers_need_before_it_forks_them():
+    """A first call of a function using NumPy and a big global: the template is asked
+    to import NumPy, and the global is copied into shared memory, before the first
+    worker is forked (W6b: the copy overlaps the template's boot and import, and the
+    workers need not import NumPy each)."""
+    pytest.importorskip("numpy")
+    code = textwrap.dedent("""
+        import numpy as np
+        import ipyparmap as pm
+        from ipyparmap.process import template as T
+        from ipyparmap.wire import serialize as S
+
+        events = []
+        for cls, name in ((T.Template, "preload"), (T.Template, "fork"),
+                          (T.Template, "order"), (S.Packed, "share")):
+            original = getattr(cls, name)
+            def spy(*args, _original=original, _name=name, **kwargs):
+                if _name != "preload" or args[1]:
+                    events.append(_name if _name != "order" else "fork")
+                return _original(*args, **kwargs)
+            setattr(cls, name, spy)
+
+        BIG = np.arange(1 << 20, dtype=np.float64)  # 8 MB: shared, not pickled in-band
+
+        def f(i):
+            return float(BIG[i])
+
+        assert pm.parmap(f, range(4), workers=2, progress=False) == [0.0, 1.0, 2.0, 3.0]
+        first_fork = events.index("fork")
+        print("EVENTS", events[:first_fork + 1])
+        print("READY", "preload" in events[:first_fork] and "share" in events[:first_fork])
+    """)
+    out = run_python(code, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "READY True" in out.stdout, out.stdout
