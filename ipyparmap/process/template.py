@@ -746,16 +746,11 @@ def installed_modules(blob) -> set[str]:
     notebook, editable installs: they are user code, outside site-packages)."""
     if len(blob) > SCAN_BYTES:
         return set()
-    import pickletools
+    from ipyparmap.wire.serialize import preload_modules
 
-    names = set()
-    try:
-        for _opcode, arg, _ in pickletools.genops(bytes(blob)):
-            if isinstance(arg, str):  # a GLOBAL's is "module name"
-                names.add(arg.split(" ", 1)[0].split(".", 1)[0])
-    except Exception:  # not a plain pickle stream: nothing to learn from it
-        return set()
-    return {name for name in names if _installed(name)}
+    # the modules the pickle imports (its GLOBAL opcodes), not every string in it: a
+    # function mentioning "IPython" in a string must not have the template import it
+    return {name for name in preload_modules(bytes(blob)) if _installed(name)}
 
 
 def _installed(name: str) -> bool:

@@ -341,36 +341,52 @@ class FunctionPayload:
 
 
 _STRING_OPS = frozenset({"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"})
+_SUBIMPORTS = frozenset({"subimport", "dynamic_subimport"})
+_CLOUDPICKLE_MODULES = frozenset({"cloudpickle", "cloudpickle.cloudpickle"})
+_SUBIMPORT = object()  # (a marker: cloudpickle's subimport is on the pickle's stack)
 _MEMO_GETS = frozenset({"GET", "BINGET", "LONG_BINGET"})
 
 
 def preload_modules(blob: bytes) -> tuple[str, ...]:
-    """The installed modules (not the user's own, not ``__main__``) whose names the
-    pickle's GLOBAL and STACK_GLOBAL opcodes import, top-level names, in order: a
-    worker may import them ahead of the function (their import is what unpickling it
-    would start with). Only modules this process has imported count."""
+    """The installed modules (not the user's own, not ``__main__``) the pickle imports,
+    top-level names, in order: those its GLOBAL and STACK_GLOBAL opcodes name, and
+    those cloudpickle's ``subimport`` calls name (a module among a function's globals:
+    ``np`` after ``import numpy as np``). A worker may import them ahead of the function
+    (their import is what unpickling it would start with). Other strings in the pickle
+    (a function's constants and names) are not modules. Only modules this process has
+    imported count."""
     import pickletools
 
     found: dict[str, None] = {}
     memo: list = []
-    recent: list = [None, None]  # the last two strings pushed (STACK_GLOBAL's arguments)
+    # the last two values pushed, as far as they matter here: a string, _SUBIMPORT (the
+    # function cloudpickle rebuilds a module with), or None (anything else)
+    recent: list = [None, None]
+
+    def push(value) -> None:
+        if isinstance(value, str) and recent[1] is _SUBIMPORT:  # subimport("numpy")
+            found[value.partition(".")[0]] = None
+        recent[:] = [recent[1], value]
+
     try:
         for op, arg, _ in pickletools.genops(blob):
             name = op.name
             if name in _STRING_OPS:
-                recent = [recent[1], arg]
+                push(arg)
             elif name in _MEMO_GETS:
-                recent = [recent[1], memo[arg] if arg < len(memo) else None]
+                push(memo[arg] if arg < len(memo) else None)
             elif name == "MEMOIZE":
                 memo.append(recent[1])
-            elif name == "STACK_GLOBAL":
-                module = recent[0]
+            elif name in ("STACK_GLOBAL", "GLOBAL"):
+                module, attr = recent if name == "STACK_GLOBAL" else (str(arg).partition(" ")[::2])
                 if isinstance(module, str):
                     found[module.partition(".")[0]] = None
-            elif name == "GLOBAL":
-                found[str(arg).partition(" ")[0].partition(".")[0]] = None
+                is_subimport = module in _CLOUDPICKLE_MODULES and attr in _SUBIMPORTS
+                if name == "STACK_GLOBAL":
+                    recent[:] = [None, None]  # its two strings were popped
+                push(_SUBIMPORT if is_subimport else None)
             elif name not in ("FRAME", "PROTO"):
-                recent = [recent[1], None]  # something else is on top now
+                push(None)  # something else is on top now
     except Exception:  # never fail a run over a hint
         return ()
     modules = []

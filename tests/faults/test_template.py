@@ -662,6 +662,17 @@ def test_only_installed_third_party_modules_are_preloaded(tmp_path, monkeypatch)
     assert "numpy" in found
     assert not {"mylocal", "os", "sys", "__main__", "ipyparmap", "cloudpickle"} & found
 
+    def only_says_its_name(x):  # a string is not an import
+        return "numpy" in sys.modules and x.numpy
+
+    assert T.installed_modules(cloudpickle.dumps(only_says_its_name)) == set()
+    big = numpy.zeros(3)
+
+    def uses_an_array(i):  # an array global: numpy's reconstructor, a GLOBAL
+        return big[i]
+
+    assert T.installed_modules(cloudpickle.dumps(uses_an_array)) == {"numpy"}
+
 
 def test_a_template_serves_one_environment(tmp_path):
     """Workers with another environment (the caller changed os.environ, or a call asked
