@@ -11,16 +11,21 @@ import pytest
 from conftest import children, wait_for
 
 import ipyparmap as pm
+from ipyparmap.process import template as T
 from ipyparmap.process.pool import Pool
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
 
 def _workers_of(pid: int) -> list[int]:
+    """The worker processes of the kernel ``pid``: its children, or its template's."""
     found = []
-    for proc in psutil.Process(pid).children():
+    for proc in psutil.Process(pid).children(recursive=True):
         try:
-            if "ipyparmap.process.worker" in " ".join(proc.cmdline()):
+            line = " ".join(proc.cmdline())
+            if proc.ppid() == pid and "ipyparmap.process.template" in line:
+                continue  # the template process: it forks the workers, it is none
+            if "ipyparmap.process.worker" in line:
                 found.append(proc.pid)
         except psutil.Error:
             continue
@@ -40,14 +45,43 @@ def test_a_prewarmed_pool_serves_the_next_call_with_those_workers():
     pool = Pool()
     try:
         assert pool.prewarm(2) == 2
-        started = {w.pid for w, _ in pool.workers()}
-        assert len(started) == 2
+        assert pool.prewarm(2) == 0  # on their way already: nothing more
+        started = wait_for(
+            lambda: len(pool.workers()) == 2 and {w.pid for w, _ in pool.workers()},
+            timeout=30, what="two prewarmed workers",
+        )  # fmt: skip
         assert pool.prewarm(2) == 0  # up already: nothing more
         leased = pool.acquire(2)
         assert {w.pid for w in leased} == started  # no second pair spawned
         pool.release(leased)
     finally:
         pool.shutdown()
+
+
+@pytest.mark.skipif(not T.available(), reason="the template needs fork and pidfds")
+def test_prewarmed_workers_are_forks_of_the_template_and_a_call_waits_for_them():
+    """%load_ext's workers share the template's pages like any other (issue 18): and a
+    call right after the prewarm, before they are forked, takes them, starting none."""
+    pool = Pool()
+    try:
+        assert pool.prewarm(2) == 2
+        leased = pool.acquire(2)  # at once: the template is probably still booting
+        assert len(leased) == 2
+        template = pool.launcher.template
+        assert template is not None
+        assert {psutil.Process(w.pid).ppid() for w in leased} == {template.pid}
+        pool.release(leased)
+        assert len(pool.workers()) == 2  # none started besides
+    finally:
+        pool.shutdown()
+
+
+def test_a_shutdown_during_a_prewarm_leaves_nothing():
+    pool = Pool()
+    assert pool.prewarm(2) == 2
+    pool.shutdown()  # while the template boots, or while it forks
+    assert pool.workers() == []
+    wait_for(lambda: not children(), timeout=10, what="every process to exit")
 
 
 def test_a_prewarm_after_shutdown_starts_nothing():

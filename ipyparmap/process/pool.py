@@ -590,20 +590,53 @@ class Pool:
         self._stopper: threading.Thread | None = None
         self._stop_news = threading.Condition(self._lock)
         self.closed = False  # shut down: a prewarm that ends after it stops its workers
+        self._prewarming = 0  # workers a prewarm thread is still forking
+        self._prewarm_news = threading.Condition(self._lock)
 
     def prewarm(self, count: int, env_extra: EnvExtra = None) -> int:
         """Start workers until ``count`` are up, idle, for the next call; return how
-        many were started. They boot in the background: this returns in milliseconds
-        (one process start each), and a call meanwhile leases them like any warm worker.
+        many are being started. This returns in milliseconds, the workers boot in the
+        background: forks of the template process where it can be used (started now;
+        a short-lived thread forks them once it has booted, and a call arriving before
+        that waits for them, `acquire`), else interpreters, in the pool at once.
         """
         with self._lock:
-            missing = count - len(self._idle) - len(self._leased)
-        if missing <= 0 or self.closed:
-            return 0
+            missing = count - len(self._idle) - len(self._leased) - self._prewarming
+            if missing <= 0 or self.closed:
+                return 0
+            self._prewarming += missing
         env = worker_env(env_extra)
-        started = [spawn_worker(env) for _ in range(missing)]
+        if self.launcher.enabled:
+            self.launcher.start(env)  # it boots while the user writes the next cell
+            forker = threading.Thread(
+                target=self._prewarm_forks, args=(missing, env), name="ipyparmap-prewarm",
+                daemon=True,
+            )  # fmt: skip
+            try:
+                forker.start()
+                return missing
+            except RuntimeError:  # the interpreter is shutting down: no thread
+                pass
+        return self._prewarmed([spawn_worker(env) for _ in range(missing)], missing)
+
+    def _prewarm_forks(self, missing: int, env: dict[str, str]) -> None:
+        started: list[WorkerHandle] = []
+        try:
+            for _ in range(missing):
+                if self.closed:
+                    break
+                started.append(spawn_worker(env, self.launcher, True, TEMPLATE_BOOT_WAIT))
+        except OSError:  # out of processes or descriptors: the next call starts its own
+            pass
+        finally:
+            self._prewarmed(started, missing)
+
+    def _prewarmed(self, started: list[WorkerHandle], missing: int) -> int:
+        """Put prewarmed workers in the pool (stop them if it was shut down meanwhile)."""
         with self._lock:
-            if not self.closed:  # (shut down from another thread meanwhile: stop them)
+            self._prewarming -= missing
+            self._prewarm_news.notify_all()
+            if not self.closed:
                 now = time.monotonic()
                 for worker in started:
                     worker.idle_since = now
@@ -613,6 +646,15 @@ class Pool:
         _stop_all(started)
         return 0
 
+    def _wait_for_prewarm(self) -> None:
+        """A call that finds workers being prewarmed waits for them (rather than start
+        more of its own): at most a template's boot and the forks."""
+        with self._lock:
+            if self._prewarming:
+                self._prewarm_news.wait_for(
+                    lambda: not self._prewarming, timeout=TEMPLATE_BOOT_WAIT + 1.0
+                )
+
     def acquire(self, count: int, env_extra: EnvExtra = None) -> list[WorkerHandle]:
         """Lease ``count`` workers: warm idle ones first, new ones for the rest.
 
@@ -620,6 +662,7 @@ class Pool:
         starts (one interpreter start for the pool, not one per worker, and workers
         that share its pages); if it is not up within `TEMPLATE_BOOT_WAIT` (about what
         a spawned worker would take to boot), they are started as interpreters."""
+        self._wait_for_prewarm()
         with self._lock:
             warm = []
             for worker in self._idle:
@@ -881,6 +924,9 @@ class Pool:
         self._drop_selectors()
         with self._lock:
             self.closed = True
+        if wait:
+            self._wait_for_prewarm()  # (its workers then stop: the pool is closed)
+        with self._lock:
             idle, self._idle = self._idle, []
             busy = list(self._leased) if kill_busy else []
             reaper = self._reaper

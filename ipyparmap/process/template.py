@@ -68,8 +68,8 @@ each request; ``sys.path`` and the rest of the caller's world come in the worker
 
 Where it is used: for a pool's first workers (`Pool.acquire` starts the template and
 waits for it up to ``TEMPLATE_BOOT_WAIT``, else they are interpreters), for replacement
-workers (`Pool.spawn`) and new workers of a growing pool; not for the workers
-`Pool.prewarm` starts (it returns at once, before a template could be up). It needs
+workers (`Pool.spawn`), new workers of a growing pool, and the workers `Pool.prewarm`
+starts for ``%load_ext`` (a thread forks them once the template is up). It needs
 pidfds (a death sentinel for a process that is not our child) and fork, so on macOS,
 Windows and under ``IPYPARMAP_MASK=pidfd`` the launcher starts every worker as an
 interpreter, as before. A template that fails (it

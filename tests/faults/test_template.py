@@ -179,7 +179,9 @@ def test_the_first_call_starts_the_template_before_it_loads_the_engine():
 def test_a_template_is_started_ahead_only_for_a_call_that_needs_new_workers():
     pool = P.Pool()
     try:
+        pool.launcher.enabled = False
         pool.prewarm(2)  # interpreters, no template
+        pool.launcher.enabled = True
         pool.start_template(2)  # two warm workers: this call forks none
         assert pool.launcher.template is None
         pool.start_template(3)  # one more worker than are warm: it boots now
