@@ -423,6 +423,12 @@ def test_stopping_a_run_keeps_finished_results_and_leaves_nothing_behind(engine,
     assert len(res) == N_ITEMS
     for index, value in enumerate(res):  # finished results are kept, the rest cancelled
         if index in stop["done"]:
+            if engine.name == "dask" and isinstance(value, pm.Failure):
+                # (an item's task may have finished on a Dask worker, its result still on
+                # its way to the scheduler and the client when the stop came: cancelled
+                # then, as Dask's own futures of it are; never another outcome)
+                assert value.kind == "cancelled", (index, value)
+                continue
             assert value == index, (index, value)
         else:
             assert isinstance(value, pm.Failure) and value.kind == "cancelled", (index, value)
