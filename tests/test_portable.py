@@ -257,6 +257,11 @@ def test_max_memory_recycles_the_worker_that_grew_past_it(mask):
         _BIG_PARENT.format(tests=os.path.dirname(__file__))
         + """
     items = [(i, 200 if i == 1 else 0) for i in range(4)]
+    # the item that grows must end before a sample can stop it (the grace is 0.25 s;
+    # filling 200 MB took longer than that once on a busy CI machine): this is about
+    # the recycle after it
+    from ipyparmap.engine import local
+    local.MEMORY_LIMIT_GRACE_SECONDS = 10.0
     res = pm.parmap(helpers.hoard, items, workers=1, chunksize=1, max_memory="150MB")
     pids = [pid for _, pid in res]
     print(pids[1] == pids[0], pids[2] != pids[1], pids[3] == pids[2], res.stats.recycled)
