@@ -269,12 +269,8 @@ def prewarm(since: int | None = None) -> int:
     if os.environ.get(M.WORKER_ENV) or (since is not None and since != _shutdowns):
         return 0
     from ipyparmap.process.pool import default_pool
-    from ipyparmap.process.resources import cpu_count as _cpu_count
-    from ipyparmap.process.resources import resolve_workers, thread_limits
 
-    cpus = _cpu_count()
-    workers = resolve_workers(_configured.get("workers"), cpus)
-    env = functools.partial(thread_limits, workers, cpus)  # as a call's workers get it
+    workers, env = _local_workers(_configured.get("workers"))  # as a call's workers get
     return default_pool().prewarm(workers, env)
 
 
@@ -347,7 +343,8 @@ def cpu_count() -> int:
 def _runner(func, iterable, options: Options, keep_details: bool, background: bool = False,
             counting: tuple | None = None):  # fmt: skip
     if options.backend in (None, "local"):
-        _start_template(options, iterable)
+        workers, env = _local_workers(options.workers)
+        _start_template(workers, env, iterable)  # first thing: it boots meanwhile
     from ipyparmap.engine.run import function_name, map_run
 
     progress = _progress_model(options.progress)
@@ -383,15 +380,9 @@ def _runner(func, iterable, options: Options, keep_details: bool, background: bo
             raise ValueError("max_memory= needs the local backend (its workers are ours)")
         engine = ExecutorEngine(backend, func_name=name)
         workers = options.workers or backend.concurrency()
-    else:
-        from ipyparmap.process.pool import default_pool
-        from ipyparmap.process.resources import cpu_count as _cpu_count
-        from ipyparmap.process.resources import resolve_workers, thread_limits
-
-        cpus = _cpu_count()
-        workers = resolve_workers(options.workers, cpus)
-        env = functools.partial(thread_limits, workers, cpus)  # built only to spawn
+    else:  # local: `workers` and `env` from the top
         from ipyparmap.engine.local import LocalEngine
+        from ipyparmap.process.pool import default_pool
 
         engine = LocalEngine(default_pool(), env=env, func_name=name)
     return map_run(
@@ -441,7 +432,18 @@ def _output_forwarder():
     return OutputPrinter()
 
 
-def _start_template(options: Options, iterable: Any) -> None:
+def _local_workers(requested: int | None) -> tuple[int, Callable[[], dict]]:
+    """How many local workers a call asking for ``requested`` gets, and their thread
+    limits (a function: the environment is built only if a worker is started)."""
+    from ipyparmap.process.resources import cpu_count as _cpu_count
+    from ipyparmap.process.resources import resolve_workers, thread_limits
+
+    cpus = _cpu_count()
+    workers = resolve_workers(requested, cpus)
+    return workers, functools.partial(thread_limits, workers, cpus)
+
+
+def _start_template(workers: int, env: Callable[[], dict], iterable: Any) -> None:
     """A cold pool forks a call's workers from its template process: start it first
     thing, so that it boots while this process loads the engine and cloudpickle (a
     script's first call). Nothing for an input known to be empty (it starts no worker)."""
@@ -451,11 +453,8 @@ def _start_template(options: Options, iterable: Any) -> None:
     except Exception:  # not sized (a generator): it probably has items
         pass
     from ipyparmap.process.pool import default_pool
-    from ipyparmap.process.resources import cpu_count, resolve_workers, thread_limits
 
-    cpus = cpu_count()
-    workers = resolve_workers(options.workers, cpus)
-    default_pool().start_template(workers, functools.partial(thread_limits, workers, cpus))
+    default_pool().start_template(workers, env)
 
 
 def _check_call(func: Any, iterable: Any, options: Options) -> None:
