@@ -694,10 +694,8 @@ class Pool:
         workers would need new ones and none is up: the caller (the first call of a
         script) then loads the rest of the engine while it boots, instead of waiting
         for it in `acquire`. Returns at once."""
-        with self._lock:
-            if self.closed or len(self._idle) >= count:
-                return
-        self.launcher.start(worker_env(env_extra))
+        if self._needs_new_workers(count):
+            self.launcher.start(worker_env(env_extra))
 
     def prepare(self, count: int, payload: FunctionPayload) -> None:
         """Before a call leasing ``count`` workers starts new ones for ``payload``'s
@@ -705,12 +703,16 @@ class Pool:
         (NumPy: once, there, instead of in each new worker after its fork), and copy the
         function's big globals into shared memory now, while the template boots and
         imports (W6b: a 200 MB global, ~75 ms of copying, overlaps them)."""
-        with self._lock:
-            if self.closed or len(self._idle) >= count:
-                return  # warm: the workers have the modules; the copy waits for them
+        if not self._needs_new_workers(count):
+            return  # warm: the workers have the modules; the copy waits for them
         self.launcher.note_function(payload.code_key, payload.blob)
         if payload.packed is not None:
             payload.share()
+
+    def _needs_new_workers(self, count: int) -> bool:
+        """Whether a call leasing ``count`` workers now would start new ones."""
+        with self._lock:
+            return not self.closed and len(self._idle) < count
 
     def drop_template_if_unused(self) -> None:
         """Stop the template process if this pool has no worker at all: a call started
