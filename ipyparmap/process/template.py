@@ -106,6 +106,10 @@ FORK, IMPORT = b"F", b"I"
 READY, FAILED, EXITED, THREADS = b"R", b"E", b"X", b"T"
 #: Seconds the parent waits for a fork's answer before it gives up on the template.
 FORK_TIMEOUT = 2.0
+#: ...and longer for a fork asked while the template still imports modules it was sent
+#: (`Template.preload`): it answers in order, after the imports (pandas can take
+#: seconds on a cold disk). A template importing for longer is taken to be stuck.
+IMPORT_TIMEOUT = 30.0
 #: Templates of a pool that may fail (die, be killed, refuse a module) before it
 #: starts no more: one that keeps dying is not worth an interpreter start each time.
 MAX_FAILURES = 4
@@ -377,18 +381,20 @@ class PendingFork:
     the template forks while the parent does other things, and `result` reads the
     answer when the worker is wanted."""
 
-    __slots__ = ("answer", "cancelled", "template")
+    __slots__ = ("answer", "cancelled", "template", "timeout")
 
-    def __init__(self, template: Template):
+    def __init__(self, template: Template, timeout: float = FORK_TIMEOUT):
         self.template = template
         self.answer: tuple[bytes, list[int]] | None = None  # FORK + pid with its pidfd, or FAILED
         self.cancelled = False  # nobody wants the worker any more (see cancel)
+        self.timeout = timeout  # the default wait of `result`
 
     def result(self, timeout: float | None = None) -> ForkedProcess | None:
         """The forked worker, or None if the template could not make one (it failed, died,
-        or took longer than ``timeout``, `FORK_TIMEOUT` by default: then it is dropped)."""
+        or took longer than ``timeout``, by default `FORK_TIMEOUT`, or `IMPORT_TIMEOUT`
+        more if it was asked behind an import: then it is dropped)."""
         template = self.template
-        deadline = time.monotonic() + (FORK_TIMEOUT if timeout is None else timeout)
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         while True:
             with template._lock:
                 answer = self.answer
@@ -432,6 +438,7 @@ class Template:
         self.exits: dict[int, int] = {}  # pid -> exit status, reported, not collected yet
         self.ready = False
         self.dead = False
+        self._imports = 0  # IMPORT requests it has not answered yet
         self._lock = threading.Lock()  # guards the state below and reading the channel
         self._news = threading.Condition(self._lock)  # something was read
         self._reading = False  # a thread waits on the channel (see collect)
@@ -506,6 +513,8 @@ class Template:
             else:
                 self.exits[pid] = code
         elif kind in (READY, IMPORT):  # booted, or done importing: it forks again
+            if kind == IMPORT:
+                self._imports = max(0, self._imports - 1)
             self.ready = True
         elif kind == THREADS:  # it exits now; the launcher remembers these modules
             self.refused.update(bytes(payload[1:]).decode("ascii", "replace").split("\n"))
@@ -561,7 +570,9 @@ class Template:
 
     def preload(self, names: set[str]) -> None:
         """Have the template import ``names`` (installed modules the workers' functions
-        use); it forks nothing meanwhile (workers are interpreters until it is done)."""
+        use); it forks nothing meanwhile (workers are interpreters until it is done).
+        Sent while it boots, the import comes after its READY: forks asked then are
+        answered after the import, and wait for it (`IMPORT_TIMEOUT`)."""
         names = set(names) - self.preloaded
         if not names or self.dead:
             return
@@ -569,6 +580,7 @@ class Template:
             if self.dead:
                 return
             self.preloaded |= names
+            self._imports += 1
             try:
                 self.channel.send(IMPORT + "\n".join(sorted(names)).encode())
             except OSError:
@@ -592,7 +604,10 @@ class Template:
             except OSError:
                 self._died()
                 return None
-            pending = PendingFork(self)
+            # Asked behind an import (sent while it booted: its READY came after):
+            # answered once the import is done.
+            behind = IMPORT_TIMEOUT if self._imports else 0.0
+            pending = PendingFork(self, FORK_TIMEOUT + behind)
             self._waiting.append(pending)
         return pending
 

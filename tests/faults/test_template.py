@@ -621,6 +621,32 @@ def test_a_module_that_starts_a_thread_at_import_is_refused(tmp_path, what):
     assert launcher.unsafe == {name} and not launcher.preload
 
 
+def test_a_fork_asked_behind_an_import_waits_for_it(tmp_path):
+    """Modules sent to a template that is still booting are imported after its READY;
+    a fork asked meanwhile is answered after the import. Giving up on it after
+    FORK_TIMEOUT would drop a working template (a cold pandas import can take that
+    long) and start every worker as an interpreter."""
+    seconds = T.FORK_TIMEOUT + 1.0
+    (tmp_path / "slow_to_import.py").write_text(f"import time\ntime.sleep({seconds})\n")
+    env = P.worker_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env["PYTHONPATH"]])
+    template = T.Template(env)
+    try:
+        template.preload({"slow_to_import"})  # before it booted: its READY comes first
+        assert _booted(template).usable()
+        asked = time.monotonic()
+        child, *ends = _fork_one(template, str(tmp_path))
+        assert child is not None and not template.dead
+        assert time.monotonic() - asked >= seconds - 1.0  # it was answered after the import
+        _end(child, *ends)
+        assert template.usable()  # the import is done: it forks at once again
+        child, *ends = _fork_one(template, str(tmp_path))
+        assert child is not None
+        _end(child, *ends)
+    finally:
+        template.close()
+
+
 def _draw_or_die(x):
     import numpy
 
