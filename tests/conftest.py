@@ -28,11 +28,12 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02, what: str
         time.sleep(interval)
 
 
-def children() -> list[psutil.Process]:
-    """Our child processes, except multiprocessing's resource tracker and forkserver
-    (started by libraries such as Dask, they live as long as the test process)."""
+def children(of: int | None = None) -> list[psutil.Process]:
+    """Our descendant processes (or those of process ``of``: a kernel), except
+    multiprocessing's resource tracker and forkserver (started by libraries such as Dask,
+    they live as long as the test process)."""
     try:
-        procs = psutil.Process().children(recursive=True)
+        procs = psutil.Process(of).children(recursive=True)
     except psutil.NoSuchProcess:
         return []
     found = []
@@ -48,21 +49,23 @@ def children() -> list[psutil.Process]:
     return found
 
 
-def is_template(proc: psutil.Process) -> bool:
-    """The template process (process/template.py): our child, running its main loop.
-    (The workers it forks share its command line, but are its children, not ours.)"""
+def is_template(proc: psutil.Process, of: int | None = None) -> bool:
+    """The template process (process/template.py): our child (or the child of process
+    ``of``), running its main loop. (The workers it forks share its command line, but
+    are its children, not ours.)"""
     try:
-        return proc.ppid() == os.getpid() and any(
+        return proc.ppid() == (of or os.getpid()) and any(
             "ipyparmap.process.template" in part for part in proc.cmdline()
         )
     except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
         return False
 
 
-def workers() -> list[psutil.Process]:
-    """Our worker processes: `children` but the template process (a pool's workers are
-    forks of its template where it can fork them: then its children, not ours)."""
-    return [proc for proc in children() if not is_template(proc)]
+def workers(of: int | None = None) -> list[psutil.Process]:
+    """Our worker processes (or those of process ``of``: a kernel): `children` but the
+    template process (a pool's workers are forks of its template where it can fork them:
+    then its children, not ours)."""
+    return [proc for proc in children(of) if not is_template(proc, of)]
 
 
 @pytest.fixture

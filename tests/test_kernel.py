@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import psutil
 import pytest
-from conftest import wait_for
+from conftest import wait_for, workers
 
 pytest.importorskip("ipykernel")
 pytest.importorskip("jupyter_client")
@@ -33,22 +33,6 @@ def test_failing_cell_shows_the_cell_source_line(kernel):
     assert check.stdout.strip() == "Results error -5"
 
 
-def _workers_of(pid: int) -> list[int]:
-    """The worker processes of kernel ``pid``: its children, or its template process's
-    (the template, which forks them, is none of them and outlives an interrupt)."""
-    found = []
-    for proc in psutil.Process(pid).children(recursive=True):
-        try:
-            if proc.status() == "zombie":
-                continue
-            if proc.ppid() == pid and any("process.template" in a for a in proc.cmdline()):
-                continue
-        except psutil.Error:
-            continue
-        found.append(proc.pid)
-    return found
-
-
 def test_interrupt_stops_the_run_binds_partial_results_and_kernel_lives(kernel):
     msg_id = kernel.submit(
         "%%parmap -o partial x in range(12) --chunksize 1\n"
@@ -61,7 +45,7 @@ def test_interrupt_stops_the_run_binds_partial_results_and_kernel_lives(kernel):
     kernel.collect(
         msg_id, timeout=60, until=lambda r: "[4] start 4" in r.stdout and "[5] start 5" in r.stdout
     )
-    busy = _workers_of(kernel.pid)
+    busy = [proc.pid for proc in workers(kernel.pid)]
     kernel.manager.interrupt_kernel()
     reply = kernel.collect(msg_id, timeout=30)
     assert reply.status == "error" and reply.error["ename"] == "Interrupted"

@@ -8,28 +8,13 @@ import sys
 
 import psutil
 import pytest
-from conftest import children, wait_for
+from conftest import children, wait_for, workers
 
 import ipyparmap as pm
 from ipyparmap.process import template as T
 from ipyparmap.process.pool import Pool
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
-
-
-def _workers_of(pid: int) -> list[int]:
-    """The worker processes of the kernel ``pid``: its children, or its template's."""
-    found = []
-    for proc in psutil.Process(pid).children(recursive=True):
-        try:
-            line = " ".join(proc.cmdline())
-            if proc.ppid() == pid and "ipyparmap.process.template" in line:
-                continue  # the template process: it forks the workers, it is none
-            if "ipyparmap.process.worker" in line:
-                found.append(proc.pid)
-        except psutil.Error:
-            continue
-    return found
 
 
 def test_import_ipyparmap_starts_no_process():
@@ -39,6 +24,10 @@ def test_import_ipyparmap_starts_no_process():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "0"
+
+
+def _pids(procs: list[psutil.Process]) -> list[int]:
+    return [proc.pid for proc in procs]
 
 
 def test_a_prewarmed_pool_serves_the_next_call_with_those_workers():
@@ -104,7 +93,7 @@ from kernel_tools import running_kernel  # noqa: E402
 def test_load_ext_boots_workers_that_the_first_run_uses(tmp_path):
     with running_kernel(tmp_path, setup="%load_ext ipyparmap\n%config Parmap.workers = 2") as k:
         prewarmed = wait_for(
-            lambda: len(_workers_of(k.pid)) == 2 and _workers_of(k.pid),
+            lambda: len(_pids(workers(k.pid))) == 2 and _pids(workers(k.pid)),
             timeout=30,
             what="two prewarmed workers",
         )
@@ -115,23 +104,23 @@ def test_load_ext_boots_workers_that_the_first_run_uses(tmp_path):
         assert reply.status == "ok", reply.traceback
         used = set(eval(reply.stdout.strip()))
         assert used <= set(prewarmed), (used, prewarmed)
-        assert sorted(_workers_of(k.pid)) == sorted(prewarmed)  # none spawned besides
+        assert sorted(_pids(workers(k.pid))) == sorted(prewarmed)  # none spawned besides
         # a shutdown right after stops them all
         reply = k.run("import ipyparmap as pm\npm.shutdown()")
         assert reply.status == "ok", reply.traceback
-        wait_for(lambda: not _workers_of(k.pid), timeout=10, what="workers to exit")
+        wait_for(lambda: not _pids(workers(k.pid)), timeout=10, what="workers to exit")
 
 
 def test_a_shutdown_or_prewarm_false_in_the_loading_cell_starts_nothing(tmp_path):
     setup = "%load_ext ipyparmap\nimport ipyparmap as pm\npm.shutdown()"
     with running_kernel(tmp_path, setup=setup) as k:
         # the prewarm runs when the loading cell ends, before the kernel goes idle
-        assert _workers_of(k.pid) == []
+        assert _pids(workers(k.pid)) == []
         reply = k.run("%unload_ext ipyparmap")
         assert reply.status == "ok", reply.traceback
         reply = k.run("%load_ext ipyparmap\n%config Parmap.prewarm = False")
         assert reply.status == "ok", reply.traceback
-        assert _workers_of(k.pid) == []
+        assert _pids(workers(k.pid)) == []
         reply = k.run("%parmap_pool")
         assert reply.status == "ok", reply.traceback
-        assert _workers_of(k.pid) == []
+        assert _pids(workers(k.pid)) == []
