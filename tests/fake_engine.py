@@ -187,6 +187,9 @@ class FakeEngine:
         self.closed += 1
         self.run = None  # as the real engines do (the run holds us)
 
+    def unused(self) -> None:
+        pass  # nothing prepared ahead
+
     # ------------------------------------------------------------------ one chunk
     def _work(self, worker: int, chunk) -> None:
         run = self.run

@@ -389,6 +389,9 @@ class ExecutorEngine:
             sink.cancel_rest(self.in_flight.pop(future))
             self.backend.forget(future)
 
+    def unused(self) -> None:
+        """Nothing was prepared ahead: the backend's workers are its own."""
+
     def close(self) -> None:
         self.task_function = None
         self.backend.release()

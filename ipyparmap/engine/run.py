@@ -105,6 +105,11 @@ class Engine:
         """Give back what the engine holds (workers to the pool...)."""
         raise NotImplementedError
 
+    def unused(self) -> None:
+        """The run failed before `start` (its pre-flight): give back what the engine
+        prepared ahead of it (a template process), as `close` would after a start."""
+        raise NotImplementedError
+
 
 class Runner:
     """Drives ``feed`` through ``engine`` into ``sink`` until the input is done."""
@@ -261,9 +266,7 @@ class Runner:
                 try:
                     feed.payload = pickle_function(feed.func)
                 except BaseException:
-                    unused = getattr(self.engine, "unused", None)
-                    if unused is not None:  # what it prepared ahead (a template) goes
-                        unused()
+                    self.engine.unused()  # what it prepared ahead (a template) goes
                     raise
                 feed.planner.recall(feed.payload.code_key)  # a repeated call knows its items
         if self.progress is not None:
