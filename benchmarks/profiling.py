@@ -248,7 +248,7 @@ def loop() -> None:
 
     from ipyparmap.process import worker as WK
     from ipyparmap.wire import board as B
-    from ipyparmap.wire.serialize import dumps, loads
+    from ipyparmap.wire.codec import dumps, loads
 
     worker = WK.Worker.__new__(WK.Worker)
     worker.board = B.Board(mmap.mmap(-1, B.BOARD_SIZE))
@@ -358,7 +358,8 @@ def bigglobal() -> None:
 
     import numpy as np
 
-    from ipyparmap.wire.serialize import dumps, dumps_function
+    from ipyparmap.wire.codec import dumps
+    from ipyparmap.wire.serialize import dumps_function
 
     namespace: dict = {"np": np, "BIG": np.arange(W.W6B_ARRAY_LEN, dtype=np.float64)}
     exec("def f(i):\n    return float(BIG[i])\n", namespace)

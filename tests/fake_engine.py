@@ -54,7 +54,7 @@ from ipyparmap.options import check_options
 from ipyparmap.process.resources import describe_exit, signal_name
 from ipyparmap.process.worker import pickle_values, run_items
 from ipyparmap.wire import board as B
-from ipyparmap.wire.serialize import PICKLING_ERRORS, dumps, loads
+from ipyparmap.wire.codec import PICKLING_ERRORS, dumps, loads
 
 #: Chunks one fake run may send before the engine calls it an endless loop.
 MAX_CHUNKS = 500

@@ -18,8 +18,8 @@ from conftest import notebook_function
 import ipyparmap as pm
 from ipyparmap.process.worker import _CapturedStream, _OutputSink, run_items
 from ipyparmap.wire import board as B
+from ipyparmap.wire import codec, localmodules, serialize
 from ipyparmap.wire import messages as P
-from ipyparmap.wire import serialize
 from ipyparmap.wire.fingerprint import fingerprint
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
@@ -96,7 +96,7 @@ def test_a_changed_closure_reaches_the_workers():
 
 def test_what_gets_a_fingerprint():
     def has(source, name="f", **globals_):
-        return fingerprint(notebook_function(source, name, **globals_), serialize._by_reference)
+        return fingerprint(notebook_function(source, name, **globals_), localmodules.by_reference)
 
     assert has("def f(x):\n    return x * x\n") is not None
     assert has("def f(x):\n    return math.sqrt(x) + K\n", math=math, K=(1, 2.5, "s")) is not None
@@ -162,7 +162,7 @@ def test_small_plain_lists_pickle_exactly_as_cloudpickle_would(items):
 def test_small_lists_with_anything_else_still_use_cloudpickle():
     cls = notebook_function("class Point:\n    pass\n", "Point")
     packed = serialize.dumps_packed([1, cls()])  # a notebook class: by value
-    assert type(serialize.loads(packed.blob)[1]).__name__ == "Point"
+    assert type(codec.loads(packed.blob)[1]).__name__ == "Point"
 
 
 # -- warm calls reuse the epoll set of their workers --------------------------------------

@@ -10,7 +10,7 @@ import socket
 import pytest
 
 import ipyparmap as pm
-from ipyparmap.wire import channel, serialize, sharedmem
+from ipyparmap.wire import channel, codec, serialize, sharedmem
 from ipyparmap.wire.channel import MAX_FDS, Channel, FrameError
 
 pytestmark = [
@@ -142,7 +142,8 @@ def test_a_worker_answers_a_malformed_frame():
     a dead parent, and the parent respawned it forever)."""
     from ipyparmap.process.pool import spawn_worker, worker_env
     from ipyparmap.wire import messages as M
-    from ipyparmap.wire.serialize import dumps, dumps_message, pickle_function
+    from ipyparmap.wire.codec import dumps
+    from ipyparmap.wire.serialize import dumps_message, pickle_function
 
     worker = spawn_worker(worker_env())
     payload = pickle_function(abs)
@@ -163,7 +164,7 @@ def test_a_worker_answers_a_malformed_frame():
         assert type(refused) is M.LoadFailed and refused.what == "chunk" and refused.ident == 1
         assert "FrameError" in refused.info[1] and "descriptors" in refused.info[2]
         assert type(results) is M.ResultBatch and results.chunk_id == 2
-        assert serialize.loads(results.values) == [2]
+        assert codec.loads(results.values) == [2]
     finally:
         for fd in spare:
             os.close(fd)

@@ -9,8 +9,8 @@ from conftest import notebook_function
 
 import ipyparmap as pm
 from ipyparmap.process.pool import WorkerHandle
+from ipyparmap.wire import codec, serialize
 from ipyparmap.wire import messages as P
-from ipyparmap.wire import serialize
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -24,7 +24,7 @@ def sent(monkeypatch):
     original = WorkerHandle.send
 
     def send(self, message, fds=()):
-        log.append((self.pid, message[0], len(serialize.dumps(message)), len(fds)))
+        log.append((self.pid, message[0], len(codec.dumps(message)), len(fds)))
         return original(self, message, fds)
 
     monkeypatch.setattr(WorkerHandle, "send", send)

@@ -12,8 +12,9 @@ import pytest
 
 import ipyparmap as pm
 from ipyparmap.process import pool as P
+from ipyparmap.wire import codec
+from ipyparmap.wire import localmodules as L
 from ipyparmap.wire import messages as M
-from ipyparmap.wire import serialize as S
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -129,7 +130,7 @@ def helper(tmp_path, monkeypatch):
 
     def write(version: str, extra: str = "") -> None:
         path.write_text(f"{extra}\ndef version(x):\n    return ({version!r}, x)\n")
-        S._files_due = float("-inf")  # the next call looks at the files at once
+        L._files_due = float("-inf")  # the next call looks at the files at once
 
     write("v1")
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -206,16 +207,16 @@ def test_bytecode_older_than_the_file_means_the_caller_has_older_code(tmp_path):
 
     spec = Spec()
     spec.cached = str(cached)
-    assert S._compiled_from(spec, S._file_stamp(str(source)))
+    assert L._compiled_from(spec, L._file_stamp(str(source)))
     source.write_text("X = 22\n")  # another size
-    assert not S._compiled_from(spec, S._file_stamp(str(source)))
+    assert not L._compiled_from(spec, L._file_stamp(str(source)))
     spec.cached = str(tmp_path / "missing.pyc")
-    assert S._compiled_from(spec, S._file_stamp(str(source)))  # cannot tell: trusted
+    assert L._compiled_from(spec, L._file_stamp(str(source)))  # cannot tell: trusted
 
 
 def test_the_table_is_the_same_object_while_nothing_changes():
-    first = S.module_table(check_files=True)
-    assert S.module_table() is first and S.module_table(check_files=True) is first
+    first = L.module_table(check_files=True)
+    assert L.module_table() is first and L.module_table(check_files=True) is first
     assert P.caller_world() is P.caller_world()
 
 
@@ -226,14 +227,14 @@ def test_install_modules_drops_changed_versions_and_installs_copies():
     stale = types.ModuleType("world_fake")
     sys.modules["world_fake"] = stale
     try:
-        S.install_modules({"world_fake": 3}, None, held)
+        L.install_modules({"world_fake": 3}, None, held)
         assert "world_fake" not in sys.modules and held == {"world_fake": 3}
         copy = types.ModuleType("world_fake")
         copy.X = 5
-        blob = S.dumps({"world_fake": copy})
-        S.install_modules({"world_fake": 4}, blob, held)
+        blob = codec.dumps({"world_fake": copy})
+        L.install_modules({"world_fake": 4}, blob, held)
         assert sys.modules["world_fake"].X == 5 and held == {"world_fake": 4}
-        S.install_modules({"world_fake": None}, None, held)
+        L.install_modules({"world_fake": None}, None, held)
         assert "world_fake" not in sys.modules and held == {}
     finally:
         sys.modules.pop("world_fake", None)

@@ -53,12 +53,8 @@ from ipyparmap.process.resources import cpu_count, thread_limits
 from ipyparmap.results import Failure
 from ipyparmap.views.textui import OutputPrinter
 from ipyparmap.wire import messages as M
-from ipyparmap.wire.serialize import (
-    dumps,
-    loads,
-    pickle_function,
-    rebuild_exception,
-)
+from ipyparmap.wire.codec import dumps, loads
+from ipyparmap.wire.serialize import pickle_function, rebuild_exception
 
 TimeoutError = multiprocessing.TimeoutError  # as multiprocessing.TimeoutError
 

@@ -90,7 +90,7 @@ class ResultCall(_Wrapping):
     def __call__(self, /, *args: Any, **kwargs: Any) -> PickledResult:
         # positional-only: ``submit(fn, self=1)`` passes ``self`` on to ``fn``
         value = self.func(*args, **kwargs)
-        from ipyparmap.wire.serialize import dumps
+        from ipyparmap.wire.codec import dumps
 
         try:
             return PickledResult(dumps(value))

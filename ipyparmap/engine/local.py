@@ -36,7 +36,8 @@ from ipyparmap.process.resources import describe_exit, signal_name
 from ipyparmap.views.progress import BUSY, DEAD, IDLE
 from ipyparmap.wire import messages as M
 from ipyparmap.wire.channel import FrameError
-from ipyparmap.wire.serialize import Incoming, loads, rebuild_exception
+from ipyparmap.wire.codec import loads
+from ipyparmap.wire.serialize import Incoming, rebuild_exception
 
 if TYPE_CHECKING:
     from ipyparmap.engine.run import Runner

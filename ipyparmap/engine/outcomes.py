@@ -29,8 +29,9 @@ from ipyparmap.results import (
     RunStats,
     log_record,
 )
+from ipyparmap.wire.codec import PICKLING_ERRORS, loads
 from ipyparmap.wire.messages import Timings
-from ipyparmap.wire.serialize import PICKLING_ERRORS, Incoming, loads, rebuild_exception
+from ipyparmap.wire.serialize import Incoming, rebuild_exception
 
 
 class OutcomeSink:

@@ -507,7 +507,7 @@ def _note_modules(result=None) -> None:
     as they are now (wire/serialize.py `module_table`), so a module imported in one cell
     and edited on disk before the next call still runs as the kernel loaded it."""
     try:
-        from ipyparmap.wire.serialize import module_table
+        from ipyparmap.wire.localmodules import module_table
 
         module_table(check_files=True)
     except Exception:  # never break the user's cell for this

@@ -46,14 +46,9 @@ from ipyparmap.process.template import ForkedProcess, Launcher, PendingFork
 from ipyparmap.wire import board as B
 from ipyparmap.wire import messages as M
 from ipyparmap.wire.channel import Channel
-from ipyparmap.wire.serialize import (
-    EMPTY_MODULES,
-    FunctionPayload,
-    ModuleTable,
-    dumps_message,
-    loads,
-    module_table,
-)
+from ipyparmap.wire.codec import loads
+from ipyparmap.wire.localmodules import EMPTY_MODULES, ModuleTable, module_table
+from ipyparmap.wire.serialize import FunctionPayload, dumps_message
 from ipyparmap.wire.sharedmem import anonymous_file
 
 #: Seconds a stopping worker gets to exit before it is killed.

@@ -92,7 +92,7 @@ from collections import deque
 
 from ipyparmap import system
 from ipyparmap.wire.channel import Channel
-from ipyparmap.wire.serialize import installed_roots
+from ipyparmap.wire.localmodules import installed_roots
 
 _PID = struct.Struct("!q")
 _EXIT = struct.Struct("!qq")

@@ -37,15 +37,13 @@ from ipyparmap.process.capture import OutputSink as _OutputSink
 from ipyparmap.wire import board as B
 from ipyparmap.wire import messages as M
 from ipyparmap.wire.channel import Channel, FrameError
+from ipyparmap.wire.codec import PICKLING_ERRORS, dumps, loads
+from ipyparmap.wire.localmodules import install_modules
 from ipyparmap.wire.serialize import (
-    PICKLING_ERRORS,
-    dumps,
     dumps_message,
     dumps_packed,
     exception_info,
-    install_modules,
     install_sources,
-    loads,
     loads_shared,
 )
 
