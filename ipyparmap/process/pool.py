@@ -92,7 +92,7 @@ _last_world: CallerWorld | None = None
 def caller_world() -> CallerWorld:
     """The caller's world now; the very object of the last call when nothing changed
     (a worker that has it then needs no message). ~3 µs, plus now and then a ``stat``
-    per local module the caller has loaded (wire/serialize.py `module_table`)."""
+    per local module the caller has loaded (wire/localmodules.py `module_table`)."""
     global _last_world
     try:
         cwd: str | None = os.getcwd()

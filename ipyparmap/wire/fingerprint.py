@@ -13,8 +13,9 @@ fingerprint. Anything mutable (a list, a dict, an array, a class defined in the
 notebook, an instance) means "no fingerprint": such a function is pickled on every
 call, since its pickle could change without any name being rebound.
 
-Below serialize in the wire layer: what "pickled by reference" means is cloudpickle's business,
-so the caller passes that test in.
+Below serialize and localmodules in the wire layer: what "pickled by reference" means is
+cloudpickle's business and localmodules' (`by_reference`), so the caller passes that
+test in.
 """
 
 from __future__ import annotations

@@ -49,7 +49,7 @@ class World(NamedTuple):
     ``sys.path`` (None: unchanged); ``modules``: local modules the caller has loaded
     whose version changed, name -> version number (None: the caller no longer has it);
     ``values``: the pickled ``{name: module}`` of those whose file no longer holds the
-    caller's code (wire/serialize.py `ModuleTable`), or None.
+    caller's code (wire/localmodules.py `ModuleTable`), or None.
     """
 
     TAG = "world"
