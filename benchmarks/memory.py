@@ -35,6 +35,7 @@ import time
 
 from . import scripts as S
 from . import workloads as W
+from .run import compile_bytecode
 
 ROLLUP_FIELDS = ("Pss", "Pss_Anon", "Pss_File", "Private_Dirty", "Shared_Clean", "Shared_Dirty")
 
@@ -223,6 +224,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not os.path.exists("/proc/self/smaps_rollup"):
         sys.exit("benchmarks.memory reads /proc/PID/smaps_rollup: Linux only")
+    # Bytecode as an installed package has it: compiling a module from source at import
+    # (PYTHONDONTWRITEBYTECODE, an edited file) leaves ~2 MB more in the measured heap.
+    compile_bytecode()
     if args.what in ("all", "processes"):
         processes()
     if args.what in ("all", "imports"):
