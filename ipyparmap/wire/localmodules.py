@@ -24,10 +24,10 @@ from ipyparmap.wire.codec import PICKLING_ERRORS, cloudpickle_module, dumps, err
 from ipyparmap.wire.fingerprint import global_names
 
 
+# -- which modules are the caller's own -----------------------------------------------------------
 def by_reference(obj: Any) -> bool:
     """Whether cloudpickle pickles a module or class by its name only (so what it holds
     is not part of the pickle): importable, and not one of the user's own modules."""
-
     if isinstance(obj, types.ModuleType):
         name, module = obj.__name__, obj
     else:
@@ -41,13 +41,7 @@ def by_reference(obj: Any) -> bool:
     registered = getattr(module_of_cloudpickle, "_is_registered_pickle_by_value", None)
     if registered is None or registered(module) or name in _by_value:
         return False
-    known = _local_modules.get(name)
-    if known is None or known[0] is not module:
-        known = _local_modules[name] = (module, is_local_module(module))
-    return not known[1]
-
-
-_local_modules: dict = {}  # module name -> (module, is_local_module(module))
+    return not _remembered_is_local(name, module)
 
 
 def _lookup(module: Any, qualname: str) -> Any:
@@ -57,7 +51,6 @@ def _lookup(module: Any, qualname: str) -> Any:
     return obj
 
 
-# -- which modules are the caller's own -----------------------------------------------------------
 _by_value: set[str] = set()
 _installed: tuple[str, ...] | None = None
 
@@ -101,6 +94,22 @@ def is_local_module(module: types.ModuleType) -> bool:
 
 
 _real_folders: dict[str, str] = {}  # folder -> its real path, with a trailing separator
+
+
+def _is_local(name: str, module: Any) -> bool:
+    """Whether ``sys.modules[name]`` is a module of the user's own files."""
+    return isinstance(module, types.ModuleType) and _remembered_is_local(name, module)
+
+
+def _remembered_is_local(name: str, module: Any) -> bool:
+    """`is_local_module` of ``sys.modules[name]``, remembered while it is that object."""
+    known = _local_modules.get(name)
+    if known is None or known[0] is not module:
+        known = _local_modules[name] = (module, is_local_module(module))
+    return known[1]
+
+
+_local_modules: dict = {}  # module name -> (module, is_local_module(module))
 
 
 def register_local_modules(func: Any) -> list[str]:
@@ -325,15 +334,6 @@ def _same_modules(modules: dict) -> bool:
         return list(map(id, map(_spec_of, found))) == specs
     except AttributeError:  # someone deleted a __spec__: let the slow path look
         return False
-
-
-def _is_local(name: str, module: Any) -> bool:
-    if not isinstance(module, types.ModuleType):
-        return False
-    known = _local_modules.get(name)
-    if known is None or known[0] is not module:
-        known = _local_modules[name] = (module, is_local_module(module))
-    return known[1]
 
 
 def _pickle_modules(modules: dict) -> bytes | None:
