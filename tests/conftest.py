@@ -28,6 +28,11 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02, what: str
         time.sleep(interval)
 
 
+def open_fds() -> int:
+    """Descriptors this process has open (Linux: /proc/self/fd)."""
+    return len(os.listdir("/proc/self/fd"))
+
+
 def children(of: int | None = None) -> list[psutil.Process]:
     """Our descendant processes (or those of process ``of``: a kernel), except
     multiprocessing's resource tracker and forkserver (started by libraries such as Dask,

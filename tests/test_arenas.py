@@ -9,7 +9,7 @@ import os
 import threading
 
 import pytest
-from conftest import notebook_function
+from conftest import notebook_function, open_fds
 
 import ipyparmap as pm
 from ipyparmap.wire import serialize, sharedmem
@@ -19,10 +19,6 @@ pytestmark = [
     pytest.mark.usefixtures("no_leaks"),
     pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts /proc/self/fd"),
 ]
-
-
-def _open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 @pytest.fixture
@@ -38,15 +34,15 @@ def arenas():
 # -- descriptors, reuse, threads ---------------------------------------------------------
 @pytest.mark.parametrize("count", [1_000, 5_000])
 def test_thousands_of_small_shared_arrays_hold_a_handful_of_descriptors(arenas, count):
-    fds = _open_fds()
+    fds = open_fds()
     held = [pm.shared_array(1_000) for _ in range(count)]  # 8 KB each (one memfd each: 2)
     for i, a in enumerate(held):
         a[:] = i
-    assert _open_fds() - fds <= 8
+    assert open_fds() - fds <= 8
     assert all(a[0] == i and a[-1] == i for i, a in enumerate(held))  # no overlaps
     del held, a
     gc.collect()
-    assert _open_fds() <= fds  # every arena made for them is closed with its last array
+    assert open_fds() <= fds  # every arena made for them is closed with its last array
 
 
 def test_freed_memory_is_reused_and_reads_zero(arenas, monkeypatch):
@@ -80,10 +76,10 @@ def test_arenas_grow_geometrically_and_big_arrays_get_their_own(arenas, monkeypa
     big = pm.shared_array(200_000)  # 1.6 MB: an arena of its own, sized to fit
     own = sharedmem._arenas[_start(big)]
     assert own.dedicated and own.size == -(-1_600_000 // sharedmem._PAGE) * sharedmem._PAGE
-    fds = _open_fds()
+    fds = open_fds()
     del big
     gc.collect()
-    assert _open_fds() == fds - (2 if not sharedmem._MMAP_OPTIONS else 1)
+    assert open_fds() == fds - (2 if not sharedmem._MMAP_OPTIONS else 1)
     del small
 
 

@@ -13,7 +13,7 @@ import sys
 
 import helpers
 import pytest
-from conftest import notebook_function
+from conftest import notebook_function, open_fds
 
 import ipyparmap as pm
 from ipyparmap.process.worker import _CapturedStream, _OutputSink, run_items
@@ -166,12 +166,6 @@ def test_small_lists_with_anything_else_still_use_cloudpickle():
 
 
 # -- warm calls reuse the epoll set of their workers --------------------------------------
-def _open_fds() -> int:
-    import os
-
-    return len(os.listdir("/proc/self/fd"))
-
-
 def test_warm_calls_reuse_the_selector_of_their_workers_and_shutdown_closes_it():
     from ipyparmap.engine import local
 
@@ -183,7 +177,7 @@ def test_warm_calls_reuse_the_selector_of_their_workers_and_shutdown_closes_it()
         original(self)
 
     pm.shutdown()
-    before = _open_fds()
+    before = open_fds()
     try:
         local.LocalEngine.close = close_engine
         for _ in range(3):
@@ -195,7 +189,7 @@ def test_warm_calls_reuse_the_selector_of_their_workers_and_shutdown_closes_it()
     assert seen[-1][0].get_map() is not None  # still open: kept by the pool
     pm.shutdown()
     assert seen[-1][0].get_map() is None  # closed with the pool
-    assert _open_fds() <= before  # nothing kept open (fewer: a GC elsewhere)
+    assert open_fds() <= before  # nothing kept open (fewer: a GC elsewhere)
 
 
 def test_a_worker_death_between_calls_gets_a_fresh_selector():

@@ -8,6 +8,7 @@ import os
 import socket
 
 import pytest
+from conftest import open_fds
 
 import ipyparmap as pm
 from ipyparmap.wire import channel, codec, serialize, sharedmem
@@ -19,17 +20,13 @@ pytestmark = [
 ]
 
 
-def _open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
 # -- receivers: Channel.recv ---------------------------------------------------------------
 def test_a_frame_with_too_many_descriptors_raises_frame_error_and_the_next_reads_fine():
     left, right = socket.socketpair()
     receiver = Channel(right)
     spare = [os.open(os.devnull, os.O_RDONLY) for _ in range(MAX_FDS + 4)]
     try:
-        fds = _open_fds()
+        fds = open_fds()
         payload = b"chunk 7" * 1000
         header = channel._HEADER.pack(len(payload), len(spare))
         rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", spare))]
@@ -37,7 +34,7 @@ def test_a_frame_with_too_many_descriptors_raises_frame_error_and_the_next_reads
         Channel(left).send(b"next", (spare[0],))
         with pytest.raises(FrameError, match=f"announced {len(spare)} descriptors, {MAX_FDS} ar"):
             receiver.recv()
-        assert _open_fds() == fds  # what came of it is closed
+        assert open_fds() == fds  # what came of it is closed
         payload, got = receiver.recv()  # the stream is in sync
         assert payload == b"next" and len(got) == 1
         os.close(got[0])
@@ -59,7 +56,7 @@ def test_frame_errors_keep_the_stream_in_sync_and_eof_stays_eof():
     sender, receiver = Channel(left), Channel(right)
     spare = [os.open(os.devnull, os.O_RDONLY) for _ in range(MAX_FDS + 1)]
     try:
-        fds = _open_fds()
+        fds = open_fds()
         rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", spare))]
         left.sendmsg([channel._HEADER.pack(5, len(spare)), b"first"], rights)
         left.sendall(channel._HEADER.pack(6, 2) + b"second")  # announces 2, carries none
@@ -73,7 +70,7 @@ def test_frame_errors_keep_the_stream_in_sync_and_eof_stays_eof():
         payload, got = receiver.recv()
         assert payload == b"third" and len(got) == 1
         os.close(got[0])
-        assert _open_fds() == fds
+        assert open_fds() == fds
         sender.close()
         with pytest.raises(EOFError):
             receiver.recv()

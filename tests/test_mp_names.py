@@ -12,7 +12,7 @@ import os
 import threading
 
 import pytest
-from conftest import notebook_function, run_python, wait_for
+from conftest import notebook_function, open_fds, run_python, wait_for
 
 import ipyparmap as pm
 
@@ -538,7 +538,7 @@ def test_handed_over_descriptors_are_closed_when_the_workers_are_done():
     with pm.Pool(1, initializer=init, initargs=(queue,)) as pool:
         pool.map(init.__globals__["task"], [5])
     assert queue.get(timeout=60)[1] == 5
-    before = len(os.listdir("/proc/self/fd"))
+    before = open_fds()
     for _ in range(3):
         (proc,) = started(pm.Process(target=producer, args=(queue, 1)))
         joined(proc)
@@ -547,7 +547,7 @@ def test_handed_over_descriptors_are_closed_when_the_workers_are_done():
         with pm.Pool(1, initializer=init, initargs=(queue,)) as pool:
             pool.map(init.__globals__["task"], [5])
         assert queue.get(timeout=60)[1] == 5
-    wait_for(lambda: len(os.listdir("/proc/self/fd")) <= before, timeout=10,
+    wait_for(lambda: open_fds() <= before, timeout=10,
              what="the handed-over descriptors to be closed")  # fmt: skip
 
 
@@ -674,11 +674,11 @@ def test_a_joined_process_garbage_collected_releases_its_descriptors():
 
     run_one()
     gc.collect()
-    before = len(os.listdir("/proc/self/fd"))
+    before = open_fds()
     for _ in range(3):
         run_one()
     gc.collect()
-    wait_for(lambda: len(os.listdir("/proc/self/fd")) <= before, timeout=10,
+    wait_for(lambda: open_fds() <= before, timeout=10,
              what="the collected processes' descriptors to be closed")  # fmt: skip
 
 

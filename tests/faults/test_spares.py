@@ -13,7 +13,7 @@ import time
 import helpers
 import psutil
 import pytest
-from conftest import children, wait_for
+from conftest import children, open_fds, wait_for
 
 import ipyparmap as pm
 from ipyparmap.process import pool as P
@@ -60,10 +60,6 @@ class _Spy:
         monkeypatch.setattr(P, "spawn_worker", spawn_worker)
 
 
-def _fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
 def _where(x):
     """Where an item runs; ``(x, gate)``: first wait (at most 60 s) until ``gate`` exists."""
     if isinstance(x, tuple):
@@ -94,7 +90,7 @@ def test_spares_are_stopped_at_shutdown_and_leave_nothing(monkeypatch):
     """A pool terminated while its workers run their last task before retiring: the
     spares forked for them end with it, and nothing of them is left."""
     spy = _Spy(monkeypatch)
-    fds = _fds()
+    fds = open_fds()
     pool = pm.Pool(2, maxtasksperchild=1)
     try:
         assert pool.map(helpers.act, range(4), chunksize=1) == list(range(4))
@@ -122,7 +118,7 @@ def test_spares_are_stopped_at_shutdown_and_leave_nothing(monkeypatch):
     wait_for(lambda: all(gone(pid) for pid in [template.pid, *forked]), timeout=10,
              what="the spares, the workers and the template to exit")  # fmt: skip
     assert children() == []
-    assert _fds() == fds  # channels, lifelines, boards and pidfds of the spares: closed
+    assert open_fds() == fds  # channels, lifelines, boards and pidfds of the spares: closed
 
 
 def _changed_world(tmp_path, monkeypatch, change: str, spares: bool) -> tuple[list, _Spy]:
@@ -201,7 +197,7 @@ def test_a_cancelled_fork_leaves_no_descriptor_and_no_exit_status():
         pool.release(pool.acquire(1))
         template = pool.launcher.template
         assert template is not None and template.usable()
-        fds = _fds()
+        fds = open_fds()
         early = pool.order_spare()
         late = pool.order_spare()
         assert early is not None and late is not None
@@ -216,6 +212,6 @@ def test_a_cancelled_fork_leaves_no_descriptor_and_no_exit_status():
 
         wait_for(settled, timeout=10, what="the cancelled forks' exits to be reported")
         assert not template.exits
-        assert _fds() == fds
+        assert open_fds() == fds
     finally:
         pool.shutdown()
