@@ -29,7 +29,6 @@ import argparse
 import os
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 
@@ -79,13 +78,7 @@ def processes() -> None:
     n20 = max(1, int(W.spin_per_second() * W.W2_SECONDS))
     text = S.script(S.W7_PRELUDE, contender)
     best_total, best = 0, []
-    with tempfile.TemporaryDirectory(prefix="ipyparmap-memory-") as folder:
-        path = os.path.join(folder, "bench_script.py")
-        with open(path, "w") as out:
-            out.write(text)
-        paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([S.ROOT, *paths]))
-        env.pop("IPYPARMAP_WORKER", None)
+    with S.script_file(text) as (folder, path, env):
         proc = subprocess.Popen(
             [sys.executable, path, str(n20)],
             cwd=folder,
@@ -160,7 +153,7 @@ _TEMPLATE_STEPS = [
 
 
 def imports() -> None:
-    env = dict(os.environ, PYTHONPATH=S.ROOT)
+    env = dict(os.environ, PYTHONPATH=S.pythonpath_with_root())
     for title, steps in (("the caller", _CALLER_STEPS), ("the template", _TEMPLATE_STEPS)):
         print(f"\nAnonymous memory (PSS) a fresh interpreter adds, as {title} loads it:")
         code = _IMPORT_PROBE.format(steps=steps)
@@ -192,7 +185,7 @@ os.read(r, 1)
 
 
 def fork() -> None:
-    env = dict(os.environ, PYTHONPATH=S.ROOT)
+    env = dict(os.environ, PYTHONPATH=S.pythonpath_with_root())
     command = [sys.executable, "-c", _FORK_PROBE]
     proc = subprocess.Popen(command, env=env, cwd="/", stdout=subprocess.PIPE, text=True)
     try:

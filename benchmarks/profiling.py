@@ -30,7 +30,7 @@ import textwrap
 import time
 
 from . import workloads as W
-from .scripts import ROOT
+from .scripts import ROOT, pythonpath_with_root
 
 _SITECUSTOMIZE = """
 import os
@@ -394,9 +394,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if ROOT not in sys.path:
         sys.path.insert(0, ROOT)
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        [ROOT, *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]]
-    )
+    os.environ["PYTHONPATH"] = pythonpath_with_root()
     if args.what == "parent":
         parent(args.workload, args.limit)
     elif args.what == "worker":

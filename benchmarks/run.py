@@ -375,9 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     CALM = Calm(args.patience if args.patience is not None else (0 if args.quick else 10))
     FOREIGN = Foreign(tries=args.tries or (1 if args.quick else 3))
 
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        [ROOT, *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]]
-    )
+    os.environ["PYTHONPATH"] = S.pythonpath_with_root()
     if ROOT not in sys.path:
         sys.path.insert(0, ROOT)
 

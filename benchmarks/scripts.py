@@ -13,6 +13,7 @@ A script is ``prelude`` (the workload: ``f`` and ``ITEMS``), then, under the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -161,17 +162,29 @@ class ProcessRun:
     error: str | None = None  # why it counts as failed
 
 
-def run_script(text: str, args: tuple = (), timeout: float = 60.0, sample_memory: bool = False):
-    """Run ``text`` as ``__main__`` of a fresh interpreter in a temporary folder."""
+def pythonpath_with_root() -> str:
+    """``PYTHONPATH`` with the suite's root first: the processes it starts, and their
+    workers, import ``benchmarks.workloads`` (and this checkout's ipyparmap)."""
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return os.pathsep.join([ROOT, *paths])
+
+
+@contextlib.contextmanager
+def script_file(text: str):
+    """``text`` written as a script in a new temporary folder: ``(folder, path)``, and
+    the environment to run it in (not marked as an ipyparmap worker)."""
     with tempfile.TemporaryDirectory(prefix="ipyparmap-bench-") as folder:
         path = os.path.join(folder, "bench_script.py")
         with open(path, "w") as out:
             out.write(text)
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            [ROOT, *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]]
-        )
+        env = dict(os.environ, PYTHONPATH=pythonpath_with_root())
         env.pop("IPYPARMAP_WORKER", None)
+        yield folder, path, env
+
+
+def run_script(text: str, args: tuple = (), timeout: float = 60.0, sample_memory: bool = False):
+    """Run ``text`` as ``__main__`` of a fresh interpreter in a temporary folder."""
+    with script_file(text) as (folder, path, env):
         run = ProcessRun()
         started = time.perf_counter()
         proc = subprocess.Popen(
